@@ -1,0 +1,70 @@
+// Package store keeps chat history. Two implementations satisfy Store and
+// pass the same suite (storetest): an embedded SQLite file for development
+// and small installs, and PostgreSQL for clusters.
+package store
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// ErrUnavailable wraps every failure caused by the database being
+// unreachable or refusing work, so callers can tell it apart from bad input.
+var ErrUnavailable = errors.New("store unavailable")
+
+// Message is a stored chat message. ID is assigned by the store, grows with
+// time within a room, and is the cursor for paging, catch-up and read marks.
+type Message struct {
+	ID         int64     `json:"id"`
+	Room       string    `json:"room"`
+	UserID     string    `json:"user_id"`
+	OpponentID string    `json:"opponent_id"`
+	Body       string    `json:"body"`
+	ClientID   string    `json:"client_id,omitempty"`
+	SentAt     time.Time `json:"sent_at"`
+	Delivered  bool      `json:"is_delivered"`
+}
+
+// NewMessage is a message to store. ClientID, when set, makes Save
+// idempotent per sender: a second Save with the same (UserID, ClientID)
+// returns the first stored message and stores nothing.
+type NewMessage struct {
+	Room       string
+	UserID     string
+	OpponentID string
+	Body       string
+	ClientID   string
+}
+
+// UnreadChat summarises one room with messages the user has not read.
+type UnreadChat struct {
+	Room       string  `json:"room"`
+	OpponentID string  `json:"opponent_id"`
+	Unread     int     `json:"unread"`
+	Last       Message `json:"last_message"`
+}
+
+// Store is the durable side of ElChat. Every method is safe for concurrent
+// use. Errors caused by the database (not by arguments) wrap ErrUnavailable.
+type Store interface {
+	// Save stores m durably before returning. Concurrent calls are group
+	// committed: many callers share one transaction. On a ClientID retry it
+	// returns the original message with created == false.
+	Save(ctx context.Context, m NewMessage) (msg Message, created bool, err error)
+	// History returns up to limit messages of room with ID < before (before
+	// <= 0 means the newest), oldest first.
+	History(ctx context.Context, room string, before int64, limit int) ([]Message, error)
+	// Since returns up to limit messages of room with ID > after, oldest first.
+	Since(ctx context.Context, room string, after int64, limit int) ([]Message, error)
+	// MarkRead marks delivered every message of room sent to reader with
+	// ID <= lastID and returns how many changed.
+	MarkRead(ctx context.Context, room, reader string, lastID int64) (int64, error)
+	// Unread lists the rooms where userID has undelivered messages, newest
+	// activity first.
+	Unread(ctx context.Context, userID string) ([]UnreadChat, error)
+	// Ping reports whether the database answers.
+	Ping(ctx context.Context) error
+	// Close flushes pending batches and releases the database.
+	Close() error
+}
