@@ -1,0 +1,697 @@
+// Package storetest is the contract every store.Store implementation must
+// pass. Each implementation's tests call Run with a constructor that returns a
+// fresh, empty store backed by a real database.
+package storetest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/elchat/elchat/pkg/store"
+)
+
+// BatchSaver is implemented by stores that expose their batch write; Run then
+// also checks dedup inside one explicit batch, which Save alone can only
+// provoke by chance.
+type BatchSaver interface {
+	SaveBatch(ctx context.Context, batch []store.NewMessage) ([]store.SaveResult, error)
+}
+
+// Run runs the suite. open must return a new empty store and register its
+// Close with t.Cleanup; Close must tolerate being called twice, since some
+// subtests close the store themselves.
+func Run(t *testing.T, open func(t *testing.T) store.Store) {
+	tests := []struct {
+		name string
+		fn   func(t *testing.T, s store.Store)
+	}{
+		{"SaveReturnsFields", testSaveReturnsFields},
+		{"IDsIncrease", testIDsIncrease},
+		{"IdempotentSequential", testIdempotentSequential},
+		{"IdempotentConcurrent", testIdempotentConcurrent},
+		{"IdempotentInOneBatch", testIdempotentInOneBatch},
+		{"ClientIDScopedToUser", testClientIDScopedToUser},
+		{"EmptyClientIDNeverDedups", testEmptyClientIDNeverDedups},
+		{"HistoryPaging", testHistoryPaging},
+		{"HistoryLimits", testHistoryLimits},
+		{"Since", testSince},
+		{"MarkRead", testMarkRead},
+		{"Unread", testUnread},
+		{"ConcurrentSaves", testConcurrentSaves},
+		{"VerbatimBodies", testVerbatimBodies},
+		{"InvalidInput", testInvalidInput},
+		{"ContextCancel", testContextCancel},
+		{"CloseThenSave", testCloseThenSave},
+		{"Ping", testPing},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.fn(t, open(t))
+		})
+	}
+}
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func mustSave(t *testing.T, s store.Store, m store.NewMessage) store.Message {
+	t.Helper()
+	msg, created, err := s.Save(ctxT(t), m)
+	if err != nil {
+		t.Fatalf("Save(%+v): %v", m, err)
+	}
+	if !created {
+		t.Fatalf("Save(%+v): created = false for a new message", m)
+	}
+	return msg
+}
+
+func since(t *testing.T, s store.Store, room string) []store.Message {
+	t.Helper()
+	msgs, err := s.Since(ctxT(t), room, 0, store.MaxPage)
+	if err != nil {
+		t.Fatalf("Since(%q): %v", room, err)
+	}
+	return msgs
+}
+
+func msg(room, from, to, body, clientID string) store.NewMessage {
+	return store.NewMessage{Room: room, UserID: from, OpponentID: to, Body: body, ClientID: clientID}
+}
+
+func ids(msgs []store.Message) []int64 {
+	out := make([]int64, len(msgs))
+	for i, m := range msgs {
+		out[i] = m.ID
+	}
+	return out
+}
+
+func testSaveReturnsFields(t *testing.T, s store.Store) {
+	before := time.Now().Add(-2 * time.Second)
+	got := mustSave(t, s, msg("r1", "alice", "bob", "hello", "c-1"))
+	after := time.Now().Add(2 * time.Second)
+
+	if got.ID <= 0 {
+		t.Errorf("ID = %d, want > 0", got.ID)
+	}
+	want := store.Message{ID: got.ID, Room: "r1", UserID: "alice", OpponentID: "bob",
+		Body: "hello", ClientID: "c-1", SentAt: got.SentAt}
+	if got != want {
+		t.Errorf("Save = %+v, want %+v", got, want)
+	}
+	if got.SentAt.Location() != time.UTC {
+		t.Errorf("SentAt location = %v, want UTC", got.SentAt.Location())
+	}
+	if got.SentAt.Nanosecond()%1000 != 0 {
+		t.Errorf("SentAt %v has sub-microsecond digits", got.SentAt)
+	}
+	if got.SentAt.Before(before) || got.SentAt.After(after) {
+		t.Errorf("SentAt = %v, want between %v and %v", got.SentAt, before, after)
+	}
+
+	// What comes back from reads must be exactly what Save returned,
+	// including the time's location and precision.
+	hist, err := s.History(ctxT(t), "r1", 0, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(hist) != 1 || hist[0] != got {
+		t.Errorf("History = %+v, want [%+v]", hist, got)
+	}
+	noClient := mustSave(t, s, msg("r1", "alice", "bob", "", ""))
+	if noClient.ClientID != "" || noClient.Body != "" {
+		t.Errorf("Save without client id/body = %+v", noClient)
+	}
+}
+
+func testIDsIncrease(t *testing.T, s store.Store) {
+	var last int64
+	for i := range 20 {
+		room := fmt.Sprintf("room-%d", i%3)
+		m := mustSave(t, s, msg(room, "alice", "bob", fmt.Sprint(i), ""))
+		if m.ID <= last {
+			t.Fatalf("message %d got ID %d after %d", i, m.ID, last)
+		}
+		last = m.ID
+	}
+}
+
+func testIdempotentSequential(t *testing.T, s store.Store) {
+	first := mustSave(t, s, msg("r", "alice", "bob", "original", "dup-1"))
+	// The retry carries a different body on purpose: the store must hand
+	// back the stored original, not the retry's content.
+	again, created, err := s.Save(ctxT(t), msg("r", "alice", "bob", "retry", "dup-1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if created {
+		t.Error("retry reported created = true")
+	}
+	if again != first {
+		t.Errorf("retry = %+v, want original %+v", again, first)
+	}
+	if got := since(t, s, "r"); len(got) != 1 {
+		t.Errorf("stored %d rows, want 1", len(got))
+	}
+}
+
+func testIdempotentConcurrent(t *testing.T, s store.Store) {
+	const n = 32
+	var (
+		wg      sync.WaitGroup
+		start   = make(chan struct{})
+		results = make([]store.Message, n)
+		created = make([]bool, n)
+		errs    = make([]error, n)
+	)
+	for i := range n {
+		wg.Go(func() {
+			<-start
+			results[i], created[i], errs[i] = s.Save(context.Background(), msg("r", "alice", "bob", "hi", "same"))
+		})
+	}
+	close(start)
+	wg.Wait()
+	nCreated := 0
+	for i := range n {
+		if errs[i] != nil {
+			t.Fatalf("save %d: %v", i, errs[i])
+		}
+		if created[i] {
+			nCreated++
+		}
+		if results[i] != results[0] {
+			t.Errorf("save %d = %+v, want %+v", i, results[i], results[0])
+		}
+	}
+	if nCreated != 1 {
+		t.Errorf("%d saves reported created, want exactly 1", nCreated)
+	}
+	if got := since(t, s, "r"); len(got) != 1 {
+		t.Errorf("stored %d rows, want 1", len(got))
+	}
+}
+
+func testIdempotentInOneBatch(t *testing.T, s store.Store) {
+	bs, ok := s.(BatchSaver)
+	if !ok {
+		t.Skip("store does not expose SaveBatch")
+	}
+	pre := mustSave(t, s, msg("r", "carol", "bob", "earlier", "old"))
+	batch := []store.NewMessage{
+		msg("r", "alice", "bob", "one", "x"),
+		msg("r", "alice", "bob", "one again", "x"),
+		msg("r", "bob", "alice", "bob's x", "x"),
+		msg("r", "alice", "bob", "no id", ""),
+		msg("r", "alice", "bob", "no id", ""),
+		msg("r", "carol", "bob", "retry of earlier", "old"),
+	}
+	res, err := bs.SaveBatch(ctxT(t), batch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res) != len(batch) {
+		t.Fatalf("got %d results for %d messages", len(res), len(batch))
+	}
+	wantCreated := []bool{true, false, true, true, true, false}
+	for i, r := range res {
+		if r.Created != wantCreated[i] {
+			t.Errorf("result %d created = %v, want %v", i, r.Created, wantCreated[i])
+		}
+	}
+	if res[0].Msg != res[1].Msg || res[0].Msg.Body != "one" {
+		t.Errorf("in-batch duplicate: %+v vs %+v", res[0].Msg, res[1].Msg)
+	}
+	if res[2].Msg.ID == res[0].Msg.ID || res[3].Msg.ID == res[4].Msg.ID {
+		t.Errorf("distinct messages share an ID: %v", res)
+	}
+	if res[5].Msg != pre {
+		t.Errorf("retry of committed message = %+v, want %+v", res[5].Msg, pre)
+	}
+	if got := since(t, s, "r"); len(got) != 5 {
+		t.Errorf("stored %d rows, want 5: %+v", len(got), got)
+	}
+}
+
+func testClientIDScopedToUser(t *testing.T, s store.Store) {
+	a := mustSave(t, s, msg("r", "alice", "bob", "from alice", "c1"))
+	b := mustSave(t, s, msg("r", "bob", "alice", "from bob", "c1"))
+	if a.ID == b.ID || b.Body != "from bob" {
+		t.Errorf("different users with one client id collided: %+v %+v", a, b)
+	}
+}
+
+func testEmptyClientIDNeverDedups(t *testing.T, s store.Store) {
+	a := mustSave(t, s, msg("r", "alice", "bob", "same", ""))
+	b := mustSave(t, s, msg("r", "alice", "bob", "same", ""))
+	if a.ID == b.ID {
+		t.Errorf("empty client id deduplicated: %+v %+v", a, b)
+	}
+	if got := since(t, s, "r"); len(got) != 2 {
+		t.Errorf("stored %d rows, want 2", len(got))
+	}
+}
+
+func testHistoryPaging(t *testing.T, s store.Store) {
+	var all []store.Message
+	for i := range 25 {
+		all = append(all, mustSave(t, s, msg("r", "alice", "bob", fmt.Sprint(i), "")))
+		// Noise in another room must never leak into r's pages.
+		mustSave(t, s, msg("other", "carol", "dave", fmt.Sprint(i), ""))
+	}
+	ctx := ctxT(t)
+	var pages [][]store.Message
+	before := int64(0)
+	for {
+		page, err := s.History(ctx, "r", before, 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(page) == 0 {
+			break
+		}
+		pages = append(pages, page)
+		before = page[0].ID
+		if len(pages) > 5 {
+			t.Fatal("paging does not terminate")
+		}
+	}
+	if len(pages) != 3 {
+		t.Fatalf("got %d pages, want 3", len(pages))
+	}
+	wantPages := [][]store.Message{all[15:25], all[5:15], all[0:5]}
+	for i, want := range wantPages {
+		if fmt.Sprint(ids(pages[i])) != fmt.Sprint(ids(want)) {
+			t.Errorf("page %d = %v, want %v", i, ids(pages[i]), ids(want))
+		}
+		for j := range want {
+			if pages[i][j] != want[j] {
+				t.Errorf("page %d[%d] = %+v, want %+v", i, j, pages[i][j], want[j])
+			}
+		}
+	}
+	// Negative before behaves like 0.
+	page, err := s.History(ctx, "r", -1, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(ids(page)) != fmt.Sprint(ids(all[22:])) {
+		t.Errorf("History(before=-1) = %v, want %v", ids(page), ids(all[22:]))
+	}
+	if page, err := s.History(ctx, "nobody", 0, 10); err != nil || len(page) != 0 {
+		t.Errorf("History(empty room) = %v, %v", page, err)
+	}
+}
+
+func testHistoryLimits(t *testing.T, s store.Store) {
+	for i := range 3 {
+		mustSave(t, s, msg("r", "alice", "bob", fmt.Sprint(i), ""))
+	}
+	ctx := ctxT(t)
+	for _, limit := range []int{0, -5} {
+		if got, err := s.History(ctx, "r", 0, limit); err != nil || len(got) != 0 {
+			t.Errorf("History(limit=%d) = %d messages, %v; want none", limit, len(got), err)
+		}
+		if got, err := s.Since(ctx, "r", 0, limit); err != nil || len(got) != 0 {
+			t.Errorf("Since(limit=%d) = %d messages, %v; want none", limit, len(got), err)
+		}
+	}
+	if got, err := s.History(ctx, "r", 0, math.MaxInt); err != nil || len(got) != 3 {
+		t.Errorf("History(limit=MaxInt) = %d messages, %v; want 3", len(got), err)
+	}
+}
+
+func testSince(t *testing.T, s store.Store) {
+	var all []store.Message
+	for i := range 20 {
+		all = append(all, mustSave(t, s, msg("r", "alice", "bob", fmt.Sprint(i), "")))
+		mustSave(t, s, msg("other", "alice", "bob", fmt.Sprint(i), ""))
+	}
+	ctx := ctxT(t)
+	got, err := s.Since(ctx, "r", 0, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(ids(got)) != fmt.Sprint(ids(all)) {
+		t.Errorf("Since(0) = %v, want %v", ids(got), ids(all))
+	}
+	got, err = s.Since(ctx, "r", all[9].ID, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(ids(got)) != fmt.Sprint(ids(all[10:15])) {
+		t.Errorf("Since(all[9], 5) = %v, want %v", ids(got), ids(all[10:15]))
+	}
+	// Catching up in pages reaches every message exactly once.
+	var caught []int64
+	for after := int64(0); ; {
+		page, err := s.Since(ctx, "r", after, 7)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(page) == 0 {
+			break
+		}
+		caught = append(caught, ids(page)...)
+		after = page[len(page)-1].ID
+	}
+	if fmt.Sprint(caught) != fmt.Sprint(ids(all)) {
+		t.Errorf("paged catch-up = %v, want %v", caught, ids(all))
+	}
+	if got, err := s.Since(ctx, "r", all[19].ID, 10); err != nil || len(got) != 0 {
+		t.Errorf("Since(last) = %v, %v; want none", got, err)
+	}
+}
+
+func testMarkRead(t *testing.T, s store.Store) {
+	a1 := mustSave(t, s, msg("r", "alice", "bob", "a1", ""))
+	b1 := mustSave(t, s, msg("r", "bob", "alice", "b1", ""))
+	a2 := mustSave(t, s, msg("r", "alice", "bob", "a2", ""))
+	a3 := mustSave(t, s, msg("r", "alice", "bob", "a3", ""))
+	other := mustSave(t, s, msg("r2", "alice", "bob", "elsewhere", ""))
+	ctx := ctxT(t)
+
+	n, err := s.MarkRead(ctx, "r", "bob", a2.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != 2 {
+		t.Errorf("MarkRead(bob, a2) = %d, want 2", n)
+	}
+	if n, err := s.MarkRead(ctx, "r", "bob", a2.ID); err != nil || n != 0 {
+		t.Errorf("repeated MarkRead = %d, %v; want 0", n, err)
+	}
+	hist, err := s.History(ctx, "r", 0, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[int64]bool{a1.ID: true, b1.ID: false, a2.ID: true, a3.ID: false}
+	for _, m := range hist {
+		if m.Delivered != want[m.ID] {
+			t.Errorf("message %q delivered = %v, want %v", m.Body, m.Delivered, want[m.ID])
+		}
+	}
+	// Bob reading cannot mark Alice's incoming message, whatever the id.
+	if n, err := s.MarkRead(ctx, "r", "bob", math.MaxInt64); err != nil || n != 1 {
+		t.Errorf("MarkRead(bob, max) = %d, %v; want 1", n, err)
+	}
+	if n, err := s.MarkRead(ctx, "r", "alice", b1.ID); err != nil || n != 1 {
+		t.Errorf("MarkRead(alice, b1) = %d, %v; want 1", n, err)
+	}
+	rest, err := s.History(ctx, "r2", 0, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rest) != 1 || rest[0].ID != other.ID || rest[0].Delivered {
+		t.Errorf("other room changed: %+v", rest)
+	}
+	if n, err := s.MarkRead(ctx, "nobody", "bob", math.MaxInt64); err != nil || n != 0 {
+		t.Errorf("MarkRead(empty room) = %d, %v", n, err)
+	}
+}
+
+func testUnread(t *testing.T, s store.Store) {
+	ctx := ctxT(t)
+	for i := range 3 {
+		mustSave(t, s, msg("ab", "alice", "bob", fmt.Sprint("a", i), ""))
+	}
+	c1 := mustSave(t, s, msg("cb", "carol", "bob", "c1", ""))
+	c2 := mustSave(t, s, msg("cb", "carol", "bob", "c2", ""))
+	_ = c1
+	// Bob's own reply is the newest message of "ab": it is the room's last
+	// message and makes "ab" the most recently active room.
+	reply := mustSave(t, s, msg("ab", "bob", "alice", "reply", ""))
+
+	got, err := s.Unread(ctx, "bob")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []store.UnreadChat{
+		{Room: "ab", OpponentID: "alice", Unread: 3, Last: reply},
+		{Room: "cb", OpponentID: "carol", Unread: 2, Last: c2},
+	}
+	if fmt.Sprintf("%+v", got) != fmt.Sprintf("%+v", want) {
+		t.Errorf("Unread(bob) =\n%+v\nwant\n%+v", got, want)
+	}
+
+	got, err = s.Unread(ctx, "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want = []store.UnreadChat{{Room: "ab", OpponentID: "bob", Unread: 1, Last: reply}}
+	if fmt.Sprintf("%+v", got) != fmt.Sprintf("%+v", want) {
+		t.Errorf("Unread(alice) = %+v, want %+v", got, want)
+	}
+
+	if _, err := s.MarkRead(ctx, "ab", "bob", reply.ID); err != nil {
+		t.Fatal(err)
+	}
+	got, err = s.Unread(ctx, "bob")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want = []store.UnreadChat{{Room: "cb", OpponentID: "carol", Unread: 2, Last: c2}}
+	if fmt.Sprintf("%+v", got) != fmt.Sprintf("%+v", want) {
+		t.Errorf("Unread(bob) after MarkRead = %+v, want %+v", got, want)
+	}
+	// Partly read: the count drops, the room stays.
+	if _, err := s.MarkRead(ctx, "cb", "bob", c1.ID); err != nil {
+		t.Fatal(err)
+	}
+	got, err = s.Unread(ctx, "bob")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[0].Unread != 1 {
+		t.Errorf("Unread(bob) after partial read = %+v", got)
+	}
+	if got, err := s.Unread(ctx, "dave"); err != nil || len(got) != 0 {
+		t.Errorf("Unread(dave) = %+v, %v; want none", got, err)
+	}
+}
+
+func testConcurrentSaves(t *testing.T, s store.Store) {
+	const workers, each = 50, 20
+	var wg sync.WaitGroup
+	errs := make(chan error, workers*each)
+	var mu sync.Mutex
+	seen := make(map[int64]string)
+	for w := range workers {
+		wg.Go(func() {
+			room := fmt.Sprintf("room-%d", w%5)
+			for i := range each {
+				body := fmt.Sprintf("w%d-m%d", w, i)
+				m, created, err := s.Save(context.Background(),
+					msg(room, fmt.Sprint("u", w), "peer", body, fmt.Sprint("cid-", i)))
+				if err != nil {
+					errs <- err
+					return
+				}
+				if !created || m.Body != body {
+					errs <- fmt.Errorf("save %s: created=%v body=%q", body, created, m.Body)
+					return
+				}
+				mu.Lock()
+				if prev, dup := seen[m.ID]; dup {
+					errs <- fmt.Errorf("id %d given to %s and %s", m.ID, prev, body)
+				}
+				seen[m.ID] = body
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	stored := 0
+	for r := range 5 {
+		got := since(t, s, fmt.Sprintf("room-%d", r))
+		for _, m := range got {
+			if seen[m.ID] != m.Body {
+				t.Errorf("stored %d %q, Save said %q", m.ID, m.Body, seen[m.ID])
+			}
+		}
+		stored += len(got)
+	}
+	if stored != workers*each {
+		t.Errorf("stored %d messages, want %d", stored, workers*each)
+	}
+}
+
+func testVerbatimBodies(t *testing.T, s store.Store) {
+	bodies := []string{
+		`'; DROP TABLE messages; --`,
+		`" OR 1=1 -- \' \\ %_ $1 ?`,
+		`<script>alert("x")</script><b>&amp;</b>`,
+		"👋🏽 🇺🇦 👨‍👩‍👧‍👦 ❤️",
+		"Привет, мир! 日本語のテキスト عربى",
+		"line1\nline2\r\n\ttabbed  ",
+		"   ",
+		strings.Repeat("long body ✓ ", 8000),
+	}
+	for i, body := range bodies {
+		cid := fmt.Sprintf("'%d\"; --", i)
+		m := mustSave(t, s, msg("r'; --", "us'er", "<opp>", body, cid))
+		if m.Body != body || m.ClientID != cid {
+			t.Errorf("Save changed body %d: %q", i, m.Body)
+		}
+	}
+	got := since(t, s, "r'; --")
+	if len(got) != len(bodies) {
+		t.Fatalf("stored %d, want %d", len(got), len(bodies))
+	}
+	for i, m := range got {
+		if m.Body != bodies[i] || m.UserID != "us'er" || m.OpponentID != "<opp>" {
+			t.Errorf("stored message %d = %q/%q/%q, want body %q", i, m.UserID, m.OpponentID, m.Body, bodies[i])
+		}
+	}
+	unread, err := s.Unread(ctxT(t), "<opp>")
+	if err != nil || len(unread) != 1 || unread[0].OpponentID != "us'er" || unread[0].Unread != len(bodies) {
+		t.Errorf("Unread with metacharacters = %+v, %v", unread, err)
+	}
+}
+
+func testInvalidInput(t *testing.T, s store.Store) {
+	ctx := ctxT(t)
+	for _, m := range []store.NewMessage{
+		msg("", "alice", "bob", "x", ""),
+		msg("r", "", "bob", "x", ""),
+		msg("r", "alice", "", "x", ""),
+		msg("r", "alice", "bob", "nul\x00byte", ""),
+		msg("r", "alice", "bob", "bad \xff utf8", ""),
+		msg("r", "alice", "bob", "x", "nul\x00"),
+	} {
+		_, _, err := s.Save(ctx, m)
+		if !errors.Is(err, store.ErrInvalid) || errors.Is(err, store.ErrUnavailable) {
+			t.Errorf("Save(%q) = %v, want ErrInvalid", m, err)
+		}
+	}
+	if got := since(t, s, "r"); len(got) != 0 {
+		t.Errorf("invalid messages were stored: %+v", got)
+	}
+}
+
+func testContextCancel(t *testing.T, s store.Store) {
+	canceled, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, _, err := s.Save(canceled, msg("r", "alice", "bob", "x", "")); !errors.Is(err, context.Canceled) {
+		t.Errorf("Save(canceled) = %v, want context.Canceled", err)
+	}
+	if _, err := s.History(canceled, "r", 0, 10); !errors.Is(err, context.Canceled) {
+		t.Errorf("History(canceled) = %v, want context.Canceled", err)
+	}
+	if _, err := s.Since(canceled, "r", 0, 10); !errors.Is(err, context.Canceled) {
+		t.Errorf("Since(canceled) = %v, want context.Canceled", err)
+	}
+	if _, err := s.MarkRead(canceled, "r", "bob", 10); !errors.Is(err, context.Canceled) {
+		t.Errorf("MarkRead(canceled) = %v, want context.Canceled", err)
+	}
+	if _, err := s.Unread(canceled, "bob"); !errors.Is(err, context.Canceled) {
+		t.Errorf("Unread(canceled) = %v, want context.Canceled", err)
+	}
+	expired, cancel2 := context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
+	defer cancel2()
+	if _, _, err := s.Save(expired, msg("r", "alice", "bob", "x", "")); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Save(expired) = %v, want context.DeadlineExceeded", err)
+	}
+
+	// Saves racing a deadline either fail with the context's error or are
+	// stored; a retry with the same client id settles which.
+	var wg sync.WaitGroup
+	for i := range 20 {
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Duration(i)*50*time.Microsecond)
+			defer cancel()
+			_, _, err := s.Save(ctx, msg("race", "alice", "bob", "x", fmt.Sprint("race-", i)))
+			if err != nil && !errors.Is(err, context.DeadlineExceeded) {
+				t.Errorf("Save under deadline: %v", err)
+			}
+		})
+	}
+	wg.Wait()
+	for i := range 20 {
+		m, _, err := s.Save(ctxT(t), msg("race", "alice", "bob", "x", fmt.Sprint("race-", i)))
+		if err != nil || m.ID == 0 {
+			t.Errorf("retry %d: %+v, %v", i, m, err)
+		}
+	}
+	if got := since(t, s, "race"); len(got) != 20 {
+		t.Errorf("stored %d racing messages after retries, want 20", len(got))
+	}
+	// The store still works for everyone else.
+	mustSave(t, s, msg("r", "alice", "bob", "after", ""))
+}
+
+func testCloseThenSave(t *testing.T, s store.Store) {
+	mustSave(t, s, msg("r", "alice", "bob", "before close", ""))
+	if err := s.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if _, _, err := s.Save(ctxT(t), msg("r", "alice", "bob", "after close", "")); err == nil {
+		t.Error("Save after Close succeeded")
+	}
+	if err := s.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+}
+
+func testPing(t *testing.T, s store.Store) {
+	if err := s.Ping(ctxT(t)); err != nil {
+		t.Fatalf("Ping: %v", err)
+	}
+}
+
+// BenchmarkSave measures group-committed Save from parallel callers; each
+// iteration is one durable message.
+func BenchmarkSave(b *testing.B, s store.Store) {
+	var worker int64
+	var mu sync.Mutex
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		mu.Lock()
+		worker++
+		user := fmt.Sprint("bench-", worker)
+		mu.Unlock()
+		ctx := context.Background()
+		for i := 0; pb.Next(); i++ {
+			if _, _, err := s.Save(ctx, msg("bench-room", user, "peer", "benchmark body", fmt.Sprint(i))); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
+}
+
+// BenchmarkSaveBatch measures one transaction of size messages per
+// iteration, the raw cost the batcher amortises.
+func BenchmarkSaveBatch(b *testing.B, s BatchSaver, size int) {
+	batch := make([]store.NewMessage, size)
+	ctx := context.Background()
+	b.ReportAllocs()
+	b.ResetTimer()
+	n := 0
+	for b.Loop() {
+		for j := range batch {
+			batch[j] = msg("bench-room", "bench", "peer", "benchmark body", fmt.Sprint(n, "-", j))
+		}
+		if _, err := s.SaveBatch(ctx, batch); err != nil {
+			b.Fatal(err)
+		}
+		n++
+	}
+	b.ReportMetric(float64(n*size)/b.Elapsed().Seconds(), "msgs/s")
+}
