@@ -1,0 +1,221 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/elchat/elchat/pkg/auth"
+	"github.com/elchat/elchat/pkg/hub"
+	"github.com/elchat/elchat/pkg/server"
+	"github.com/elchat/elchat/pkg/store"
+	"github.com/elchat/elchat/pkg/store/postgres"
+	"github.com/elchat/elchat/pkg/store/sqlite"
+	"github.com/elchat/elchat/pkg/transport"
+)
+
+// config is every setting of "elchat serve"; the README's configuration
+// table lists them.
+type config struct {
+	addr           string
+	secret         string
+	dev            bool
+	databaseURL    string
+	dataDir        string
+	migrate        bool
+	allowedOrigins string
+	transport      string
+	workers        int
+	maxChannels    int
+	maxBody        int
+	maxFrame       int
+	idleTimeout    time.Duration
+	handshakeTO    time.Duration
+	maxHandshakes  int
+	queueBytes     int
+	queueFrames    int
+	writeTimeout   time.Duration
+	maxPerUser     int
+	maxPerIP       int
+	drainTimeout   time.Duration
+	logLevel       string
+	logFormat      string
+}
+
+func (c *config) flags(fs *flag.FlagSet) {
+	fs.StringVar(&c.addr, "addr", ":4000", "listen address")
+	fs.StringVar(&c.secret, "secret", "", "HS256 secret shared with the host app (required unless --dev)")
+	fs.BoolVar(&c.dev, "dev", false, "development mode: demo page, demo token endpoint, public dev secret if none is set")
+	fs.StringVar(&c.databaseURL, "database-url", "", "PostgreSQL URL; empty: embedded SQLite store in --data-dir")
+	fs.StringVar(&c.dataDir, "data-dir", "./data", "directory of the embedded store")
+	fs.BoolVar(&c.migrate, "migrate", false, "apply PostgreSQL migrations on start")
+	fs.StringVar(&c.allowedOrigins, "allowed-origins", "", "comma-separated browser origins allowed to connect (\"*\": any); same-origin pages are always allowed")
+	fs.StringVar(&c.transport, "transport", transport.DefaultKind(), "socket engine: epoll (Linux) or portable (goroutine per connection)")
+	fs.IntVar(&c.workers, "workers", 256, "epoll worker goroutines")
+	fs.IntVar(&c.maxChannels, "max-channels", 100, "channels one connection may join")
+	fs.IntVar(&c.maxBody, "max-body", 4096, "message body limit in bytes")
+	fs.IntVar(&c.maxFrame, "max-frame", 64<<10, "WebSocket message limit in bytes (larger: close 1009)")
+	fs.DurationVar(&c.idleTimeout, "idle-timeout", 60*time.Second, "close a socket that sent nothing for this long")
+	fs.DurationVar(&c.handshakeTO, "handshake-timeout", 10*time.Second, "deadline for the HTTP upgrade")
+	fs.IntVar(&c.maxHandshakes, "max-handshakes", 1024, "upgrades in progress at once")
+	fs.IntVar(&c.queueBytes, "queue-bytes", 1<<20, "outbound bytes queued per connection before it is dropped as a slow consumer")
+	fs.IntVar(&c.queueFrames, "queue-frames", 1024, "outbound frames queued per connection before it is dropped as a slow consumer")
+	fs.DurationVar(&c.writeTimeout, "write-timeout", 10*time.Second, "a connection that cannot drain its queue for this long is a slow consumer")
+	fs.IntVar(&c.maxPerUser, "max-conns-per-user", 20, "connections per user on this node (0: unlimited)")
+	fs.IntVar(&c.maxPerIP, "max-conns-per-ip", 0, "connections per source address on this node (0: unlimited)")
+	fs.DurationVar(&c.drainTimeout, "drain-timeout", 20*time.Second, "on SIGTERM, spread socket closes (1012) over this long")
+	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&c.logFormat, "log-format", "text", "text or json")
+}
+
+func serve(args []string, stderr io.Writer) error {
+	var cfg config
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfg.flags(fs)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	log := newLogger(stderr, cfg.logLevel, cfg.logFormat)
+	slog.SetDefault(log)
+	key, err := secretKey(cfg.secret, cfg.dev, log)
+	if err != nil {
+		return err
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+
+	st, err := openStore(ctx, &cfg, log)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+
+	h := hub.New(hub.Config{
+		Store:        st,
+		Logger:       log,
+		MaxChannels:  cfg.maxChannels,
+		MaxBodyBytes: cfg.maxBody,
+	})
+	hubCtx, stopHub := context.WithCancel(context.Background())
+	defer stopHub()
+	go h.Run(hubCtx) //nolint:errcheck // ends with hubCtx
+
+	engine, err := transport.New(cfg.transport, transport.Options{
+		Workers:        cfg.workers,
+		MaxMessageSize: cfg.maxFrame,
+		IdleTimeout:    cfg.idleTimeout,
+		MaxQueueBytes:  cfg.queueBytes,
+		MaxQueueFrames: cfg.queueFrames,
+		WriteTimeout:   cfg.writeTimeout,
+		Logger:         log,
+	})
+	if err != nil {
+		return err
+	}
+
+	mux := http.NewServeMux()
+	srv := server.New(server.Config{
+		Verifier:         auth.NewVerifier(key),
+		Origins:          server.ParseOrigins(cfg.allowedOrigins),
+		Engine:           engine,
+		Hub:              h,
+		HTTP:             mux,
+		HandshakeTimeout: cfg.handshakeTO,
+		MaxHandshakes:    cfg.maxHandshakes,
+		Limits:           &server.Limits{PerUser: cfg.maxPerUser, PerIP: cfg.maxPerIP},
+		Logger:           log,
+	})
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		io.WriteString(w, "ok\n") //nolint:errcheck
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if srv.Draining() {
+			http.Error(w, "draining", http.StatusServiceUnavailable)
+			return
+		}
+		pctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		if err := st.Ping(pctx); err != nil {
+			http.Error(w, "store: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		io.WriteString(w, "ready\n") //nolint:errcheck
+	})
+
+	ln, err := net.Listen("tcp", cfg.addr)
+	if err != nil {
+		return err
+	}
+	log.Info("elchat listening", "addr", ln.Addr().String(), "transport", cfg.transport,
+		"store", storeKind(&cfg), "socket", "ws://"+ln.Addr().String()+server.SocketPath)
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+
+	select {
+	case err := <-serveErr:
+		return err
+	case <-ctx.Done():
+	}
+	stop()
+	log.Info("draining", "timeout", cfg.drainTimeout)
+	srv.StopAccepting()
+	drainCtx, cancel := context.WithTimeout(context.Background(), cfg.drainTimeout+5*time.Second)
+	defer cancel()
+	transport.Drain(drainCtx, engine, hub.CloseServiceRestart, "server restart", cfg.drainTimeout)
+	if err := engine.Shutdown(drainCtx); err != nil {
+		log.Warn("transport shutdown", "err", err)
+	}
+	_ = srv.Close(drainCtx)
+	stopHub()
+	log.Info("stopped")
+	return nil
+}
+
+func storeKind(c *config) string {
+	if c.databaseURL != "" {
+		return "postgres"
+	}
+	return "sqlite:" + c.dataDir
+}
+
+func openStore(ctx context.Context, c *config, log *slog.Logger) (store.Store, error) {
+	if c.databaseURL == "" {
+		return sqlite.Open(ctx, c.dataDir)
+	}
+	if !strings.HasPrefix(c.databaseURL, "postgres://") && !strings.HasPrefix(c.databaseURL, "postgresql://") {
+		return nil, errors.New("ELCHAT_DATABASE_URL must be a postgres:// URL")
+	}
+	if c.migrate {
+		log.Info("applying migrations")
+		if err := postgres.Migrate(ctx, c.databaseURL); err != nil {
+			return nil, fmt.Errorf("migrate: %w", err)
+		}
+	}
+	return postgres.Open(ctx, c.databaseURL)
+}
+
+func newLogger(w io.Writer, level, format string) *slog.Logger {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		lv = slog.LevelInfo
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+var _ = os.Stderr

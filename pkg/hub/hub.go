@@ -1,0 +1,241 @@
+// Package hub is the heart of ElChat: it owns the local connections, the
+// channels they joined (lobbies and chats), presence and the routing of
+// every frame. It speaks to the rest of the system through small seams
+// (Conn, Bus, Presence, store.Store) and never knows which implementation
+// sits behind them.
+package hub
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/binary"
+	"hash/maphash"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/elchat/elchat/pkg/phx"
+	"github.com/elchat/elchat/pkg/store"
+	"github.com/elchat/elchat/pkg/transport"
+)
+
+// Config holds the hub's dependencies and limits. Zero limits take the
+// documented defaults.
+type Config struct {
+	Store    store.Store
+	Bus      Bus      // nil: single node
+	Presence Presence // nil: in-process presence
+	Logger   *slog.Logger
+	Metrics  Metrics // nil: no metrics
+
+	MaxChannels  int           // channels per connection (default 100)
+	MaxBodyBytes int           // message body limit in bytes (default 4096)
+	HistoryLimit int           // messages in a join reply and per history page (default 50)
+	CatchUpLimit int           // messages after last_id in a join reply (default 1000)
+	StoreTimeout time.Duration // deadline for one store call (default 5s)
+}
+
+func (c *Config) setDefaults() {
+	if c.MaxChannels <= 0 {
+		c.MaxChannels = 100
+	}
+	if c.MaxBodyBytes <= 0 {
+		c.MaxBodyBytes = 4096
+	}
+	if c.HistoryLimit <= 0 {
+		c.HistoryLimit = 50
+	}
+	if c.CatchUpLimit <= 0 {
+		c.CatchUpLimit = 1000
+	}
+	if c.StoreTimeout <= 0 {
+		c.StoreTimeout = 5 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Bus == nil {
+		c.Bus = NewLocalBus().Node()
+	}
+	if c.Presence == nil {
+		c.Presence = NewMemoryPresence()
+	}
+	if c.Metrics == nil {
+		c.Metrics = nopMetrics{}
+	}
+}
+
+const shardCount = 64
+
+// Hub routes frames between the connections of this node and, through the
+// Bus, the other nodes of the cluster.
+type Hub struct {
+	cfg     Config // immutable after New
+	seed    maphash.Seed
+	shards  [shardCount]shard
+	refBase [4]byte       // immutable: random per node, keeps phx_refs unique across nodes
+	refSeq  atomic.Uint32 // counter part of phx_refs
+	clients atomic.Int64  // connected clients on this node
+
+	usersMu sync.Mutex
+	users   map[string]int // guarded by usersMu: connections per user on this node
+}
+
+// shard holds the local subscribers of the topics that hash to it. Holding
+// the read lock while sending is fine: Conn.Send never blocks.
+type shard struct {
+	mu     sync.RWMutex
+	topics map[string][]*Client // guarded by mu
+}
+
+// New returns a hub ready to accept clients. Call Run to receive frames
+// from other nodes.
+func New(cfg Config) *Hub {
+	cfg.setDefaults()
+	h := &Hub{cfg: cfg, seed: maphash.MakeSeed(), users: make(map[string]int)}
+	for i := range h.shards {
+		h.shards[i].topics = make(map[string][]*Client)
+	}
+	if _, err := rand.Read(h.refBase[:]); err != nil {
+		panic(err)
+	}
+	return h
+}
+
+// Run delivers frames from the other nodes until ctx is done.
+func (h *Hub) Run(ctx context.Context) error {
+	return h.cfg.Bus.Run(ctx, func(topic string, frame []byte) {
+		h.cfg.Metrics.BusDelivered()
+		h.deliverLocal(topic, frame, nil)
+	})
+}
+
+// Clients reports how many clients are connected to this node.
+func (h *Hub) Clients() int64 { return h.clients.Load() }
+
+// UserConnections reports how many connections user has on this node.
+func (h *Hub) UserConnections(user string) int {
+	h.usersMu.Lock()
+	defer h.usersMu.Unlock()
+	return h.users[user]
+}
+
+// Presence exposes the presence table (for the HTTP API).
+func (h *Hub) Presence() Presence { return h.cfg.Presence }
+
+// Store exposes the store (for the HTTP API).
+func (h *Hub) Store() store.Store { return h.cfg.Store }
+
+func (h *Hub) shard(topic string) *shard {
+	return &h.shards[maphash.String(h.seed, topic)%shardCount]
+}
+
+// subscribe adds c to topic's local subscribers and tells the bus when c
+// is the first one on this node.
+func (h *Hub) subscribe(topic string, c *Client) {
+	s := h.shard(topic)
+	s.mu.Lock()
+	subs := s.topics[topic]
+	first := len(subs) == 0
+	s.topics[topic] = append(subs, c)
+	s.mu.Unlock()
+	if first {
+		if err := h.cfg.Bus.Subscribe(topic); err != nil {
+			h.cfg.Logger.Warn("bus subscribe failed", "topic", topic, "err", err)
+		}
+	}
+}
+
+func (h *Hub) unsubscribe(topic string, c *Client) {
+	s := h.shard(topic)
+	s.mu.Lock()
+	subs := s.topics[topic]
+	for i, o := range subs {
+		if o == c {
+			last := len(subs) - 1
+			subs[i] = subs[last]
+			subs[last] = nil
+			subs = subs[:last]
+			break
+		}
+	}
+	empty := len(subs) == 0
+	if empty {
+		delete(s.topics, topic)
+	} else {
+		s.topics[topic] = subs
+	}
+	s.mu.Unlock()
+	if empty {
+		if err := h.cfg.Bus.Unsubscribe(topic); err != nil {
+			h.cfg.Logger.Warn("bus unsubscribe failed", "topic", topic, "err", err)
+		}
+	}
+}
+
+// deliverLocal sends frame to every local subscriber of topic except
+// except. It allocates nothing per recipient.
+func (h *Hub) deliverLocal(topic string, frame []byte, except *Client) int {
+	s := h.shard(topic)
+	s.mu.RLock()
+	n := 0
+	for _, c := range s.topics[topic] {
+		if c != except {
+			_ = c.conn.Send(frame)
+			n++
+		}
+	}
+	s.mu.RUnlock()
+	h.cfg.Metrics.FramesOut(n)
+	return n
+}
+
+// Broadcast sends event with payload (a JSON object) to every subscriber
+// of topic on every node, encoding the frame once.
+func (h *Hub) Broadcast(topic, event string, payload []byte) {
+	h.broadcast(topic, event, payload, nil)
+}
+
+func (h *Hub) broadcast(topic, event string, payload []byte, except *Client) {
+	buf := transport.Begin(make([]byte, 0, transport.MaxHeaderSize+len(topic)+len(event)+len(payload)+24))
+	frame := transport.Finish(phx.AppendBroadcast(buf, topic, event, payload))
+	h.deliverLocal(topic, frame, except)
+	if err := h.cfg.Bus.Publish(topic, frame); err != nil {
+		h.cfg.Metrics.BusError()
+		h.cfg.Logger.Warn("bus publish failed", "topic", topic, "err", err)
+	}
+}
+
+// newRef returns a phx_ref unique across the cluster: 8 bytes of time, 4
+// random bytes per node mixed with a counter, url-safe base64 without
+// padding (16 characters), as Phoenix does.
+func (h *Hub) newRef() string {
+	var b [12]byte
+	binary.BigEndian.PutUint64(b[:8], uint64(time.Now().UnixNano()))
+	binary.BigEndian.PutUint32(b[8:], binary.BigEndian.Uint32(h.refBase[:])^h.refSeq.Add(1))
+	return base64.RawURLEncoding.EncodeToString(b[:])
+}
+
+func (h *Hub) ctx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), h.cfg.StoreTimeout)
+}
+
+// Metrics receives the hub's counters. Implementations must be cheap and
+// lock-free: they run on the per-message path.
+type Metrics interface {
+	Join(kind string)
+	MessageIn()
+	FramesOut(n int)
+	BusDelivered()
+	BusError()
+}
+
+type nopMetrics struct{}
+
+func (nopMetrics) Join(string)   {}
+func (nopMetrics) MessageIn()    {}
+func (nopMetrics) FramesOut(int) {}
+func (nopMetrics) BusDelivered() {}
+func (nopMetrics) BusError()     {}

@@ -1,0 +1,345 @@
+// Package server accepts TCP connections, upgrades WebSocket requests at
+// /socket/websocket straight on the connection with gobwas/ws (no net/http
+// hijack, so no buffers outlive the handshake), authenticates them, and
+// serves every other path (health, metrics, API, demo) with net/http on the
+// same port.
+package server
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gobwas/ws"
+
+	"github.com/elchat/elchat/pkg/auth"
+	"github.com/elchat/elchat/pkg/hub"
+	"github.com/elchat/elchat/pkg/transport"
+)
+
+// SocketPath is where phoenix.js connects: its Socket appends /websocket to
+// the endpoint, and "/socket" is Phoenix's default mount.
+const SocketPath = "/socket/websocket"
+
+// Config wires a Server.
+type Config struct {
+	Verifier         *auth.Verifier
+	Origins          Origins
+	Engine           transport.Engine
+	Hub              *hub.Hub
+	HTTP             http.Handler  // every path but SocketPath; nil: 404
+	HandshakeTimeout time.Duration // whole upgrade, from accept to 101 (default 10s)
+	MaxHandshakes    int           // upgrades in progress at once (default 1024)
+	Limits           *Limits       // nil: no per-user or per-address limits
+	Logger           *slog.Logger
+	Metrics          Metrics // nil: none
+}
+
+// Metrics receives handshake outcomes.
+type Metrics interface {
+	HandshakeRejected(reason string)
+	Connected()
+}
+
+type nopMetrics struct{}
+
+func (nopMetrics) HandshakeRejected(string) {}
+func (nopMetrics) Connected()               {}
+
+// Server is one ElChat node's listener.
+type Server struct {
+	cfg   Config // immutable after New
+	slots chan struct{}
+	http  *http.Server
+	httpL *chanListener
+
+	draining atomic.Bool
+	mu       sync.Mutex
+	ln       net.Listener // guarded by mu
+}
+
+// New returns a server; call Serve.
+func New(cfg Config) *Server {
+	if cfg.HandshakeTimeout <= 0 {
+		cfg.HandshakeTimeout = 10 * time.Second
+	}
+	if cfg.MaxHandshakes <= 0 {
+		cfg.MaxHandshakes = 1024
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = nopMetrics{}
+	}
+	h := cfg.HTTP
+	if h == nil {
+		h = http.NotFoundHandler()
+	}
+	s := &Server{cfg: cfg, slots: make(chan struct{}, cfg.MaxHandshakes), httpL: newChanListener()}
+	s.http = &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: cfg.HandshakeTimeout,
+		IdleTimeout:       60 * time.Second,
+		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
+	}
+	go s.http.Serve(s.httpL) //nolint:errcheck // ends with ErrServerClosed
+	return s
+}
+
+// Serve accepts connections on ln until Drain or Close.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	s.ln = ln
+	s.mu.Unlock()
+	var delay time.Duration
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			if s.draining.Load() || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			// Out of file descriptors and the like: back off as net/http
+			// does rather than spin.
+			delay = min(max(delay*2, 5*time.Millisecond), time.Second)
+			s.cfg.Logger.Warn("accept failed", "err", err, "retry_in", delay)
+			time.Sleep(delay)
+			continue
+		}
+		delay = 0
+		select {
+		case s.slots <- struct{}{}:
+			go s.handle(nc)
+		default:
+			// Too many upgrades in flight: shed load before reading a byte.
+			s.cfg.Metrics.HandshakeRejected("busy")
+			nc.Close()
+		}
+	}
+}
+
+// Draining reports whether the server stopped accepting.
+func (s *Server) Draining() bool { return s.draining.Load() }
+
+// StopAccepting closes the listener; established sockets stay.
+func (s *Server) StopAccepting() {
+	s.draining.Store(true)
+	s.mu.Lock()
+	if s.ln != nil {
+		s.ln.Close()
+	}
+	s.mu.Unlock()
+}
+
+// Close stops the HTTP side.
+func (s *Server) Close(ctx context.Context) error {
+	s.StopAccepting()
+	return s.http.Shutdown(ctx)
+}
+
+var readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4096) }}
+
+func (s *Server) handle(nc net.Conn) {
+	defer func() { <-s.slots }()
+	_ = nc.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
+	br := readerPool.Get().(*bufio.Reader)
+	br.Reset(nc)
+	path, err := peekPath(br)
+	if err != nil {
+		br.Reset(nil)
+		readerPool.Put(br)
+		nc.Close()
+		return
+	}
+	if path != SocketPath {
+		// Plain HTTP: hand the connection, with what was peeked, to net/http.
+		// This reader stays with the connection; only sockets are frugal.
+		s.httpL.push(&peekedConn{Conn: nc, r: br})
+		return
+	}
+	s.upgrade(nc, br)
+}
+
+// peekPath returns the request target's path without consuming anything.
+func peekPath(br *bufio.Reader) (string, error) {
+	for n := 1; ; n = br.Buffered() + 1 {
+		b, err := br.Peek(n)
+		if err != nil {
+			return "", err
+		}
+		if i := bytes.IndexByte(b, '\n'); i >= 0 {
+			fields := bytes.Fields(b[:i])
+			if len(fields) < 2 {
+				return "", errors.New("malformed request line")
+			}
+			path, _, _ := bytes.Cut(fields[1], []byte{'?'})
+			return string(path), nil
+		}
+		if n >= br.Size() {
+			return "", errors.New("request line too long")
+		}
+	}
+}
+
+func (s *Server) upgrade(nc net.Conn, br *bufio.Reader) {
+	var hs handshake
+	var claims auth.Claims
+	var release func()
+	u := ws.Upgrader{
+		OnRequest:      hs.onRequest,
+		OnHeader:       hs.onHeader,
+		OnHost:         hs.onHost,
+		ProtocolCustom: hs.protocols,
+		OnBeforeUpgrade: func() (ws.HandshakeHeader, error) {
+			reason, status := s.authorize(&hs, nc, &claims, &release)
+			if reason != "" {
+				s.cfg.Metrics.HandshakeRejected(reason)
+				s.cfg.Logger.Debug("handshake rejected", "reason", reason, "remote", nc.RemoteAddr().String())
+				return nil, ws.RejectConnectionError(ws.RejectionStatus(status), ws.RejectionReason(reason))
+			}
+			return nil, nil
+		},
+	}
+	_, err := u.Upgrade(struct {
+		*bufio.Reader
+		net.Conn
+	}{br, nc})
+	// Frames sent before the 101 arrived break the protocol; and a reader
+	// that still holds bytes cannot go back to the pool with them.
+	early := br.Buffered() > 0
+	br.Reset(nil)
+	readerPool.Put(br)
+	if err != nil || early {
+		if release != nil {
+			release()
+		}
+		if err == nil {
+			s.cfg.Metrics.HandshakeRejected("early frames")
+			nc.Write(transport.CloseFrame(hub.ClosePolicy, "frame sent before the handshake completed")) //nolint:errcheck
+		}
+		nc.Close()
+		return
+	}
+	_ = nc.SetDeadline(time.Time{})
+	_, err = s.cfg.Engine.Add(nc, func(c *transport.Conn) transport.Session {
+		cl := s.cfg.Hub.Connect(c, claims.UserID, claims.Name)
+		return &session{Client: cl, release: release, expires: claims.ExpiresAt, conn: c}
+	})
+	if err != nil {
+		if release != nil {
+			release()
+		}
+		s.cfg.Logger.Warn("transport refused connection", "err", err)
+		nc.Close()
+		return
+	}
+	s.cfg.Metrics.Connected()
+}
+
+// authorize applies the handshake rules; it returns a rejection reason and
+// HTTP status, or "" to accept.
+func (s *Server) authorize(hs *handshake, nc net.Conn, claims *auth.Claims, release *func()) (string, int) {
+	if s.draining.Load() {
+		return "draining", http.StatusServiceUnavailable
+	}
+	if hs.badQuery {
+		return "malformed query", http.StatusBadRequest
+	}
+	if len(hs.vsn) < 2 || hs.vsn[:2] != "2." {
+		return "unsupported vsn", http.StatusForbidden
+	}
+	if hs.hasOrig && !hs.sameOrigin() && !s.cfg.Origins.Allow(hs.origin) {
+		return "origin", http.StatusForbidden
+	}
+	tok := hs.authToken()
+	if tok == "" {
+		return "token missing", http.StatusForbidden
+	}
+	c, err := s.cfg.Verifier.Verify(tok)
+	if err != nil {
+		return "token " + auth.Reason(err), http.StatusForbidden
+	}
+	*claims = c
+	if s.cfg.Limits != nil {
+		r, reason := s.cfg.Limits.acquire(c.UserID, remoteIP(nc))
+		if reason != "" {
+			return reason, http.StatusTooManyRequests
+		}
+		*release = r
+	}
+	return "", 0
+}
+
+// session ties a hub client to the per-connection limits it holds.
+type session struct {
+	*hub.Client
+	conn    *transport.Conn
+	release func()
+	expires time.Time
+}
+
+func (s *session) Closed() {
+	s.Client.Closed()
+	if s.release != nil {
+		s.release()
+	}
+}
+
+// peekedConn is a connection whose first bytes sit in r.
+type peekedConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c *peekedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// chanListener feeds connections the server has already looked at to
+// net/http.
+type chanListener struct {
+	ch   chan net.Conn
+	done chan struct{}
+	once sync.Once
+}
+
+func newChanListener() *chanListener {
+	return &chanListener{ch: make(chan net.Conn), done: make(chan struct{})}
+}
+
+func (l *chanListener) push(c net.Conn) {
+	select {
+	case l.ch <- c:
+	case <-l.done:
+		c.Close()
+	}
+}
+
+func (l *chanListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ch:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *chanListener) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *chanListener) Addr() net.Addr { return &net.TCPAddr{} }
+
+func remoteIP(nc net.Conn) string {
+	if a, ok := nc.RemoteAddr().(*net.TCPAddr); ok {
+		return a.IP.String()
+	}
+	host, _, _ := net.SplitHostPort(nc.RemoteAddr().String())
+	return host
+}
