@@ -1,0 +1,127 @@
+// Package metrics exposes ElChat's Prometheus metrics through the official
+// client library. Every hot-path method is a pre-resolved counter or
+// histogram (an atomic add): no label lookup, allocation or lock per
+// message.
+package metrics
+
+import (
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Metrics is one node's registry and instruments. It implements
+// hub.Metrics and server.Metrics.
+type Metrics struct {
+	reg *prometheus.Registry
+
+	joinLobby, joinChat, joinOther prometheus.Counter
+	messagesIn                     prometheus.Counter
+	framesOut                      prometheus.Counter
+	busDelivered, busErrors        prometheus.Counter
+	connects                       prometheus.Counter
+	rejected                       *prometheus.CounterVec
+	batchSize                      prometheus.Histogram
+	batchLatency                   prometheus.Histogram
+}
+
+// New registers every ElChat metric plus the Go and process collectors.
+func New() *Metrics {
+	reg := prometheus.NewRegistry()
+	f := func(c prometheus.Collector) { reg.MustRegister(c) }
+	joins := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "elchat_joins_total", Help: "Channel joins accepted, by topic kind.",
+	}, []string{"kind"})
+	m := &Metrics{
+		reg:       reg,
+		joinLobby: joins.WithLabelValues("lobby"),
+		joinChat:  joins.WithLabelValues("chat"),
+		joinOther: joins.WithLabelValues("other"),
+		messagesIn: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "elchat_messages_in_total", Help: "Channel events received from clients (heartbeats, joins and leaves excluded).",
+		}),
+		framesOut: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "elchat_frames_out_total", Help: "Broadcast frames handed to local connections.",
+		}),
+		busDelivered: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "elchat_bus_delivered_total", Help: "Frames received from other nodes through the bus.",
+		}),
+		busErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "elchat_bus_publish_errors_total", Help: "Bus publishes that failed (Redis down or queue full).",
+		}),
+		connects: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "elchat_connects_total", Help: "WebSocket upgrades accepted.",
+		}),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "elchat_handshakes_rejected_total", Help: "Upgrades refused, by reason.",
+		}, []string{"reason"}),
+		batchSize: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "elchat_store_batch_size", Help: "Messages per group-commit transaction.",
+			Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128, 256, 512},
+		}),
+		batchLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "elchat_store_batch_seconds", Help: "Time to commit one batch.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+		}),
+	}
+	f(joins)
+	f(m.messagesIn)
+	f(m.framesOut)
+	f(m.busDelivered)
+	f(m.busErrors)
+	f(m.connects)
+	f(m.rejected)
+	f(m.batchSize)
+	f(m.batchLatency)
+	f(collectors.NewGoCollector())
+	f(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// Handler serves /metrics.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
+}
+
+// Register adds another collector, e.g. a gauge read from the transport.
+func (m *Metrics) Register(c prometheus.Collector) { m.reg.MustRegister(c) }
+
+// GaugeFunc registers a gauge whose value is read at scrape time.
+func (m *Metrics) GaugeFunc(name, help string, f func() float64) {
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f))
+}
+
+// CounterFunc registers a counter whose value is read at scrape time.
+func (m *Metrics) CounterFunc(name, help string, f func() float64) {
+	m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, f))
+}
+
+func (m *Metrics) Join(kind string) {
+	switch kind {
+	case "lobby":
+		m.joinLobby.Inc()
+	case "chat":
+		m.joinChat.Inc()
+	default:
+		m.joinOther.Inc()
+	}
+}
+
+func (m *Metrics) MessageIn()      { m.messagesIn.Inc() }
+func (m *Metrics) FramesOut(n int) { m.framesOut.Add(float64(n)) }
+func (m *Metrics) BusDelivered()   { m.busDelivered.Inc() }
+func (m *Metrics) BusError()       { m.busErrors.Inc() }
+func (m *Metrics) Connected()      { m.connects.Inc() }
+
+// HandshakeRejected counts a refused upgrade. Reasons form a small fixed
+// set (see server.authorize), so the label stays bounded.
+func (m *Metrics) HandshakeRejected(reason string) { m.rejected.WithLabelValues(reason).Inc() }
+
+// StoreBatch records one group commit; pass it as the store's observer.
+func (m *Metrics) StoreBatch(size int, d time.Duration) {
+	m.batchSize.Observe(float64(size))
+	m.batchLatency.Observe(d.Seconds())
+}
