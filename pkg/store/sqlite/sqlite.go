@@ -1,0 +1,398 @@
+// Package sqlite is the embedded Store: one file, <dataDir>/elchat.db, in WAL
+// mode with synchronous=FULL so an acknowledged message survives power loss.
+// Writes go through one connection (SQLite has a single writer anyway, and
+// group commit makes that cheap); reads use a separate read-only pool that
+// WAL lets run alongside the writer.
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+	"math"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/pressly/goose/v3"
+	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
+
+	"github.com/elchat/elchat/pkg/store"
+)
+
+//go:embed migrations/*.sql
+var migrations embed.FS
+
+// FileName is the database file created inside the data directory.
+const FileName = "elchat.db"
+
+// Options tunes a Store. The zero value is the production default.
+type Options struct {
+	// Batch configures group commit. Flushers is forced to 1: a second
+	// flusher could only wait on SQLite's write lock.
+	Batch store.BatchConfig
+	// ReadConns sizes the read pool (default 4).
+	ReadConns int
+	// BusyTimeout is how long a connection waits on a lock held by another
+	// process before failing with ErrUnavailable (default 10s).
+	BusyTimeout time.Duration
+}
+
+// Store implements store.Store on SQLite.
+type Store struct {
+	w     *sql.DB // one connection; owned by the flusher and MarkRead
+	r     *sql.DB // read-only pool
+	batch *store.Batcher
+
+	closeOnce sync.Once
+	closeErr  error // set once inside closeOnce
+}
+
+var _ store.Store = (*Store)(nil)
+
+// Open opens (creating if needed) dataDir/elchat.db and migrates it.
+func Open(ctx context.Context, dataDir string) (*Store, error) {
+	return OpenWith(ctx, dataDir, Options{})
+}
+
+// OpenWith is Open with explicit options.
+func OpenWith(ctx context.Context, dataDir string, o Options) (*Store, error) {
+	if o.ReadConns <= 0 {
+		o.ReadConns = 4
+	}
+	if o.BusyTimeout <= 0 {
+		o.BusyTimeout = 10 * time.Second
+	}
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("sqlite: create data dir: %w", err)
+	}
+	path := filepath.Join(dataDir, FileName)
+
+	// Pragmas go in the DSN so every connection the pool (re)opens gets
+	// them, not just the first one.
+	busy := fmt.Sprintf("busy_timeout(%d)", o.BusyTimeout.Milliseconds())
+	w, err := sql.Open("sqlite", dsn(path, "_txlock=immediate",
+		"_pragma="+busy, "_pragma=journal_mode(WAL)", "_pragma=synchronous(FULL)"))
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: open: %w", err)
+	}
+	w.SetMaxOpenConns(1)
+	w.SetConnMaxIdleTime(0)
+	w.SetConnMaxLifetime(0)
+
+	if err := migrate(ctx, w); err != nil {
+		w.Close()
+		return nil, err
+	}
+
+	r, err := sql.Open("sqlite", dsn(path, "_pragma="+busy, "_pragma=query_only(1)"))
+	if err != nil {
+		w.Close()
+		return nil, fmt.Errorf("sqlite: open read pool: %w", err)
+	}
+	r.SetMaxOpenConns(o.ReadConns)
+	r.SetMaxIdleConns(o.ReadConns)
+
+	s := &Store{w: w, r: r}
+	bc := o.Batch
+	bc.Flushers = 1
+	s.batch = store.NewBatcher(bc, s.flush)
+	return s, nil
+}
+
+func dsn(path string, params ...string) string {
+	u := url.URL{Scheme: "file", Opaque: url.PathEscape(path)}
+	q := ""
+	for i, p := range params {
+		if i > 0 {
+			q += "&"
+		}
+		q += p
+	}
+	return u.String() + "?" + q
+}
+
+func migrate(ctx context.Context, db *sql.DB) error {
+	sub, err := fs.Sub(migrations, "migrations")
+	if err != nil {
+		return err
+	}
+	p, err := goose.NewProvider(goose.DialectSQLite3, db, sub, goose.WithDisableGlobalRegistry(true))
+	if err != nil {
+		return fmt.Errorf("sqlite: migrations: %w", err)
+	}
+	if _, err := p.Up(ctx); err != nil {
+		return fmt.Errorf("sqlite: migrate: %w", err)
+	}
+	return nil
+}
+
+// Path returns the database file inside dataDir.
+func Path(dataDir string) string { return filepath.Join(dataDir, FileName) }
+
+// Save implements store.Store through the group-commit batcher.
+func (s *Store) Save(ctx context.Context, m store.NewMessage) (store.Message, bool, error) {
+	return s.batch.Save(ctx, m)
+}
+
+// SaveBatch writes batch in one transaction, bypassing the batcher; for
+// imports and benchmarks.
+func (s *Store) SaveBatch(ctx context.Context, batch []store.NewMessage) ([]store.SaveResult, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	res, err := store.SaveBatch(ctx, s.flush, batch)
+	if err != nil && ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+	return res, err
+}
+
+const (
+	cols = `id, room, user_id, opponent_id, body, client_id, sent_at, is_delivered`
+
+	insertSQL = `INSERT INTO messages (room, user_id, opponent_id, body, client_id, sent_at)
+VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT (user_id, client_id) WHERE client_id IS NOT NULL DO NOTHING
+RETURNING id`
+
+	existingSQL = `SELECT ` + cols + ` FROM messages WHERE user_id = ? AND client_id = ?`
+)
+
+// flush is the batcher's FlushFunc: one IMMEDIATE transaction, one fsync.
+func (s *Store) flush(ctx context.Context, batch []store.NewMessage) (_ []store.SaveResult, err error) {
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, unavailable(err)
+	}
+	defer func() {
+		if err != nil {
+			tx.Rollback()
+		}
+	}()
+	ins, err := tx.PrepareContext(ctx, insertSQL)
+	if err != nil {
+		return nil, unavailable(err)
+	}
+	defer ins.Close()
+
+	// One timestamp per batch: the messages became durable together.
+	now := time.Now().UTC().Truncate(time.Microsecond)
+	out := make([]store.SaveResult, len(batch))
+	for i, m := range batch {
+		var id int64
+		err := ins.QueryRowContext(ctx, m.Room, m.UserID, m.OpponentID, m.Body,
+			nullString(m.ClientID), now.UnixMicro()).Scan(&id)
+		switch {
+		case err == nil:
+			out[i] = store.SaveResult{Created: true, Msg: store.Message{
+				ID: id, Room: m.Room, UserID: m.UserID, OpponentID: m.OpponentID,
+				Body: m.Body, ClientID: m.ClientID, SentAt: now,
+			}}
+		case errors.Is(err, sql.ErrNoRows):
+			// DO NOTHING fired: a committed message already has this
+			// client id, and the retry gets that one.
+			prev, err := scanMessage(tx.QueryRowContext(ctx, existingSQL, m.UserID, m.ClientID))
+			if err != nil {
+				return nil, unavailable(err)
+			}
+			out[i] = store.SaveResult{Msg: prev}
+		default:
+			return nil, unavailable(err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return nil, unavailable(err)
+	}
+	return out, nil
+}
+
+// History implements store.Store.
+func (s *Store) History(ctx context.Context, room string, before int64, limit int) ([]store.Message, error) {
+	if before <= 0 {
+		before = math.MaxInt64
+	}
+	msgs, err := s.query(ctx, limit, `SELECT `+cols+` FROM messages
+WHERE room = ? AND id < ? ORDER BY id DESC LIMIT ?`, room, before)
+	if err != nil {
+		return nil, err
+	}
+	for i, j := 0, len(msgs)-1; i < j; i, j = i+1, j-1 {
+		msgs[i], msgs[j] = msgs[j], msgs[i]
+	}
+	return msgs, nil
+}
+
+// Since implements store.Store.
+func (s *Store) Since(ctx context.Context, room string, after int64, limit int) ([]store.Message, error) {
+	return s.query(ctx, limit, `SELECT `+cols+` FROM messages
+WHERE room = ? AND id > ? ORDER BY id LIMIT ?`, room, after)
+}
+
+// query runs a paged read; the clamped limit is appended as the last arg.
+func (s *Store) query(ctx context.Context, limit int, q string, args ...any) ([]store.Message, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	limit = store.ClampLimit(limit)
+	msgs := make([]store.Message, 0, min(limit, 64))
+	if limit == 0 {
+		return msgs, nil
+	}
+	rows, err := s.r.QueryContext(ctx, q, append(args, limit)...)
+	if err != nil {
+		return nil, ctxOr(ctx, err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		m, err := scanMessage(rows)
+		if err != nil {
+			return nil, ctxOr(ctx, err)
+		}
+		msgs = append(msgs, m)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, ctxOr(ctx, err)
+	}
+	return msgs, nil
+}
+
+// MarkRead implements store.Store. It runs on the writer connection, so it
+// queues behind an in-flight batch instead of fighting it for the lock.
+func (s *Store) MarkRead(ctx context.Context, room, reader string, lastID int64) (int64, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	res, err := s.w.ExecContext(ctx, `UPDATE messages SET is_delivered = 1
+WHERE opponent_id = ? AND room = ? AND id <= ? AND NOT is_delivered`, reader, room, lastID)
+	if err != nil {
+		return 0, ctxOr(ctx, err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return 0, ctxOr(ctx, err)
+	}
+	return n, nil
+}
+
+// unreadSQL is shared in spirit with the PostgreSQL store: the partial index
+// finds the undelivered messages, (room, id) finds each room's newest.
+const unreadSQL = `WITH u AS (
+	SELECT room, count(*) AS unread, max(id) AS last_unread
+	FROM messages WHERE opponent_id = ? AND NOT is_delivered
+	GROUP BY room
+)
+SELECT u.room, s.user_id, u.unread,
+	m.id, m.room, m.user_id, m.opponent_id, m.body, m.client_id, m.sent_at, m.is_delivered
+FROM u
+JOIN messages s ON s.id = u.last_unread
+JOIN messages m ON m.id = (SELECT max(id) FROM messages WHERE room = u.room)
+ORDER BY m.id DESC`
+
+// Unread implements store.Store.
+func (s *Store) Unread(ctx context.Context, userID string) ([]store.UnreadChat, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	rows, err := s.r.QueryContext(ctx, unreadSQL, userID)
+	if err != nil {
+		return nil, ctxOr(ctx, err)
+	}
+	defer rows.Close()
+	out := []store.UnreadChat{}
+	for rows.Next() {
+		var (
+			c        store.UnreadChat
+			clientID sql.NullString
+			sentAt   int64
+		)
+		err := rows.Scan(&c.Room, &c.OpponentID, &c.Unread,
+			&c.Last.ID, &c.Last.Room, &c.Last.UserID, &c.Last.OpponentID, &c.Last.Body,
+			&clientID, &sentAt, &c.Last.Delivered)
+		if err != nil {
+			return nil, ctxOr(ctx, err)
+		}
+		c.Last.ClientID = clientID.String
+		c.Last.SentAt = fromMicros(sentAt)
+		out = append(out, c)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, ctxOr(ctx, err)
+	}
+	return out, nil
+}
+
+// Ping implements store.Store.
+func (s *Store) Ping(ctx context.Context) error {
+	if err := s.r.PingContext(ctx); err != nil {
+		return ctxOr(ctx, err)
+	}
+	var one int
+	if err := s.r.QueryRowContext(ctx, `SELECT 1`).Scan(&one); err != nil {
+		return ctxOr(ctx, err)
+	}
+	return nil
+}
+
+// Close flushes queued messages and closes the database. It is idempotent.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() {
+		s.batch.Close()
+		s.closeErr = errors.Join(s.r.Close(), s.w.Close())
+	})
+	return s.closeErr
+}
+
+type scanner interface{ Scan(dest ...any) error }
+
+func scanMessage(row scanner) (store.Message, error) {
+	var (
+		m        store.Message
+		clientID sql.NullString
+		sentAt   int64
+	)
+	err := row.Scan(&m.ID, &m.Room, &m.UserID, &m.OpponentID, &m.Body, &clientID, &sentAt, &m.Delivered)
+	if err != nil {
+		return store.Message{}, err
+	}
+	m.ClientID = clientID.String
+	m.SentAt = fromMicros(sentAt)
+	return m, nil
+}
+
+func fromMicros(us int64) time.Time { return time.UnixMicro(us).UTC() }
+
+func nullString(s string) sql.NullString { return sql.NullString{String: s, Valid: s != ""} }
+
+// ctxOr reports the caller's own cancellation as such; anything else is the
+// database failing.
+func ctxOr(ctx context.Context, err error) error {
+	if ctxErr := ctx.Err(); ctxErr != nil {
+		return ctxErr
+	}
+	return unavailable(err)
+}
+
+func unavailable(err error) error {
+	return fmt.Errorf("%w: %v", store.ErrUnavailable, err)
+}
+
+// Pragma returns the writer connection's value of a PRAGMA, for diagnostics
+// and tests; "" if it cannot be read.
+func (s *Store) Pragma(ctx context.Context, name string) string {
+	for _, r := range name {
+		if (r < 'a' || r > 'z') && r != '_' {
+			return "" // a pragma name is spliced into SQL: keep it a bare word
+		}
+	}
+	var v string
+	if err := s.w.QueryRowContext(ctx, "PRAGMA "+name).Scan(&v); err != nil {
+		return ""
+	}
+	return v
+}
