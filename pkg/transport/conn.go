@@ -1,0 +1,447 @@
+package transport
+
+import (
+	"encoding/binary"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"unicode/utf8"
+
+	"github.com/gobwas/ws"
+)
+
+// Connection state bits. They change only with Conn.mu held, but are
+// stored atomically so hot paths and the reaper can test them lock-free.
+const (
+	fInWorker   uint32 = 1 << iota // epoll: a worker owns the read side; the registration is disarmed
+	fWantWrite                     // epoll: the queue has bytes the socket refused; EPOLLOUT is wanted
+	fClosing                       // our close frame is queued: Send refuses, data frames are dropped
+	fFailed                        // protocol error: all further input is discarded
+	fPeerClosed                    // the peer's close frame arrived
+	fDead                          // tear down at the next chance, without flushing
+	fClosed                        // torn down; the socket is closed
+	fFinSent                       // write side shut after the close frame left
+)
+
+// driver is what differs between the engines.
+type driver interface {
+	// flushLocked moves queued bytes towards the socket without blocking
+	// the caller.
+	flushLocked(c *Conn)
+	// wakeLocked makes the goroutine that owns c's read side notice fDead
+	// promptly; c is not closed yet.
+	wakeLocked(c *Conn)
+	// shutWriteLocked half-closes c after the close frame was written.
+	shutWriteLocked(c *Conn)
+	// detach unhooks c from the engine's machinery before its socket is
+	// closed; c is already fClosed.
+	detach(c *Conn)
+}
+
+// Conn is one served WebSocket connection. It is deliberately small: an
+// idle epoll connection is this struct plus Go's net.TCPConn and nothing
+// else.
+type Conn struct {
+	b    *base           // immutable
+	nc   net.Conn        // immutable
+	sess Session         // immutable once Add has set it, before the first read
+	rc   syscall.RawConn // immutable; epoll only
+	pw   chan struct{}   // immutable; portable only: wakes the writer goroutine
+	fd   int32           // immutable; epoll only. Valid while fClosed is unset, which mu protects
+	slot int32           // guarded by b.reg.mu
+	gen  uint32          // immutable; tells the poller a stale event from a reused slot
+
+	lastRecv atomic.Int64 // unix seconds of the last complete frame (or of Add)
+	closeAt  atomic.Int64 // unix seconds when fClosing was set
+	stallAt  atomic.Int64 // unix seconds since when queued bytes made no progress; 0 when the queue is empty
+
+	// The read side: touched only by whoever holds it (the epoll worker
+	// that set fInWorker, or the portable reader goroutine).
+	partial []byte    // bytes of an incomplete frame; nil between frames
+	msg     []byte    // payload of a fragmented message so far; nil otherwise
+	msgOp   ws.OpCode // opcode of the fragmented message in msg; 0 when none
+
+	mu     sync.Mutex
+	flags  atomic.Uint32 // written with mu held; read atomically anywhere
+	queue  [][]byte      // guarded by mu; frames to write, from qhead on
+	qhead  int32         // guarded by mu
+	qoff   int32         // guarded by mu; bytes of queue[qhead] already written
+	qbytes int           // guarded by mu; unwritten bytes in queue
+}
+
+func (c *Conn) setLocked(f uint32)   { c.flags.Store(c.flags.Load() | f) }
+func (c *Conn) clearLocked(f uint32) { c.flags.Store(c.flags.Load() &^ f) }
+func (c *Conn) pendingLocked() int   { return len(c.queue) - int(c.qhead) }
+
+// RemoteAddr is the peer's address.
+func (c *Conn) RemoteAddr() net.Addr { return c.nc.RemoteAddr() }
+
+// Send queues frame, a complete server frame that may be shared with other
+// connections and must not change afterwards, and starts writing it. It
+// never blocks. Frames leave in the order of the Send calls. If the queue
+// would exceed its bounds, the queue is dropped, the connection is torn
+// down and ErrSlowConsumer is returned.
+func (c *Conn) Send(frame []byte) error {
+	c.mu.Lock()
+	if c.flags.Load()&(fClosing|fDead|fClosed) != 0 {
+		c.mu.Unlock()
+		return ErrClosed
+	}
+	o := &c.b.opts
+	if c.pendingLocked()+1 > o.MaxQueueFrames || c.qbytes+len(frame) > o.MaxQueueBytes {
+		c.b.st.slow.Add(1)
+		c.killLocked()
+		c.mu.Unlock()
+		return ErrSlowConsumer
+	}
+	c.enqueueLocked(frame)
+	c.b.drv.flushLocked(c)
+	c.mu.Unlock()
+	return nil
+}
+
+// Close sends a close frame with code and reason (ahead of nothing: it
+// bypasses the queue bound, behind what is already queued) and tears the
+// connection down once the peer answers, hangs up, or a grace period
+// passes. Safe from any goroutine; only the first call has an effect.
+func (c *Conn) Close(code int, reason string) {
+	c.mu.Lock()
+	c.closeLocked(CloseFrame(code, reason))
+	c.mu.Unlock()
+}
+
+func (c *Conn) closeLocked(frame []byte) {
+	if c.flags.Load()&(fClosing|fDead|fClosed) != 0 {
+		return
+	}
+	c.setLocked(fClosing)
+	c.closeAt.Store(c.b.now())
+	c.enqueueLocked(frame)
+	c.b.drv.flushLocked(c)
+}
+
+// kill tears the connection down without a close handshake.
+func (c *Conn) kill() {
+	c.mu.Lock()
+	c.killLocked()
+	c.mu.Unlock()
+}
+
+func (c *Conn) killLocked() {
+	if c.flags.Load()&(fDead|fClosed) != 0 {
+		return
+	}
+	c.setLocked(fDead)
+	c.releaseQueueLocked()
+	c.b.drv.wakeLocked(c)
+}
+
+func (c *Conn) releaseQueueLocked() {
+	c.queue, c.qhead, c.qoff, c.qbytes = nil, 0, 0, 0
+	c.stallAt.Store(0)
+}
+
+func (c *Conn) enqueueLocked(frame []byte) {
+	if c.pendingLocked() == 0 {
+		c.stallAt.Store(c.b.now())
+	}
+	c.queue = append(c.queue, frame)
+	c.qbytes += len(frame)
+}
+
+// consumeWrittenLocked drops n written bytes from the front of the queue.
+func (c *Conn) consumeWrittenLocked(n int) {
+	if n <= 0 {
+		return
+	}
+	c.b.st.bytesOut.Add(int64(n))
+	c.qbytes -= n
+	frames := 0
+	for n > 0 {
+		rem := len(c.queue[c.qhead]) - int(c.qoff)
+		if n < rem {
+			c.qoff += int32(n)
+			break
+		}
+		n -= rem
+		c.queue[c.qhead] = nil // the frame may be shared and large; do not pin it
+		c.qhead++
+		c.qoff = 0
+		frames++
+	}
+	c.b.st.framesOut.Add(int64(frames))
+	if c.pendingLocked() > 0 {
+		c.stallAt.Store(c.b.now())
+		return
+	}
+	c.stallAt.Store(0)
+	if cap(c.queue) > 16 {
+		// A burst grew the queue; an idle connection should not keep it.
+		c.queue = nil
+	} else {
+		c.queue = c.queue[:0]
+	}
+	c.qhead = 0
+}
+
+// drainedLocked runs when the queue became empty: once our close frame is
+// out, half-close so the peer sees EOF even if it never answers.
+func (c *Conn) drainedLocked() {
+	f := c.flags.Load()
+	if f&fClosing != 0 && f&(fFinSent|fDead|fClosed) == 0 {
+		c.setLocked(fFinSent)
+		c.b.drv.shutWriteLocked(c)
+	}
+}
+
+// readerShouldStop reports whether the read side must tear down now: it
+// was killed, or the close handshake finished and our reply is written.
+func (c *Conn) readerShouldStop() bool {
+	f := c.flags.Load()
+	if f&fDead != 0 {
+		return true
+	}
+	if f&fPeerClosed == 0 {
+		return false
+	}
+	c.mu.Lock()
+	done := c.pendingLocked() == 0
+	c.mu.Unlock()
+	return done
+}
+
+// teardown closes the connection for good. Only the read side calls it, so
+// it is ordered after every Handle* call and Closed runs exactly once.
+func (c *Conn) teardown() {
+	c.mu.Lock()
+	if c.flags.Load()&fClosed != 0 {
+		c.mu.Unlock()
+		return
+	}
+	c.setLocked(fClosed | fDead)
+	c.releaseQueueLocked()
+	c.mu.Unlock()
+	c.b.drv.detach(c)
+	c.b.reg.remove(c)
+	_ = c.nc.Close()
+	c.partial, c.msg, c.msgOp = nil, nil, 0
+	c.b.st.conns.Add(-1)
+	c.sess.Closed()
+}
+
+// readBuf returns where the next read should land: straight into the
+// spare room of a large incomplete frame, or into scratch behind the
+// bytes of a small one, which afterRead copies in front.
+func (c *Conn) readBuf(scratch []byte) []byte {
+	if cap(c.partial) > len(scratch) {
+		return c.partial[len(c.partial):cap(c.partial)]
+	}
+	return scratch[len(c.partial):]
+}
+
+// afterRead processes n bytes just read into readBuf(scratch): it delivers
+// every complete frame and keeps only the leftover of an incomplete one.
+func (c *Conn) afterRead(scratch []byte, n int) {
+	c.b.st.bytesIn.Add(int64(n))
+	var data []byte
+	big := cap(c.partial) > len(scratch)
+	if big {
+		c.partial = c.partial[:len(c.partial)+n]
+		data = c.partial
+	} else {
+		h := copy(scratch, c.partial)
+		data = scratch[:h+n]
+	}
+	consumed, need := c.parse(data)
+	rest := data[consumed:]
+	switch {
+	case len(rest) == 0:
+		c.partial = nil
+	case need > len(scratch):
+		if big && consumed == 0 {
+			return // still filling the frame's own buffer
+		}
+		p := make([]byte, len(rest), need)
+		copy(p, rest)
+		c.partial = p
+	case !big && cap(c.partial) >= len(rest):
+		c.partial = append(c.partial[:0], rest...) // rest is in scratch: no overlap
+	default:
+		c.partial = append([]byte(nil), rest...)
+	}
+}
+
+// parse delivers the complete frames at the front of p. It returns how many
+// bytes it consumed and, if the next frame's header is complete but its
+// payload is not, that frame's total length. After a protocol error or the
+// peer's close it consumes everything.
+func (c *Conn) parse(p []byte) (consumed, need int) {
+	maxMsg := int64(c.b.opts.MaxMessageSize)
+	for {
+		if c.flags.Load()&(fFailed|fPeerClosed|fDead) != 0 {
+			return len(p), 0
+		}
+		b := p[consumed:]
+		if len(b) < 2 {
+			return consumed, 0
+		}
+		fin := b[0]&0x80 != 0
+		op := ws.OpCode(b[0] & 0x0f)
+		switch {
+		case b[0]&0x70 != 0:
+			c.fail(ws.StatusProtocolError, "reserved bits set")
+			continue
+		case op.IsReserved():
+			c.fail(ws.StatusProtocolError, "unknown opcode")
+			continue
+		case b[1]&0x80 == 0:
+			c.fail(ws.StatusProtocolError, "unmasked client frame")
+			continue
+		}
+		length := int64(b[1] & 0x7f)
+		hlen := 2 + 4
+		switch length {
+		case 126:
+			hlen += 2
+		case 127:
+			hlen += 8
+		}
+		if len(b) < hlen {
+			return consumed, 0
+		}
+		switch length {
+		case 126:
+			length = int64(binary.BigEndian.Uint16(b[2:]))
+		case 127:
+			u := binary.BigEndian.Uint64(b[2:])
+			if u>>63 != 0 {
+				c.fail(ws.StatusProtocolError, "bad frame length")
+				continue
+			}
+			length = int64(u)
+		}
+		if op.IsControl() {
+			if !fin || length > 125 {
+				c.fail(ws.StatusProtocolError, "bad control frame")
+				continue
+			}
+		} else {
+			if (op == ws.OpContinuation) != (c.msgOp != 0) {
+				c.fail(ws.StatusProtocolError, "bad fragmentation")
+				continue
+			}
+			if int64(len(c.msg))+length > maxMsg {
+				c.fail(ws.StatusMessageTooBig, "message too big")
+				continue
+			}
+		}
+		total := hlen + int(length)
+		if len(b) < total {
+			return consumed, total
+		}
+		payload := b[hlen:total]
+		ws.Cipher(payload, [4]byte(b[hlen-4:hlen]), 0)
+		consumed += total
+		c.lastRecv.Store(c.b.now())
+		c.b.st.framesIn.Add(1)
+		c.frame(op, fin, payload)
+	}
+}
+
+// frame handles one complete, unmasked frame.
+func (c *Conn) frame(op ws.OpCode, fin bool, payload []byte) {
+	switch op {
+	case ws.OpPing:
+		if c.flags.Load()&fClosing == 0 {
+			_ = c.Send(AppendFrame(make([]byte, 0, 2+len(payload)), ws.OpPong, payload))
+		}
+		return
+	case ws.OpPong:
+		return
+	case ws.OpClose:
+		c.peerClose(payload)
+		return
+	}
+	dropping := c.flags.Load()&fClosing != 0
+	if fin && c.msgOp == 0 {
+		if !dropping {
+			c.deliver(op, payload)
+		}
+		return
+	}
+	if op != ws.OpContinuation {
+		c.msgOp = op
+	}
+	if !dropping {
+		c.msg = append(c.msg, payload...)
+	}
+	if fin {
+		msg, mop := c.msg, c.msgOp
+		// Free the reassembly buffer before delivering: a message handler
+		// that closes the connection must not find state to reuse.
+		c.msg, c.msgOp = nil, 0
+		if !dropping {
+			c.deliver(mop, msg)
+		}
+	}
+}
+
+func (c *Conn) deliver(op ws.OpCode, data []byte) {
+	if op == ws.OpText {
+		if !utf8.Valid(data) {
+			c.fail(ws.StatusInvalidFramePayloadData, "invalid UTF-8")
+			return
+		}
+		c.sess.HandleText(data)
+		return
+	}
+	c.sess.HandleBinary(data)
+}
+
+// peerClose answers the peer's close frame and marks the handshake done.
+func (c *Conn) peerClose(payload []byte) {
+	var reply []byte
+	switch {
+	case len(payload) == 0:
+		reply = CloseFrame(0, "")
+	case len(payload) == 1:
+		c.fail(ws.StatusProtocolError, "bad close frame")
+		return
+	default:
+		code := int(binary.BigEndian.Uint16(payload))
+		if !validCloseCode(code) {
+			c.fail(ws.StatusProtocolError, "bad close code")
+			return
+		}
+		if !utf8.Valid(payload[2:]) {
+			c.fail(ws.StatusInvalidFramePayloadData, "invalid UTF-8")
+			return
+		}
+		reply = CloseFrame(code, "")
+	}
+	c.mu.Lock()
+	c.setLocked(fPeerClosed)
+	c.closeLocked(reply) // no-op if we started the close: this was the answer
+	c.mu.Unlock()
+}
+
+func validCloseCode(code int) bool {
+	switch {
+	case code >= 1000 && code <= 1003, code >= 1007 && code <= 1014:
+		return true
+	case code >= 3000 && code <= 4999:
+		return true
+	}
+	return false
+}
+
+// fail closes the connection for a protocol violation; the rest of the
+// input is discarded.
+func (c *Conn) fail(code ws.StatusCode, reason string) {
+	c.b.st.proto.Add(1)
+	c.mu.Lock()
+	c.setLocked(fFailed)
+	c.closeLocked(CloseFrame(int(code), reason))
+	c.mu.Unlock()
+}

@@ -1,0 +1,350 @@
+//go:build linux
+
+package transport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+const (
+	readEvents  = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT
+	writeEvents = readEvents | unix.EPOLLOUT
+
+	readBufSize  = 16 << 10
+	readsPerTurn = 4  // bounds one connection's turn on a worker
+	maxIovecs    = 64 // frames coalesced into one writev
+)
+
+// bufPool holds the read buffers: a worker borrows one only while it reads.
+var bufPool = sync.Pool{New: func() any { b := make([]byte, readBufSize); return &b }}
+
+// epollEngine parks idle connections on an epoll instance. Every
+// registration is EPOLLONESHOT: an event disarms it, the poller hands the
+// connection to a worker (setting fInWorker), and the worker re-arms it
+// when done. The one exception is Send arming EPOLLOUT on a connection no
+// worker holds; a resulting duplicate event finds fInWorker set and is
+// dropped, as the holder re-arms level-triggered readiness anyway.
+type epollEngine struct {
+	base
+	epfd int        // immutable
+	evfd int        // immutable; an eventfd that wakes the poller to stop
+	work chan *Conn // poller → workers; closed by the poller when it stops
+	wg   sync.WaitGroup
+}
+
+func newEpoll(opts Options) (Engine, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("transport: epoll_create1: %w", err)
+	}
+	evfd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	if err != nil {
+		unix.Close(epfd)
+		return nil, fmt.Errorf("transport: eventfd: %w", err)
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: -1}
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, evfd, &ev); err != nil {
+		unix.Close(epfd)
+		unix.Close(evfd)
+		return nil, fmt.Errorf("transport: epoll_ctl eventfd: %w", err)
+	}
+	e := &epollEngine{epfd: epfd, evfd: evfd, work: make(chan *Conn, max(opts.Workers*4, 64))}
+	e.base.init(opts, e)
+	e.wg.Add(1 + opts.Workers)
+	go e.poll()
+	for range opts.Workers {
+		w := &worker{e: e}
+		w.readFn = w.read // one method value per worker, not a closure per read
+		go w.run()
+	}
+	return e, nil
+}
+
+func (e *epollEngine) Add(nc net.Conn, newSession func(*Conn) Session) (*Conn, error) {
+	if e.shut.Load() {
+		return nil, ErrEngineClosed
+	}
+	sc, ok := nc.(syscall.Conn)
+	if !ok {
+		return nil, errors.New("transport: epoll engine needs a syscall.Conn")
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	fd := -1
+	if err := rc.Control(func(f uintptr) { fd = int(f) }); err != nil {
+		return nil, err
+	}
+	c := &Conn{nc: nc, rc: rc, fd: int32(fd)}
+	e.register(c)
+	c.sess = newSession(c)
+	ev := unix.EpollEvent{Events: readEvents, Fd: c.slot, Pad: int32(c.gen)}
+	if err := unix.EpollCtl(e.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		e.unregister(c)
+		return nil, fmt.Errorf("transport: epoll_ctl add: %w", err)
+	}
+	return c, nil
+}
+
+// rearmLocked re-enables c's oneshot registration.
+func (e *epollEngine) rearmLocked(c *Conn) {
+	ev := unix.EpollEvent{Events: readEvents, Fd: c.slot, Pad: int32(c.gen)}
+	if c.flags.Load()&fWantWrite != 0 {
+		ev.Events = writeEvents
+	}
+	if err := unix.EpollCtl(e.epfd, unix.EPOLL_CTL_MOD, int(c.fd), &ev); err != nil {
+		e.log.Warn("transport: epoll_ctl mod", "err", err)
+		c.killLocked()
+	}
+}
+
+func (e *epollEngine) poll() {
+	defer e.wg.Done()
+	defer close(e.work)
+	evs := make([]unix.EpollEvent, 256)
+	for {
+		n, err := unix.EpollWait(e.epfd, evs, -1)
+		if err != nil {
+			if err == unix.EINTR {
+				continue
+			}
+			e.log.Error("transport: epoll_wait", "err", err)
+			return
+		}
+		for i := range n {
+			if evs[i].Fd < 0 {
+				return // the eventfd: Shutdown
+			}
+			c := e.reg.get(evs[i].Fd)
+			if c == nil || c.gen != uint32(evs[i].Pad) {
+				continue // the slot was reused since the event was queued
+			}
+			c.mu.Lock()
+			if c.flags.Load()&(fInWorker|fClosed) != 0 {
+				c.mu.Unlock()
+				continue
+			}
+			c.setLocked(fInWorker)
+			c.mu.Unlock()
+			e.work <- c
+		}
+	}
+}
+
+// worker holds the per-goroutine state for non-blocking reads, so reading
+// allocates nothing.
+type worker struct {
+	e      *epollEngine
+	readFn func(fd uintptr) bool
+	dst    []byte
+	n      int
+	err    error
+}
+
+func (w *worker) read(fd uintptr) bool {
+	for {
+		w.n, w.err = unix.Read(int(fd), w.dst)
+		if w.err != unix.EINTR {
+			return true // never let the runtime park us: we are not waiting
+		}
+	}
+}
+
+func (w *worker) run() {
+	defer w.e.wg.Done()
+	for c := range w.e.work {
+		w.handle(c)
+	}
+}
+
+// handle gives c one turn: finish pending writes, read what is there
+// without blocking, deliver complete frames, then park c again.
+func (w *worker) handle(c *Conn) {
+	e := w.e
+	c.mu.Lock()
+	if c.flags.Load()&fDead != 0 {
+		c.mu.Unlock()
+		c.teardown()
+		return
+	}
+	if c.flags.Load()&fWantWrite != 0 {
+		e.flushLocked(c)
+	}
+	c.mu.Unlock()
+
+	bp := bufPool.Get().(*[]byte)
+	scratch := *bp
+	gone := false
+	for range readsPerTurn {
+		if c.flags.Load()&fDead != 0 {
+			break
+		}
+		w.dst = c.readBuf(scratch)
+		err := c.rc.Read(w.readFn)
+		if err == nil {
+			err = w.err
+		}
+		if err == unix.EAGAIN {
+			break
+		}
+		if err != nil || w.n <= 0 {
+			gone = true // EOF, reset, or closed
+			break
+		}
+		full := w.n == len(w.dst)
+		c.afterRead(scratch, w.n)
+		if !full {
+			break
+		}
+	}
+	w.dst = nil
+	bufPool.Put(bp)
+	if gone || c.readerShouldStop() {
+		c.teardown()
+		return
+	}
+	c.mu.Lock()
+	if c.flags.Load()&fDead != 0 {
+		c.mu.Unlock()
+		c.teardown()
+		return
+	}
+	c.clearLocked(fInWorker)
+	e.rearmLocked(c)
+	c.mu.Unlock()
+}
+
+// writer holds the state of one non-blocking write; pooled so that a Send
+// allocates nothing.
+type writer struct {
+	iov []unix.Iovec
+	one []byte
+	n   int
+	err error
+	fn  func(fd uintptr) bool
+}
+
+var writerPool = sync.Pool{New: func() any {
+	w := &writer{iov: make([]unix.Iovec, 0, maxIovecs)}
+	w.fn = w.write
+	return w
+}}
+
+func (w *writer) write(fd uintptr) bool {
+	for {
+		if len(w.iov) == 0 {
+			w.n, w.err = unix.Write(int(fd), w.one)
+		} else {
+			r, _, errno := unix.Syscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&w.iov[0])), uintptr(len(w.iov)))
+			w.n, w.err = int(r), nil
+			if errno != 0 {
+				w.n, w.err = 0, errno
+			}
+		}
+		if w.err != unix.EINTR {
+			return true // never park: EAGAIN means EPOLLOUT takes over
+		}
+	}
+}
+
+// flushLocked writes as much of the queue as the socket takes right now,
+// several frames per writev, and arms EPOLLOUT for the rest.
+func (e *epollEngine) flushLocked(c *Conn) {
+	for c.pendingLocked() > 0 {
+		w := writerPool.Get().(*writer)
+		frames := c.queue[c.qhead:]
+		first := frames[0][c.qoff:]
+		if len(frames) == 1 {
+			w.one = first
+		} else {
+			for i, f := range frames {
+				if i == 0 {
+					f = first
+				}
+				if len(f) == 0 {
+					continue
+				}
+				v := unix.Iovec{Base: &f[0]}
+				v.SetLen(len(f))
+				w.iov = append(w.iov, v)
+				if len(w.iov) == maxIovecs {
+					break
+				}
+			}
+		}
+		err := c.rc.Write(w.fn)
+		if err == nil {
+			err = w.err
+		}
+		n := w.n
+		clear(w.iov)
+		w.iov, w.one, w.err = w.iov[:0], nil, nil
+		writerPool.Put(w)
+		if n > 0 {
+			c.consumeWrittenLocked(n)
+		}
+		if err == unix.EAGAIN {
+			break
+		}
+		if err != nil {
+			c.killLocked()
+			return
+		}
+	}
+	f := c.flags.Load()
+	if c.pendingLocked() == 0 {
+		c.clearLocked(fWantWrite)
+		c.drainedLocked()
+		return
+	}
+	if f&fWantWrite == 0 {
+		c.setLocked(fWantWrite)
+		if f&fInWorker == 0 {
+			// Parked: arm EPOLLOUT now. A worker holding c re-arms with
+			// EPOLLOUT itself when it finishes.
+			e.rearmLocked(c)
+		}
+	}
+}
+
+// wakeLocked shuts the socket down both ways: the registration reports
+// HUP, so a worker runs the teardown in order with any reading.
+func (e *epollEngine) wakeLocked(c *Conn) {
+	_ = unix.Shutdown(int(c.fd), unix.SHUT_RDWR)
+}
+
+func (e *epollEngine) shutWriteLocked(c *Conn) {
+	_ = unix.Shutdown(int(c.fd), unix.SHUT_WR)
+}
+
+func (e *epollEngine) detach(c *Conn) {
+	_ = unix.EpollCtl(e.epfd, unix.EPOLL_CTL_DEL, int(c.fd), nil)
+}
+
+func (e *epollEngine) Shutdown(ctx context.Context) error {
+	if !e.shut.CompareAndSwap(false, true) {
+		return ErrEngineClosed
+	}
+	err := e.drain(ctx)
+	one := [8]byte{1} // eventfd adds a native-endian uint64; any non-zero value wakes it
+	_, _ = unix.Write(e.evfd, one[:])
+	e.wg.Wait()
+	e.stopReaper()
+	// No worker is left, so tearing the stragglers down here cannot race
+	// with their Handle* calls.
+	for _, c := range e.reg.snapshot(nil) {
+		c.teardown()
+	}
+	unix.Close(e.epfd)
+	unix.Close(e.evfd)
+	return err
+}

@@ -1,0 +1,132 @@
+// Package transport serves WebSocket connections after the HTTP upgrade.
+//
+// Two engines share one Conn type, one incremental frame assembler, one
+// bounded outbound queue and one close protocol:
+//
+//   - "epoll" (Linux): idle connections are parked on an epoll instance and
+//     own no goroutine and no buffer; a bounded worker pool reads whatever
+//     is available without ever blocking and parks the connection again.
+//   - "portable": a reader and a writer goroutine per connection. It runs
+//     everywhere and is the baseline the epoll engine is measured against.
+package transport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"runtime"
+	"time"
+)
+
+// Session receives the messages of one connection. The engine never calls
+// the methods of one Session concurrently.
+type Session interface {
+	// HandleText gets one complete, UTF-8 validated text message with its
+	// fragments reassembled. data is valid only during the call.
+	HandleText(data []byte)
+	// HandleBinary gets one complete binary message; data is valid only
+	// during the call.
+	HandleBinary(data []byte)
+	// Closed is called exactly once after the connection is gone. No
+	// Handle* call follows it.
+	Closed()
+}
+
+// Options configure an Engine. Zero values select the defaults.
+type Options struct {
+	Workers        int           // epoll worker pool size (default 256)
+	MaxMessageSize int           // default 1 MiB; larger messages close with 1009
+	IdleTimeout    time.Duration // default 60s without a complete frame closes with 1001
+	MaxQueueBytes  int           // outbound bytes queued per connection, default 1 MiB
+	MaxQueueFrames int           // outbound frames queued per connection, default 1024
+	WriteTimeout   time.Duration // default 10s without write progress marks a slow consumer
+	Logger         *slog.Logger  // default slog.Default()
+}
+
+func (o Options) withDefaults() Options {
+	if o.Workers <= 0 {
+		o.Workers = 256
+	}
+	if o.MaxMessageSize <= 0 {
+		o.MaxMessageSize = 1 << 20
+	}
+	if o.IdleTimeout <= 0 {
+		o.IdleTimeout = 60 * time.Second
+	}
+	if o.MaxQueueBytes <= 0 {
+		o.MaxQueueBytes = 1 << 20
+	}
+	if o.MaxQueueFrames <= 0 {
+		o.MaxQueueFrames = 1024
+	}
+	if o.WriteTimeout <= 0 {
+		o.WriteTimeout = 10 * time.Second
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	return o
+}
+
+// Stats is a snapshot of an engine's counters.
+type Stats struct {
+	Conns               int64 // connections served now
+	FramesIn            int64
+	FramesOut           int64
+	BytesIn             int64
+	BytesOut            int64
+	SlowConsumerCloses  int64
+	IdleCloses          int64
+	ProtocolErrorCloses int64
+}
+
+// Engine serves upgraded WebSocket connections.
+type Engine interface {
+	// Add starts serving nc. newSession is called once, before the first
+	// frame is read, to create the Session that receives nc's messages.
+	// After Add returns without error the engine owns nc; on error the
+	// caller still owns it.
+	Add(nc net.Conn, newSession func(*Conn) Session) (*Conn, error)
+	// Len reports how many connections are served now.
+	Len() int
+	// Stats returns a snapshot of the engine's counters.
+	Stats() Stats
+	// Shutdown closes every connection with 1001, waits for them to go
+	// (killing the stragglers when ctx is done) and stops the engine.
+	Shutdown(ctx context.Context) error
+}
+
+var (
+	// ErrSlowConsumer is returned by Send when the connection's outbound
+	// queue overflowed; the connection is being torn down.
+	ErrSlowConsumer = errors.New("transport: slow consumer")
+	// ErrClosed is returned by Send on a connection that is closing or gone.
+	ErrClosed = errors.New("transport: connection closed")
+	// ErrEngineClosed is returned by Add after Shutdown.
+	ErrEngineClosed = errors.New("transport: engine shut down")
+	// ErrUnsupported is returned by New for an engine this platform lacks.
+	ErrUnsupported = errors.New("transport: engine not supported on this platform")
+)
+
+// DefaultKind is the engine New should get on this platform.
+func DefaultKind() string {
+	if runtime.GOOS == "linux" {
+		return "epoll"
+	}
+	return "portable"
+}
+
+// New creates an engine of the given kind: "epoll" (Linux only) or
+// "portable".
+func New(kind string, opts Options) (Engine, error) {
+	opts = opts.withDefaults()
+	switch kind {
+	case "epoll":
+		return newEpoll(opts)
+	case "portable":
+		return newPortable(opts), nil
+	}
+	return nil, fmt.Errorf("transport: unknown engine kind %q", kind)
+}
