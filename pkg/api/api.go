@@ -95,7 +95,7 @@ func (a *Handler) postMessage(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "from and to must be two different user ids")
 		return
 	}
-	t, err := topic.Parse(topic.Chat(req.From, req.To))
+	t, err := topic.Parse(topic.ChatName(req.From, req.To))
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return

@@ -10,6 +10,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -208,8 +209,8 @@ func (s *Server) upgrade(nc net.Conn, br *bufio.Reader) {
 		},
 	}
 	_, err := u.Upgrade(struct {
-		*bufio.Reader
-		net.Conn
+		io.Reader
+		io.Writer
 	}{br, nc})
 	// Frames sent before the 101 arrived break the protocol; and a reader
 	// that still holds bytes cannot go back to the pool with them.

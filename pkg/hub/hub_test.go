@@ -1,0 +1,425 @@
+package hub_test
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/elchat/elchat/pkg/hub"
+	"github.com/elchat/elchat/pkg/phx"
+	"github.com/elchat/elchat/pkg/store"
+	"github.com/elchat/elchat/pkg/store/sqlite"
+)
+
+// recorder is a hub.Conn that keeps what the hub sent, decoded.
+type recorder struct {
+	mu     sync.Mutex
+	frames []phx.Frame
+	closed int
+	reason string
+}
+
+func (r *recorder) Send(frame []byte) error {
+	payload := unframe(frame)
+	f, err := phx.Decode(payload)
+	if err != nil {
+		panic(fmt.Sprintf("hub sent an undecodable frame %q: %v", payload, err))
+	}
+	f.Payload = append([]byte(nil), f.Payload...)
+	r.mu.Lock()
+	r.frames = append(r.frames, f)
+	r.mu.Unlock()
+	return nil
+}
+
+func (r *recorder) Close(code int, reason string) {
+	r.mu.Lock()
+	r.closed, r.reason = code, reason
+	r.mu.Unlock()
+}
+
+// take returns and forgets the frames received so far.
+func (r *recorder) take() []phx.Frame {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := r.frames
+	r.frames = nil
+	return out
+}
+
+// unframe strips the header of an unmasked server WebSocket frame.
+func unframe(b []byte) []byte {
+	n := int(b[1] & 0x7f)
+	switch n {
+	case 126:
+		return b[4 : 4+int(binary.BigEndian.Uint16(b[2:]))]
+	case 127:
+		return b[10 : 10+int(binary.BigEndian.Uint64(b[2:]))]
+	}
+	return b[2 : 2+n]
+}
+
+type env struct {
+	t     *testing.T
+	store store.Store
+	hub   *hub.Hub
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	st, err := sqlite.Open(t.Context(), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return &env{t: t, store: st, hub: hub.New(hub.Config{Store: st})}
+}
+
+type client struct {
+	t   *testing.T
+	c   *hub.Client
+	rec *recorder
+	ref int
+}
+
+func (e *env) connect(user string) *client {
+	rec := &recorder{}
+	return &client{t: e.t, c: e.hub.Connect(rec, user, "name-"+user), rec: rec}
+}
+
+// send sends a frame and returns its ref.
+func (c *client) send(joinRef, topic, event string, payload any) string {
+	c.t.Helper()
+	c.ref++
+	ref := fmt.Sprint(c.ref)
+	if joinRef == "=" {
+		joinRef = ref
+	}
+	p, err := json.Marshal(payload)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.c.HandleText(phx.AppendMessage(nil, joinRef, ref, topic, event, p))
+	return ref
+}
+
+func (c *client) join(topic string, params any) (joinRef string, resp map[string]any) {
+	c.t.Helper()
+	ref := c.send("=", topic, "phx_join", params)
+	r := c.replyTo(ref, "ok")
+	return ref, r
+}
+
+// replyTo finds the reply to ref among the frames received and checks its
+// status.
+func (c *client) replyTo(ref, status string) map[string]any {
+	c.t.Helper()
+	fs := c.rec.take()
+	for i, f := range fs {
+		if f.Event == "phx_reply" && f.Ref == ref {
+			// Keep the other frames for the test to look at.
+			c.rec.mu.Lock()
+			c.rec.frames = append(append(append([]phx.Frame(nil), fs[:i]...), fs[i+1:]...), c.rec.frames...)
+			c.rec.mu.Unlock()
+			var r struct {
+				Status   string         `json:"status"`
+				Response map[string]any `json:"response"`
+			}
+			if err := json.Unmarshal(f.Payload, &r); err != nil {
+				c.t.Fatal(err)
+			}
+			if r.Status != status {
+				c.t.Fatalf("reply to %s: status %q, want %q (%v)", ref, r.Status, status, r.Response)
+			}
+			return r.Response
+		}
+	}
+	c.t.Fatalf("no reply to ref %s", ref)
+	return nil
+}
+
+func events(fs []phx.Frame, event string) []phx.Frame {
+	var out []phx.Frame
+	for _, f := range fs {
+		if f.Event == event {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+func TestHeartbeatAndUnmatched(t *testing.T) {
+	e := newEnv(t)
+	a := e.connect("1")
+	ref := a.send("", "phoenix", "heartbeat", map[string]any{})
+	fs := a.rec.take()
+	if len(fs) != 1 || fs[0].Ref != ref || fs[0].JoinRef != "" || fs[0].Topic != "phoenix" || string(fs[0].Payload) != `{"status":"ok","response":{}}` {
+		t.Fatalf("heartbeat reply: %+v", fs)
+	}
+	ref = a.send("=", "room:lobby", "phx_join", map[string]any{})
+	fs = a.rec.take()
+	if len(fs) != 1 || fs[0].JoinRef != "" || !strings.Contains(string(fs[0].Payload), "unmatched topic") {
+		t.Fatalf("unmatched join: %+v", fs)
+	}
+	// A push to a topic that is not joined is an unmatched topic too.
+	a.send("9", "chat:1:2", "new_message", map[string]any{"body": "x"})
+	fs = a.rec.take()
+	if len(fs) != 1 || fs[0].JoinRef != "" || !strings.Contains(string(fs[0].Payload), "unmatched topic") {
+		t.Fatalf("push to unjoined topic: %+v", fs)
+	}
+	// Leaving a topic never joined is ok.
+	ref = a.send("7", "chat:1:2", "phx_leave", map[string]any{})
+	a.replyTo(ref, "ok")
+}
+
+func TestJoinRules(t *testing.T) {
+	e := newEnv(t)
+	a := e.connect("1")
+	for topic, reason := range map[string]string{
+		"user:2":     "unauthorized",
+		"chat:2:3":   "unauthorized",
+		"chat:10:9":  "chat:9:10",
+		"chat:1:1":   "yourself",
+		"chat:1:2:3": "",
+	} {
+		ref := a.send("=", topic, "phx_join", map[string]any{})
+		r := a.replyTo(ref, "error")
+		if !strings.Contains(fmt.Sprint(r["reason"]), reason) {
+			t.Errorf("join %s: reason %q, want it to mention %q", topic, r["reason"], reason)
+		}
+	}
+	a.join("user:1", nil)
+	a.join("chat:1:2", nil)
+}
+
+func TestChatFlowPresenceAndNotification(t *testing.T) {
+	e := newEnv(t)
+	a, b := e.connect("1"), e.connect("2")
+	_, lobby := b.join("user:2", nil)
+	if n := len(lobby["unread"].([]any)); n != 0 {
+		t.Fatalf("fresh lobby has %d unread chats", n)
+	}
+	ajr, resp := a.join("chat:1:2", nil)
+	if resp["has_more"] != false || len(resp["messages"].([]any)) != 0 {
+		t.Fatalf("empty chat join reply: %v", resp)
+	}
+	// The join reply is followed by presence_state with the joiner's meta.
+	fs := a.rec.take()
+	st := events(fs, "presence_state")
+	if len(st) != 1 || st[0].JoinRef != ajr || !strings.Contains(string(st[0].Payload), `"1":{"metas":[{"phx_ref":"`) {
+		t.Fatalf("presence_state: %+v", fs)
+	}
+
+	// B is not in the chat: the message also goes to B's lobby.
+	ref := a.send(ajr, "chat:1:2", "new_message", map[string]any{"body": "hello <b>&'\";--", "client_id": "c1"})
+	msg := a.replyTo(ref, "ok")
+	if msg["body"] != "hello <b>&'\";--" || msg["user_id"] != "1" || msg["opponent_id"] != "2" || msg["room"] != "chat:1:2" {
+		t.Fatalf("ack: %v", msg)
+	}
+	note := events(b.rec.take(), "notification")
+	if len(note) != 1 || note[0].Topic != "user:2" || !strings.Contains(string(note[0].Payload), `"room":"chat:1:2"`) {
+		t.Fatalf("lobby notification: %+v", note)
+	}
+
+	// B joins: sees the message in history and A in presence; A gets a diff.
+	bjr, resp := b.join("chat:1:2", nil)
+	if len(resp["messages"].([]any)) != 1 {
+		t.Fatalf("history after one message: %v", resp)
+	}
+	diff := events(a.rec.take(), "presence_diff")
+	if len(diff) != 1 || diff[0].JoinRef != "" || string(diff[0].Payload[:10]) != `{"joins":{` || !strings.Contains(string(diff[0].Payload), `"leaves":{}`) {
+		t.Fatalf("presence_diff on join: %+v", diff)
+	}
+
+	// Now both are present: a message is broadcast, not notified.
+	ref = b.send(bjr, "chat:1:2", "new_message", map[string]any{"body": "hi", "client_id": "c2"})
+	reply := b.replyTo(ref, "ok")
+	id := reply["id"].(float64)
+	if got := events(a.rec.take(), "new_message"); len(got) != 1 {
+		t.Fatalf("broadcast to A: %+v", got)
+	}
+	if got := events(b.rec.take(), "notification"); len(got) != 0 {
+		t.Fatalf("notification while present: %+v", got)
+	}
+
+	// A retry with the same client_id returns the stored message.
+	ref = b.send(bjr, "chat:1:2", "new_message", map[string]any{"body": "hi", "client_id": "c2"})
+	if again := b.replyTo(ref, "ok"); again["id"] != reply["id"] {
+		t.Fatalf("retry stored again: %v vs %v", again["id"], reply["id"])
+	}
+
+	// Typing goes to the other side only.
+	ref = b.send(bjr, "chat:1:2", "typing", map[string]any{})
+	b.replyTo(ref, "ok")
+	if got := events(a.rec.take(), "typing"); len(got) != 1 {
+		t.Fatalf("typing to A: %+v", got)
+	}
+
+	// A reads: receipt to the chat, unread gone.
+	ref = a.send(ajr, "chat:1:2", "read", map[string]any{"last_id": id})
+	if r := a.replyTo(ref, "ok"); r["marked"] != float64(1) {
+		t.Fatalf("read marked %v", r["marked"])
+	}
+	if got := events(b.rec.take(), "read"); len(got) != 1 {
+		t.Fatalf("read receipt: %+v", got)
+	}
+	un, err := e.store.Unread(t.Context(), "1")
+	if err != nil || len(un) != 0 {
+		t.Fatalf("unread after read: %v %v", un, err)
+	}
+
+	// A leaves: reply, phx_close, and B sees the leave.
+	a.rec.take()
+	b.rec.take()
+	ref = a.send(ajr, "chat:1:2", "phx_leave", map[string]any{})
+	fs = a.rec.take()
+	if len(fs) < 2 || fs[0].Ref != ref || fs[1].Event != "phx_close" || fs[1].Ref != ajr || fs[1].JoinRef != ajr {
+		t.Fatalf("leave: %+v", fs)
+	}
+	diff = events(b.rec.take(), "presence_diff")
+	if len(diff) != 1 || !strings.Contains(string(diff[0].Payload), `"joins":{},"leaves":{"1"`) {
+		t.Fatalf("leave diff: %+v", diff)
+	}
+	a.join("user:1", nil)
+	b.send(bjr, "chat:1:2", "new_message", map[string]any{"body": "are you there?"})
+	if got := events(a.rec.take(), "notification"); len(got) != 1 {
+		t.Fatalf("notification after leave: %+v", got)
+	}
+}
+
+func TestDuplicateJoinAndStaleRef(t *testing.T) {
+	e := newEnv(t)
+	a := e.connect("1")
+	old, _ := a.join("chat:1:2", nil)
+	a.rec.take()
+	ref := a.send("=", "chat:1:2", "phx_join", map[string]any{})
+	fs := a.rec.take()
+	if fs[0].Event != "phx_reply" || fs[0].Ref != ref {
+		t.Fatalf("first frame after duplicate join is not its reply: %+v", fs[0])
+	}
+	closes := events(fs, "phx_close")
+	if len(closes) != 1 || closes[0].JoinRef != old || closes[0].Ref != old {
+		t.Fatalf("phx_close for the old join: %+v", fs)
+	}
+	// A push with the old join_ref is dropped silently.
+	a.send(old, "chat:1:2", "new_message", map[string]any{"body": "stale"})
+	if fs := a.rec.take(); len(fs) != 0 {
+		t.Fatalf("stale push answered: %+v", fs)
+	}
+	msgs, _ := e.store.History(t.Context(), "chat:1:2", 0, 10)
+	if len(msgs) != 0 {
+		t.Fatalf("stale push stored: %v", msgs)
+	}
+}
+
+func TestCatchUpAndPaging(t *testing.T) {
+	e := newEnv(t)
+	a := e.connect("1")
+	jr, _ := a.join("chat:1:2", nil)
+	var ids []float64
+	for i := range 120 {
+		ref := a.send(jr, "chat:1:2", "new_message", map[string]any{"body": fmt.Sprint("m", i)})
+		ids = append(ids, a.replyTo(ref, "ok")["id"].(float64))
+	}
+	b := e.connect("2")
+	_, resp := b.join("chat:1:2", nil)
+	msgs := resp["messages"].([]any)
+	if len(msgs) != 50 || resp["has_more"] != true || msgs[49].(map[string]any)["id"] != ids[119] {
+		t.Fatalf("join page: %d messages, has_more %v", len(msgs), resp["has_more"])
+	}
+	before := msgs[0].(map[string]any)["id"]
+	bjr := b.c
+	_ = bjr
+	// Reconnect with the last seen id: exactly the messages after it.
+	c := e.connect("2")
+	_, resp = c.join("chat:1:2", map[string]any{"last_id": ids[99]})
+	if got := resp["messages"].([]any); len(got) != 20 || got[0].(map[string]any)["id"] != ids[100] {
+		t.Fatalf("catch-up: %d messages", len(got))
+	}
+	// Page back with before.
+	d := e.connect("2")
+	djr, _ := d.join("chat:1:2", nil)
+	ref := d.send(djr, "chat:1:2", "history", map[string]any{"before": before})
+	page := d.replyTo(ref, "ok")
+	if got := page["messages"].([]any); len(got) != 50 || page["has_more"] != true {
+		t.Fatalf("history page: %d %v", len(got), page["has_more"])
+	}
+}
+
+func TestBodyValidation(t *testing.T) {
+	e := newEnv(t)
+	a := e.connect("1")
+	jr, _ := a.join("chat:1:2", nil)
+	for _, p := range []any{
+		map[string]any{"body": ""},
+		map[string]any{"body": "   "},
+		map[string]any{"body": strings.Repeat("x", 4097)},
+		map[string]any{"body": 42},
+		map[string]any{},
+		"not an object",
+	} {
+		ref := a.send(jr, "chat:1:2", "new_message", p)
+		a.replyTo(ref, "error")
+	}
+	ref := a.send(jr, "chat:1:2", "dance", map[string]any{})
+	if r := a.replyTo(ref, "error"); r["reason"] != "unknown event" {
+		t.Fatalf("unknown event: %v", r)
+	}
+}
+
+func TestCloseLeavesPresence(t *testing.T) {
+	e := newEnv(t)
+	a, b := e.connect("1"), e.connect("2")
+	a.join("chat:1:2", nil)
+	b.join("chat:1:2", nil)
+	a.rec.take()
+	b.c.Closed()
+	if diff := events(a.rec.take(), "presence_diff"); len(diff) != 1 || !strings.Contains(string(diff[0].Payload), `"leaves":{"2"`) {
+		t.Fatalf("leave diff on close: %+v", diff)
+	}
+	if on, _ := e.hub.Presence().Present(t.Context(), "chat:1:2", "2"); on {
+		t.Fatal("closed client still present")
+	}
+	if e.hub.Clients() != 1 {
+		t.Fatalf("clients = %d", e.hub.Clients())
+	}
+}
+
+// Two hubs on one LocalBus behave as two nodes of a cluster.
+func TestTwoNodes(t *testing.T) {
+	st, err := sqlite.Open(t.Context(), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	bus, pres := hub.NewLocalBus(), hub.NewMemoryPresence()
+	var nodes []*hub.Hub
+	for range 2 {
+		h := hub.New(hub.Config{Store: st, Bus: bus.Node(), Presence: pres})
+		go h.Run(t.Context()) //nolint:errcheck
+		nodes = append(nodes, h)
+	}
+	time.Sleep(20 * time.Millisecond) // let Run register the delivery callbacks
+	a := (&env{t: t, hub: nodes[0]}).connect("1")
+	b := (&env{t: t, hub: nodes[1]}).connect("2")
+	b.join("user:2", nil)
+	ajr, _ := a.join("chat:1:2", nil)
+	ref := a.send(ajr, "chat:1:2", "new_message", map[string]any{"body": "across"})
+	a.replyTo(ref, "ok")
+	if got := events(b.rec.take(), "notification"); len(got) != 1 {
+		t.Fatalf("cross-node notification: %+v", got)
+	}
+	a.rec.take()
+	b.join("chat:1:2", nil)
+	if diff := events(a.rec.take(), "presence_diff"); len(diff) != 1 {
+		t.Fatalf("cross-node presence diff: %+v", diff)
+	}
+	a.send(ajr, "chat:1:2", "new_message", map[string]any{"body": "again"})
+	if got := events(b.rec.take(), "new_message"); len(got) != 1 {
+		t.Fatalf("cross-node broadcast: %+v", got)
+	}
+}
