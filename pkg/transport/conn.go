@@ -189,7 +189,16 @@ func (c *Conn) consumeWrittenLocked(n int) {
 // out, half-close so the peer sees EOF even if it never answers.
 func (c *Conn) drainedLocked() {
 	f := c.flags.Load()
-	if f&fClosing != 0 && f&(fFinSent|fDead|fClosed) == 0 {
+	if f&fClosing == 0 || f&(fDead|fClosed) != 0 {
+		return
+	}
+	if f&fPeerClosed != 0 {
+		// Our answer to the peer's close is out: the handshake is done,
+		// so have the read side tear down even if it is blocked reading.
+		c.killLocked()
+		return
+	}
+	if f&fFinSent == 0 {
 		c.setLocked(fFinSent)
 		c.b.drv.shutWriteLocked(c)
 	}

@@ -88,7 +88,13 @@ func (e *epollEngine) Add(nc net.Conn, newSession func(*Conn) Session) (*Conn, e
 	e.register(c)
 	c.sess = newSession(c)
 	ev := unix.EpollEvent{Events: readEvents, Fd: c.slot, Pad: int32(c.gen)}
-	if err := unix.EpollCtl(e.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+	// Registering under mu orders the setup above before the poller's
+	// hand-off, which also locks mu (the kernel's ordering is invisible
+	// to the race detector).
+	c.mu.Lock()
+	err = unix.EpollCtl(e.epfd, unix.EPOLL_CTL_ADD, fd, &ev)
+	c.mu.Unlock()
+	if err != nil {
 		e.unregister(c)
 		return nil, fmt.Errorf("transport: epoll_ctl add: %w", err)
 	}

@@ -1,0 +1,468 @@
+package transport
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/gobwas/ws"
+)
+
+func engineKinds() []string {
+	if runtime.GOOS == "linux" {
+		return []string{"epoll", "portable"}
+	}
+	return []string{"portable"}
+}
+
+// rec is a Session that records what it gets and optionally echoes.
+type rec struct {
+	t      testing.TB
+	c      *Conn
+	echo   bool
+	got    chan string
+	closed atomic.Int32
+	done   chan struct{}
+}
+
+func (r *rec) handle(kind string, d []byte) {
+	if r.closed.Load() != 0 {
+		r.t.Errorf("Handle%s after Closed", kind)
+	}
+	if r.echo {
+		if kind == "Text" {
+			_ = r.c.Send(TextFrame(d))
+		} else {
+			_ = r.c.Send(BinaryFrame(d))
+		}
+	}
+	select {
+	case r.got <- kind + ":" + string(d):
+	default:
+	}
+}
+
+func (r *rec) HandleText(d []byte)   { r.handle("Text", d) }
+func (r *rec) HandleBinary(d []byte) { r.handle("Binary", d) }
+func (r *rec) Closed() {
+	if r.closed.Add(1) == 1 {
+		close(r.done)
+	} else {
+		r.t.Errorf("Closed called twice")
+	}
+}
+
+func (r *rec) waitClosed(t testing.TB, d time.Duration) {
+	t.Helper()
+	select {
+	case <-r.done:
+	case <-time.After(d):
+		t.Fatalf("Closed not called within %v", d)
+	}
+}
+
+type testServer struct {
+	eng  Engine
+	addr string
+	recs chan *rec
+}
+
+func startServer(t testing.TB, kind string, opts Options, echo bool) *testServer {
+	t.Helper()
+	eng, err := New(kind, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &testServer{eng: eng, addr: ln.Addr().String(), recs: make(chan *rec, 4096)}
+	go func() {
+		for {
+			nc, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				if _, err := ws.Upgrade(nc); err != nil {
+					nc.Close()
+					return
+				}
+				_, err := eng.Add(nc, func(c *Conn) Session {
+					r := &rec{t: t, c: c, echo: echo, got: make(chan string, 4096), done: make(chan struct{})}
+					s.recs <- r
+					return r
+				})
+				if err != nil {
+					nc.Close()
+				}
+			}()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		_ = eng.Shutdown(ctx)
+	})
+	return s
+}
+
+type client struct {
+	net.Conn
+	rd io.Reader
+}
+
+func (s *testServer) dial(t testing.TB) (*client, *rec) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	nc, br, _, err := ws.Dial(ctx, "ws://"+s.addr+"/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	cl := &client{Conn: nc, rd: nc}
+	if br != nil {
+		cl.rd = io.MultiReader(br, nc)
+	}
+	select {
+	case r := <-s.recs:
+		return cl, r
+	case <-time.After(5 * time.Second):
+		t.Fatal("server did not add the connection")
+	}
+	return nil, nil
+}
+
+func (cl *client) write(t testing.TB, f ws.Frame) {
+	t.Helper()
+	if err := ws.WriteFrame(cl, ws.MaskFrame(f)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (cl *client) read(t testing.TB) ws.Frame {
+	t.Helper()
+	_ = cl.SetReadDeadline(time.Now().Add(5 * time.Second))
+	f, err := ws.ReadFrame(cl.rd)
+	if err != nil {
+		t.Fatalf("read frame: %v", err)
+	}
+	return f
+}
+
+// expectClose reads until a close frame and checks its code and reason.
+func (cl *client) expectClose(t testing.TB, code int, reason string) {
+	t.Helper()
+	for {
+		f := cl.read(t)
+		if f.Header.OpCode != ws.OpClose {
+			continue
+		}
+		gotCode, gotReason := ws.ParseCloseFrameData(f.Payload)
+		if int(gotCode) != code || (reason != "" && gotReason != reason) {
+			t.Fatalf("close = %d %q, want %d %q", gotCode, gotReason, code, reason)
+		}
+		return
+	}
+}
+
+func forEngines(t *testing.T, fn func(t *testing.T, kind string)) {
+	for _, k := range engineKinds() {
+		t.Run(k, func(t *testing.T) {
+			t.Parallel()
+			fn(t, k)
+		})
+	}
+}
+
+func TestEcho(t *testing.T) {
+	forEngines(t, func(t *testing.T, kind string) {
+		s := startServer(t, kind, Options{Workers: 4}, true)
+		cl, r := s.dial(t)
+		cl.write(t, ws.NewTextFrame([]byte("hello")))
+		if f := cl.read(t); f.Header.OpCode != ws.OpText || string(f.Payload) != "hello" {
+			t.Fatalf("got %v %q", f.Header.OpCode, f.Payload)
+		}
+		big := bytes.Repeat([]byte{7}, 100<<10) // several reads, grows a partial
+		cl.write(t, ws.NewBinaryFrame(big))
+		if f := cl.read(t); f.Header.OpCode != ws.OpBinary || !bytes.Equal(f.Payload, big) {
+			t.Fatalf("binary echo mismatch: op %v len %d", f.Header.OpCode, len(f.Payload))
+		}
+		if st := s.eng.Stats(); st.FramesIn != 2 || st.FramesOut != 2 || st.Conns != 1 {
+			t.Fatalf("stats %+v", st)
+		}
+		_ = r
+	})
+}
+
+func TestSendOrderConcurrent(t *testing.T) {
+	forEngines(t, func(t *testing.T, kind string) {
+		s := startServer(t, kind, Options{Workers: 4, MaxQueueFrames: 1 << 20, MaxQueueBytes: 64 << 20}, false)
+		cl, r := s.dial(t)
+		const senders, per = 8, 300
+		var wg sync.WaitGroup
+		for g := range senders {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := range per {
+					if err := r.c.Send(TextFrame(fmt.Appendf(nil, "%d:%d", g, i))); err != nil {
+						t.Error(err)
+						return
+					}
+				}
+			}()
+		}
+		next := make([]int, senders)
+		for range senders * per {
+			f := cl.read(t)
+			var g, i int
+			if _, err := fmt.Sscanf(string(f.Payload), "%d:%d", &g, &i); err != nil {
+				t.Fatalf("bad payload %q", f.Payload)
+			}
+			if i != next[g] {
+				t.Fatalf("sender %d: got %d want %d", g, i, next[g])
+			}
+			next[g]++
+		}
+		wg.Wait()
+	})
+}
+
+func TestFragmentsAndPing(t *testing.T) {
+	forEngines(t, func(t *testing.T, kind string) {
+		s := startServer(t, kind, Options{Workers: 4}, true)
+		cl, r := s.dial(t)
+		cl.write(t, ws.NewFrame(ws.OpText, false, []byte("hel")))
+		cl.write(t, ws.NewPingFrame([]byte("p1")))
+		cl.write(t, ws.NewFrame(ws.OpContinuation, false, []byte("lo ")))
+		cl.write(t, ws.NewFrame(ws.OpContinuation, true, []byte("wörld")))
+		f := cl.read(t)
+		if f.Header.OpCode != ws.OpPong || string(f.Payload) != "p1" {
+			t.Fatalf("want pong p1, got %v %q", f.Header.OpCode, f.Payload)
+		}
+		f = cl.read(t)
+		if string(f.Payload) != "hello wörld" {
+			t.Fatalf("reassembled %q", f.Payload)
+		}
+		if got := <-r.got; got != "Text:hello wörld" {
+			t.Fatal(got)
+		}
+	})
+}
+
+func TestClientClose(t *testing.T) {
+	forEngines(t, func(t *testing.T, kind string) {
+		s := startServer(t, kind, Options{Workers: 4}, true)
+		cl, r := s.dial(t)
+		cl.write(t, ws.NewCloseFrame(ws.NewCloseFrameBody(ws.StatusNormalClosure, "bye")))
+		cl.expectClose(t, 1000, "")
+		r.waitClosed(t, 3*time.Second)
+		if err := r.c.Send(TextFrame([]byte("x"))); !errors.Is(err, ErrClosed) {
+			t.Fatalf("Send after close: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+		if n := r.closed.Load(); n != 1 {
+			t.Fatalf("Closed called %d times", n)
+		}
+		if s.eng.Len() != 0 {
+			t.Fatalf("Len %d", s.eng.Len())
+		}
+	})
+}
+
+func TestProtocolErrors(t *testing.T) {
+	forEngines(t, func(t *testing.T, kind string) {
+		cases := []struct {
+			name  string
+			send  func(t *testing.T, cl *client)
+			code  int
+			proto bool
+		}{
+			{"oversized", func(t *testing.T, cl *client) {
+				cl.write(t, ws.NewTextFrame(bytes.Repeat([]byte("a"), 2000)))
+			}, 1009, true},
+			{"oversized-fragments", func(t *testing.T, cl *client) {
+				cl.write(t, ws.NewFrame(ws.OpBinary, false, make([]byte, 800)))
+				cl.write(t, ws.NewFrame(ws.OpContinuation, true, make([]byte, 800)))
+			}, 1009, true},
+			{"invalid-utf8", func(t *testing.T, cl *client) {
+				cl.write(t, ws.NewTextFrame([]byte{'a', 0xff, 0xfe}))
+			}, 1007, true},
+			{"unmasked", func(t *testing.T, cl *client) {
+				if err := ws.WriteFrame(cl, ws.NewTextFrame([]byte("x"))); err != nil {
+					t.Fatal(err)
+				}
+			}, 1002, true},
+			{"reserved-opcode", func(t *testing.T, cl *client) {
+				cl.write(t, ws.NewFrame(ws.OpCode(3), true, nil))
+			}, 1002, true},
+			{"rsv-bits", func(t *testing.T, cl *client) {
+				f := ws.NewTextFrame([]byte("x"))
+				f.Header.Rsv = ws.Rsv(true, false, false)
+				cl.write(t, f)
+			}, 1002, true},
+			{"stray-continuation", func(t *testing.T, cl *client) {
+				cl.write(t, ws.NewFrame(ws.OpContinuation, true, []byte("x")))
+			}, 1002, true},
+		}
+		for _, tc := range cases {
+			t.Run(tc.name, func(t *testing.T) {
+				s := startServer(t, kind, Options{Workers: 2, MaxMessageSize: 1024}, true)
+				cl, r := s.dial(t)
+				tc.send(t, cl)
+				cl.expectClose(t, tc.code, "")
+				cl.Close()
+				r.waitClosed(t, 3*time.Second)
+				if got := s.eng.Stats().ProtocolErrorCloses; got != 1 {
+					t.Fatalf("protocol error closes = %d", got)
+				}
+			})
+		}
+	})
+}
+
+func TestIdleTimeout(t *testing.T) {
+	forEngines(t, func(t *testing.T, kind string) {
+		s := startServer(t, kind, Options{Workers: 2, IdleTimeout: time.Second}, true)
+		cl, r := s.dial(t)
+		start := time.Now()
+		cl.expectClose(t, 1001, "idle timeout")
+		if el := time.Since(start); el < time.Second {
+			t.Fatalf("idle close after %v", el)
+		}
+		// The server half-closed after its close frame: the client sees EOF.
+		if _, err := ws.ReadFrame(cl.rd); err == nil {
+			t.Fatal("expected EOF after the close frame")
+		}
+		cl.Close()
+		r.waitClosed(t, 3*time.Second)
+		if st := s.eng.Stats(); st.IdleCloses != 1 {
+			t.Fatalf("stats %+v", st)
+		}
+	})
+}
+
+func TestSlowConsumer(t *testing.T) {
+	forEngines(t, func(t *testing.T, kind string) {
+		s := startServer(t, kind, Options{Workers: 2, MaxQueueBytes: 256 << 10}, false)
+		_, r := s.dial(t)
+		frame := BinaryFrame(make([]byte, 64<<10))
+		var err error
+		for i := 0; i < 20000 && err == nil; i++ {
+			err = r.c.Send(frame)
+			if i%64 == 63 {
+				time.Sleep(time.Millisecond) // let the portable writer block
+			}
+		}
+		if !errors.Is(err, ErrSlowConsumer) {
+			t.Fatalf("Send error = %v", err)
+		}
+		r.waitClosed(t, 3*time.Second)
+		r.c.mu.Lock()
+		q, qb := r.c.queue, r.c.qbytes
+		r.c.mu.Unlock()
+		if q != nil || qb != 0 {
+			t.Fatalf("queue not released: %d frames, %d bytes", len(q), qb)
+		}
+		if st := s.eng.Stats(); st.SlowConsumerCloses < 1 || st.Conns != 0 {
+			t.Fatalf("stats %+v", st)
+		}
+	})
+}
+
+func TestServerClose(t *testing.T) {
+	forEngines(t, func(t *testing.T, kind string) {
+		s := startServer(t, kind, Options{Workers: 2}, true)
+		cl, r := s.dial(t)
+		_ = r.c.Send(TextFrame([]byte("before")))
+		r.c.Close(1012, "restart")
+		r.c.Close(1000, "again") // idempotent
+		if f := cl.read(t); string(f.Payload) != "before" {
+			t.Fatalf("got %q", f.Payload)
+		}
+		cl.expectClose(t, 1012, "restart")
+		cl.write(t, ws.NewCloseFrame(ws.NewCloseFrameBody(1012, "")))
+		r.waitClosed(t, 3*time.Second)
+	})
+}
+
+func TestShutdownClosesAll(t *testing.T) {
+	forEngines(t, func(t *testing.T, kind string) {
+		eng, err := New(kind, Options{Workers: 2})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var recs []*rec
+		for range 5 {
+			a, b := tcpPair(t)
+			defer b.Close()
+			r := &rec{t: t, got: make(chan string, 1), done: make(chan struct{})}
+			if _, err := eng.Add(a, func(c *Conn) Session { r.c = c; return r }); err != nil {
+				t.Fatal(err)
+			}
+			recs = append(recs, r)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		defer cancel()
+		_ = eng.Shutdown(ctx) // peers never answer: the deadline kills them
+		for _, r := range recs {
+			r.waitClosed(t, time.Second)
+		}
+		if eng.Len() != 0 {
+			t.Fatalf("Len %d", eng.Len())
+		}
+	})
+}
+
+func tcpPair(t testing.TB) (server, client net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	client, err = net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, err = ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return server, client
+}
+
+func TestFrameHelpers(t *testing.T) {
+	for _, n := range []int{0, 1, 125, 126, 65535, 65536, 70000} {
+		p := bytes.Repeat([]byte("x"), n)
+		want, err := ws.CompileFrame(ws.NewTextFrame(p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := TextFrame(p); !bytes.Equal(got, want) {
+			t.Fatalf("TextFrame(%d) mismatch", n)
+		}
+		buf := Begin(make([]byte, 0, 64))
+		buf = append(buf, p...)
+		if got := Finish(buf); !bytes.Equal(got, want) {
+			t.Fatalf("Begin/Finish(%d) mismatch", n)
+		}
+	}
+	f, err := ws.ReadFrame(bytes.NewReader(CloseFrame(1012, strings.Repeat("r", 200))))
+	if err != nil || f.Header.OpCode != ws.OpClose || len(f.Payload) != 125 {
+		t.Fatalf("CloseFrame: %v %+v", err, f.Header)
+	}
+}
