@@ -10,6 +10,8 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"golang.org/x/time/rate"
+
 	"github.com/elchat/elchat/pkg/phx"
 	"github.com/elchat/elchat/pkg/store"
 	"github.com/elchat/elchat/pkg/topic"
@@ -40,6 +42,9 @@ type Client struct {
 	// connection holds a handful of channels and idle memory matters.
 	channels []channel
 	closed   bool // owned by the handler, like channels
+	// limiter meters channel events; owned by the handler. Created on the
+	// first event, so an idle connection does not pay for it.
+	limiter *rate.Limiter
 }
 
 type channel struct {
@@ -127,6 +132,13 @@ func (c *Client) HandleText(data []byte) {
 			return // a frame for an earlier join of this topic: Phoenix drops it
 		}
 		c.hub.cfg.Metrics.MessageIn()
+		if c.limiter == nil {
+			c.limiter = rate.NewLimiter(rate.Limit(c.hub.cfg.PushRate), c.hub.cfg.PushBurst)
+		}
+		if !c.limiter.Allow() {
+			c.replyError(ch.joinRef, f.Ref, f.Topic, "rate limited")
+			return
+		}
 		c.event(ch, f)
 	}
 }

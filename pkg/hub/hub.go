@@ -35,6 +35,8 @@ type Config struct {
 	HistoryLimit int           // messages in a join reply and per history page (default 50)
 	CatchUpLimit int           // messages after last_id in a join reply (default 1000)
 	StoreTimeout time.Duration // deadline for one store call (default 5s)
+	PushRate     float64       // channel events per second per connection (default 20)
+	PushBurst    int           // burst above PushRate (default 40)
 }
 
 func (c *Config) setDefaults() {
@@ -49,6 +51,12 @@ func (c *Config) setDefaults() {
 	}
 	if c.CatchUpLimit <= 0 {
 		c.CatchUpLimit = 1000
+	}
+	if c.PushRate <= 0 {
+		c.PushRate = 20
+	}
+	if c.PushBurst <= 0 {
+		c.PushBurst = 40
 	}
 	if c.StoreTimeout <= 0 {
 		c.StoreTimeout = 5 * time.Second

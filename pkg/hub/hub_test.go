@@ -76,7 +76,7 @@ func newEnv(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	return &env{t: t, store: st, hub: hub.New(hub.Config{Store: st})}
+	return &env{t: t, store: st, hub: hub.New(hub.Config{Store: st, PushRate: 1e6, PushBurst: 1e6})}
 }
 
 type client struct {
@@ -422,4 +422,30 @@ func TestTwoNodes(t *testing.T) {
 	if got := events(b.rec.take(), "new_message"); len(got) != 1 {
 		t.Fatalf("cross-node broadcast: %+v", got)
 	}
+}
+
+func TestPushRateLimit(t *testing.T) {
+	st, err := sqlite.Open(t.Context(), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	e := &env{t: t, store: st, hub: hub.New(hub.Config{Store: st, PushRate: 1, PushBurst: 3})}
+	a := e.connect("1")
+	jr, _ := a.join("chat:1:2", nil)
+	limited := 0
+	for range 10 {
+		ref := a.send(jr, "chat:1:2", "typing", map[string]any{})
+		for _, f := range a.rec.take() {
+			if f.Ref == ref && strings.Contains(string(f.Payload), "rate limited") {
+				limited++
+			}
+		}
+	}
+	if limited < 6 {
+		t.Fatalf("%d of 10 pushes rate limited with burst 3", limited)
+	}
+	// Heartbeats are never limited.
+	ref := a.send("", "phoenix", "heartbeat", map[string]any{})
+	a.replyTo(ref, "ok")
 }

@@ -61,6 +61,9 @@ type Server struct {
 	http  *http.Server
 	httpL *chanListener
 
+	expiries *expiries
+	stop     context.CancelFunc
+
 	draining atomic.Bool
 	mu       sync.Mutex
 	ln       net.Listener // guarded by mu
@@ -84,7 +87,10 @@ func New(cfg Config) *Server {
 	if h == nil {
 		h = http.NotFoundHandler()
 	}
-	s := &Server{cfg: cfg, slots: make(chan struct{}, cfg.MaxHandshakes), httpL: newChanListener()}
+	s := &Server{cfg: cfg, slots: make(chan struct{}, cfg.MaxHandshakes), httpL: newChanListener(), expiries: newExpiries()}
+	ctx, cancel := context.WithCancel(context.Background())
+	s.stop = cancel
+	go s.expiries.run(ctx)
 	s.http = &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: cfg.HandshakeTimeout,
@@ -142,6 +148,7 @@ func (s *Server) StopAccepting() {
 // Close stops the HTTP side.
 func (s *Server) Close(ctx context.Context) error {
 	s.StopAccepting()
+	s.stop()
 	return s.http.Shutdown(ctx)
 }
 
@@ -231,7 +238,8 @@ func (s *Server) upgrade(nc net.Conn, br *bufio.Reader) {
 	_ = nc.SetDeadline(time.Time{})
 	_, err = s.cfg.Engine.Add(nc, func(c *transport.Conn) transport.Session {
 		cl := s.cfg.Hub.Connect(c, claims.UserID, claims.Name)
-		return &session{Client: cl, release: release, expires: claims.ExpiresAt, conn: c}
+		return &session{Client: cl, release: release, conn: c, expiries: s.expiries,
+			slot: s.expiries.add(c, claims.ExpiresAt)}
 	})
 	if err != nil {
 		if release != nil {
@@ -281,12 +289,14 @@ func (s *Server) authorize(hs *handshake, nc net.Conn, claims *auth.Claims, rele
 // session ties a hub client to the per-connection limits it holds.
 type session struct {
 	*hub.Client
-	conn    *transport.Conn
-	release func()
-	expires time.Time
+	conn     *transport.Conn
+	release  func()
+	expiries *expiries
+	slot     int64 // the expiry slot holding conn
 }
 
 func (s *session) Closed() {
+	s.expiries.remove(s.conn, s.slot)
 	s.Client.Closed()
 	if s.release != nil {
 		s.release()
