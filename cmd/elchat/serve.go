@@ -48,6 +48,16 @@ type config struct {
 	maxPerUser     int
 	maxPerIP       int
 	drainTimeout   time.Duration
+	upgradeRate    float64
+	upgradeBurst   int
+	pushRate       float64
+	pushBurst      int
+	apiKey         string
+	redisURL       string
+	redisPrefix    string
+	presenceTTL    time.Duration
+	cablePrefix    string
+	nodeID         string
 	logLevel       string
 	logFormat      string
 }
@@ -74,6 +84,16 @@ func (c *config) flags(fs *flag.FlagSet) {
 	fs.IntVar(&c.maxPerUser, "max-conns-per-user", 20, "connections per user on this node (0: unlimited)")
 	fs.IntVar(&c.maxPerIP, "max-conns-per-ip", 0, "connections per source address on this node (0: unlimited)")
 	fs.DurationVar(&c.drainTimeout, "drain-timeout", 20*time.Second, "on SIGTERM, spread socket closes (1012) over this long")
+	fs.Float64Var(&c.upgradeRate, "upgrade-rate", 2000, "WebSocket upgrades accepted per second on this node (0: no cap)")
+	fs.IntVar(&c.upgradeBurst, "upgrade-burst", 4000, "burst above --upgrade-rate")
+	fs.Float64Var(&c.pushRate, "push-rate", 20, "channel events per second per connection (token bucket; heartbeats exempt)")
+	fs.IntVar(&c.pushBurst, "push-burst", 40, "burst above --push-rate")
+	fs.StringVar(&c.apiKey, "api-key", "", "bearer key of the server-to-server HTTP API under /api/v1/ (empty: API off)")
+	fs.StringVar(&c.redisURL, "redis-url", "", "Redis URL (redis://...); set on every node of a cluster, empty: single node")
+	fs.StringVar(&c.redisPrefix, "redis-prefix", "elchat:", "prefix of every Redis key and channel ElChat uses")
+	fs.DurationVar(&c.presenceTTL, "presence-ttl", 30*time.Second, "how long the presence of a dead node may outlive it")
+	fs.StringVar(&c.cablePrefix, "actioncable-prefix", "", "Action Cable channel_prefix to listen on for broadcasts to user:/chat: streams (empty: off)")
+	fs.StringVar(&c.nodeID, "node-id", "", "this node's id in the cluster (default: hostname and pid)")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "text", "text or json")
 }
@@ -107,6 +127,8 @@ func serve(args []string, stderr io.Writer) error {
 		Logger:       log,
 		MaxChannels:  cfg.maxChannels,
 		MaxBodyBytes: cfg.maxBody,
+		PushRate:     cfg.pushRate,
+		PushBurst:    cfg.pushBurst,
 	})
 	hubCtx, stopHub := context.WithCancel(context.Background())
 	defer stopHub()
@@ -135,6 +157,8 @@ func serve(args []string, stderr io.Writer) error {
 		HandshakeTimeout: cfg.handshakeTO,
 		MaxHandshakes:    cfg.maxHandshakes,
 		Limits:           &server.Limits{PerUser: cfg.maxPerUser, PerIP: cfg.maxPerIP},
+		UpgradeRate:      cfg.upgradeRate,
+		UpgradeBurst:     cfg.upgradeBurst,
 		Logger:           log,
 	})
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
+	"golang.org/x/time/rate"
 
 	"github.com/elchat/elchat/pkg/auth"
 	"github.com/elchat/elchat/pkg/hub"
@@ -39,6 +40,11 @@ type Config struct {
 	HandshakeTimeout time.Duration // whole upgrade, from accept to 101 (default 10s)
 	MaxHandshakes    int           // upgrades in progress at once (default 1024)
 	Limits           *Limits       // nil: no per-user or per-address limits
+	// UpgradeRate and UpgradeBurst cap accepted upgrades per second on this
+	// node, so a reconnect storm after a restart is spread out (phoenix.js
+	// backs off and retries) instead of starving live traffic. 0: no cap.
+	UpgradeRate  float64
+	UpgradeBurst int
 	Logger           *slog.Logger
 	Metrics          Metrics // nil: none
 }
@@ -62,6 +68,7 @@ type Server struct {
 	httpL *chanListener
 
 	expiries *expiries
+	upgrades *rate.Limiter // nil: unlimited
 	stop     context.CancelFunc
 
 	draining atomic.Bool
@@ -88,6 +95,9 @@ func New(cfg Config) *Server {
 		h = http.NotFoundHandler()
 	}
 	s := &Server{cfg: cfg, slots: make(chan struct{}, cfg.MaxHandshakes), httpL: newChanListener(), expiries: newExpiries()}
+	if cfg.UpgradeRate > 0 {
+		s.upgrades = rate.NewLimiter(rate.Limit(cfg.UpgradeRate), max(cfg.UpgradeBurst, 1))
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s.stop = cancel
 	go s.expiries.run(ctx)
@@ -258,6 +268,9 @@ func (s *Server) authorize(hs *handshake, nc net.Conn, claims *auth.Claims, rele
 	if s.draining.Load() {
 		return "draining", http.StatusServiceUnavailable
 	}
+	if s.upgrades != nil && !s.upgrades.Allow() {
+		return "rate limited", http.StatusServiceUnavailable
+	}
 	if hs.badQuery {
 		return "malformed query", http.StatusBadRequest
 	}
@@ -292,6 +305,7 @@ type session struct {
 	conn     *transport.Conn
 	release  func()
 	expiries *expiries
+	upgrades *rate.Limiter // nil: unlimited
 	slot     int64 // the expiry slot holding conn
 }
 
