@@ -200,9 +200,12 @@ func TestEcho(t *testing.T) {
 		if f := cl.read(t); f.Header.OpCode != ws.OpBinary || !bytes.Equal(f.Payload, big) {
 			t.Fatalf("binary echo mismatch: op %v len %d", f.Header.OpCode, len(f.Payload))
 		}
-		if st := s.eng.Stats(); st.FramesIn != 2 || st.FramesOut != 2 || st.Conns != 1 {
-			t.Fatalf("stats %+v", st)
-		}
+		// The counters move right after the write syscall returns, which
+		// can be just after the client has the bytes.
+		eventually(t, func() bool {
+			st := s.eng.Stats()
+			return st.FramesIn == 2 && st.FramesOut == 2 && st.Conns == 1
+		})
 		_ = r
 	})
 }
@@ -464,5 +467,15 @@ func TestFrameHelpers(t *testing.T) {
 	f, err := ws.ReadFrame(bytes.NewReader(CloseFrame(1012, strings.Repeat("r", 200))))
 	if err != nil || f.Header.OpCode != ws.OpClose || len(f.Payload) != 125 {
 		t.Fatalf("CloseFrame: %v %+v", err, f.Header)
+	}
+}
+
+func eventually(t testing.TB, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(2 * time.Second); !cond(); {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 2s")
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }

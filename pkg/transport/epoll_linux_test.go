@@ -1,0 +1,164 @@
+//go:build linux
+
+package transport
+
+import (
+	"net"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/gobwas/ws"
+)
+
+func maskedFrame(t testing.TB, f ws.Frame) []byte {
+	t.Helper()
+	b, err := ws.CompileFrame(ws.MaskFrame(f))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// One worker must still serve everyone when some peers stall mid-frame or
+// trickle bytes: nothing ever waits for input on a worker.
+func TestEpollStalledPeersDoNotBlockWorker(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, "epoll", Options{Workers: 1}, true)
+
+	half, _ := s.dial(t)
+	hf := maskedFrame(t, ws.NewTextFrame([]byte("never finished")))
+	if _, err := half.Write(hf[:len(hf)/2]); err != nil {
+		t.Fatal(err)
+	}
+
+	trickle, trickleRec := s.dial(t)
+	tf := maskedFrame(t, ws.NewTextFrame([]byte("trickled one byte at a time")))
+	trickleDone := make(chan error, 1)
+	go func() {
+		for i := range tf {
+			if _, err := trickle.Write(tf[i : i+1]); err != nil {
+				trickleDone <- err
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		trickleDone <- nil
+	}()
+
+	fast, _ := s.dial(t)
+	time.Sleep(30 * time.Millisecond)
+	var worst time.Duration
+	for i := range 20 {
+		start := time.Now()
+		fast.write(t, ws.NewTextFrame([]byte{'a' + byte(i)}))
+		_ = fast.SetReadDeadline(time.Now().Add(time.Second))
+		f, err := ws.ReadFrame(fast.rd)
+		if err != nil || f.Payload[0] != 'a'+byte(i) {
+			t.Fatalf("round trip %d: %v %q", i, err, f.Payload)
+		}
+		worst = max(worst, time.Since(start))
+		time.Sleep(10 * time.Millisecond)
+	}
+	if worst > 200*time.Millisecond {
+		t.Fatalf("slowest round trip %v while peers stall", worst)
+	}
+	if err := <-trickleDone; err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case got := <-trickleRec.got:
+		if got != "Text:trickled one byte at a time" {
+			t.Fatalf("trickled message %q", got)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("trickled message not delivered")
+	}
+	if p := trickleRec.c; p == nil {
+		t.Fatal("no conn")
+	}
+}
+
+func pairs(t testing.TB, n int) (servers, clients []net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	for range n {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		servers, clients = append(servers, s), append(clients, c)
+	}
+	return servers, clients
+}
+
+type nopSession struct{ closed chan struct{} }
+
+func (nopSession) HandleText([]byte)   {}
+func (nopSession) HandleBinary([]byte) {}
+func (s nopSession) Closed() {
+	if s.closed != nil {
+		s.closed <- struct{}{}
+	}
+}
+
+func TestEpollIdleConnsOwnNoGoroutines(t *testing.T) {
+	eng, err := New("epoll", Options{Workers: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Shutdown(t.Context())
+	const n = 1000
+	servers, clients := pairs(t, n)
+	runtime.GC()
+	before := runtime.NumGoroutine()
+	closed := make(chan struct{}, n)
+	conns := make([]*Conn, 0, n)
+	for _, sc := range servers {
+		c, err := eng.Add(sc, func(*Conn) Session { return nopSession{closed} })
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	// Half a frame on every connection: still no goroutine and only the
+	// few leftover bytes are kept.
+	for _, cl := range clients {
+		if _, err := cl.Write([]byte{0x81, 0x85, 1, 2}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, func() bool { return eng.Stats().BytesIn == 4*n })
+	if after := runtime.NumGoroutine(); after > before+2 {
+		t.Fatalf("goroutines: %d before, %d with %d idle connections", before, after, n)
+	}
+	for _, c := range conns {
+		c.mu.Lock() // orders the worker's writes to partial before our read
+		p := c.partial
+		c.mu.Unlock()
+		if len(p) != 4 || cap(p) > 8 {
+			t.Fatalf("partial len %d cap %d", len(p), cap(p))
+		}
+	}
+	if eng.Len() != n {
+		t.Fatalf("Len %d", eng.Len())
+	}
+	for _, cl := range clients {
+		cl.Close()
+	}
+	for range n {
+		select {
+		case <-closed:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("only some connections closed; Len %d", eng.Len())
+		}
+	}
+}
