@@ -136,7 +136,11 @@ function assertAscending(list, label) {
   for (let i = 1; i < list.length; i++) assert.ok(list[i].id > list[i - 1].id, `${label}: ids must be ascending (oldest first): ${list.map((m) => m.id)}`);
 }
 
-serverTest("chat join reply holds the last 50 messages oldest first with has_more", { timeout: 60000 }, async (ctx) => {
+// These send 60 messages on one connection: lift the per-connection push rate
+// limit (default 20/s, burst 40) so the test is about paging only.
+const FAST = { ELCHAT_PUSH_RATE: "10000", ELCHAT_PUSH_BURST: "10000" };
+
+serverTest("chat join reply holds the last 50 messages oldest first with has_more", { timeout: 60000, env: FAST }, async (ctx) => {
   const a = await ctx.connect(1);
   const ca = a.channel(ROOM);
   await joinOk(ca);
@@ -150,7 +154,7 @@ serverTest("chat join reply holds the last 50 messages oldest first with has_mor
   reply.messages.forEach((m) => assertMessage(m, { room: ROOM }));
 });
 
-serverTest("history before an id pages back oldest first with has_more", { timeout: 60000 }, async (ctx) => {
+serverTest("history before an id pages back oldest first with has_more", { timeout: 60000, env: FAST }, async (ctx) => {
   const a = await ctx.connect(1);
   const ca = a.channel(ROOM);
   await joinOk(ca);

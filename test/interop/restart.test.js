@@ -5,8 +5,11 @@ const assert = require("node:assert/strict");
 const { serverTest, joinOk, pushOk, collect, freePort, withTimeout, WS, WAIT_MS, Collector, sleep } = require("./helpers");
 
 const ROOM = "chat:1:2";
+// The server spreads 1012 closes over --drain-timeout (default 20s); keep it
+// short so a single test socket is closed promptly.
+const DRAIN = { ELCHAT_DRAIN_TIMEOUT: "1s" };
 
-serverTest("SIGTERM closes open websockets with code 1012 and the server exits", async (ctx) => {
+serverTest("SIGTERM closes open websockets with code 1012 and the server exits", { env: DRAIN }, async (ctx) => {
   const tok = await ctx.server.token(1, "A");
   const c = await ctx.raw(ctx.server.wsUrl({ token: tok, vsn: "2.0.0" }));
   c.send([null, "1", "phoenix", "heartbeat", {}]);
@@ -18,7 +21,7 @@ serverTest("SIGTERM closes open websockets with code 1012 and the server exits",
   assert.ok(exit.code === 0 || exit.signal === null, `server should exit by itself: ${JSON.stringify(exit)}`);
 });
 
-serverTest("phoenix.js reconnects after a restart, rejoins and catches up with last_id", { timeout: 60000 }, async (ctx) => {
+serverTest("phoenix.js reconnects after a restart, rejoins and catches up with last_id", { timeout: 60000, env: DRAIN }, async (ctx) => {
   const s1 = ctx.server;
   // Alice's transport can be held off the server ("gate closed") so that Bob
   // can deterministically write while Alice is disconnected.
@@ -78,7 +81,7 @@ serverTest("phoenix.js reconnects after a restart, rejoins and catches up with l
   await aMsgs.waitFor((m) => m.id === m3.id, "live message after reconnect");
 });
 
-serverTest("phoenix.js channels rejoin automatically after the server drops the connection", { timeout: 45000 }, async (ctx) => {
+serverTest("phoenix.js channels rejoin automatically after the server drops the connection", { timeout: 45000, env: DRAIN }, async (ctx) => {
   const s1 = ctx.server;
   const a = await ctx.connect(1, { name: "Alice", socketOpts: { reconnectAfterMs: () => 200 } });
   const lobby = a.channel("user:1");
