@@ -1,0 +1,416 @@
+// Package postgres is the clustered Store on PostgreSQL via pgxpool. Saves
+// are group committed: each batch is one INSERT ... SELECT FROM unnest(...)
+// statement, so one round trip and one commit carry up to MaxBatch messages.
+package postgres
+
+import (
+	"context"
+	"database/sql"
+	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+	"math"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	_ "github.com/jackc/pgx/v5/stdlib" // "pgx" database/sql driver, for goose
+	"github.com/pressly/goose/v3"
+	"github.com/pressly/goose/v3/lock"
+
+	"github.com/elchat/elchat/pkg/store"
+)
+
+//go:embed migrations/*.sql
+var migrations embed.FS
+
+// Options tunes a Store. The zero value is the production default.
+type Options struct {
+	// Batch configures group commit (default 2 flushers, 512 per batch).
+	Batch store.BatchConfig
+	// MaxConns caps the pool (default 16); it must leave room beyond the
+	// flushers for reads and MarkRead.
+	MaxConns int32
+	// ConnectTimeout bounds dialing one connection (default 5s), so an
+	// unreachable server turns into ErrUnavailable quickly.
+	ConnectTimeout time.Duration
+	// Migrate applies pending migrations before Open returns.
+	Migrate bool
+}
+
+// Store implements store.Store on PostgreSQL.
+type Store struct {
+	pool  *pgxpool.Pool
+	batch *store.Batcher
+
+	closeOnce sync.Once
+}
+
+var _ store.Store = (*Store)(nil)
+
+// Migrate applies the embedded migrations to the database at url. Several
+// nodes may call it at once: a session advisory lock serialises them.
+func Migrate(ctx context.Context, url string) error {
+	db, err := sql.Open("pgx", url)
+	if err != nil {
+		return fmt.Errorf("postgres: migrate: %w", err)
+	}
+	defer db.Close()
+	sub, err := fs.Sub(migrations, "migrations")
+	if err != nil {
+		return err
+	}
+	locker, err := lock.NewPostgresSessionLocker()
+	if err != nil {
+		return err
+	}
+	p, err := goose.NewProvider(goose.DialectPostgres, db, sub,
+		goose.WithDisableGlobalRegistry(true), goose.WithSessionLocker(locker))
+	if err != nil {
+		return fmt.Errorf("postgres: migrations: %w", err)
+	}
+	if _, err := p.Up(ctx); err != nil {
+		return fmt.Errorf("postgres: migrate: %w", classify(ctx, err))
+	}
+	return nil
+}
+
+// Open connects to url and checks the server answers. The pool reconnects by
+// itself, so a Store outlives PostgreSQL restarts.
+func Open(ctx context.Context, url string, o Options) (*Store, error) {
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: %w", err)
+	}
+	if o.MaxConns > 0 {
+		cfg.MaxConns = o.MaxConns
+	} else {
+		cfg.MaxConns = 16
+	}
+	if o.ConnectTimeout <= 0 {
+		o.ConnectTimeout = 5 * time.Second
+	}
+	if cfg.ConnConfig.ConnectTimeout == 0 || cfg.ConnConfig.ConnectTimeout > o.ConnectTimeout {
+		cfg.ConnConfig.ConnectTimeout = o.ConnectTimeout
+	}
+	// Frequent health checks drop connections killed by a server restart
+	// before a caller draws them.
+	cfg.HealthCheckPeriod = 5 * time.Second
+
+	if o.Migrate {
+		if err := Migrate(ctx, url); err != nil {
+			return nil, err
+		}
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: %w", err)
+	}
+	if err := pool.Ping(ctx); err != nil {
+		pool.Close()
+		return nil, classify(ctx, err)
+	}
+	s := &Store{pool: pool}
+	s.batch = store.NewBatcher(o.Batch, s.flush)
+	return s, nil
+}
+
+// Save implements store.Store through the group-commit batcher.
+func (s *Store) Save(ctx context.Context, m store.NewMessage) (store.Message, bool, error) {
+	return s.batch.Save(ctx, m)
+}
+
+// SaveBatch writes batch in one statement, bypassing the batcher; for
+// imports and benchmarks.
+func (s *Store) SaveBatch(ctx context.Context, batch []store.NewMessage) ([]store.SaveResult, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	res, err := store.SaveBatch(ctx, s.flush, batch)
+	if err != nil && ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+	return res, err
+}
+
+const cols = `id, room, user_id, opponent_id, body, client_id, sent_at, is_delivered`
+
+// insertSQL draws the ids itself (input is materialised once because
+// nextval is volatile) so the RETURNING rows, which come back in no promised
+// order, can be joined to their input position. Rows that hit an existing
+// client id return nothing and are looked up by existingSQL.
+const insertSQL = `WITH input AS (
+	SELECT nextval('messages_id_seq') AS id, t.ord, t.room, t.user_id, t.opponent_id, t.body,
+		NULLIF(t.client_id, '') AS client_id
+	FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
+		WITH ORDINALITY AS t(room, user_id, opponent_id, body, client_id, ord)
+), ins AS (
+	INSERT INTO messages (id, room, user_id, opponent_id, body, client_id)
+	SELECT id, room, user_id, opponent_id, body, client_id FROM input ORDER BY ord
+	ON CONFLICT (user_id, client_id) WHERE client_id IS NOT NULL DO NOTHING
+	RETURNING id, sent_at
+)
+SELECT input.ord, ins.id, ins.sent_at FROM ins JOIN input USING (id)`
+
+const existingSQL = `SELECT ` + cols + ` FROM messages
+WHERE (user_id, client_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))`
+
+// flush is the batcher's FlushFunc. The INSERT is one statement and so one
+// transaction; the follow-up SELECT only reads rows that are already
+// committed (ON CONFLICT waited for them), so it needs no transaction.
+func (s *Store) flush(ctx context.Context, batch []store.NewMessage) ([]store.SaveResult, error) {
+	n := len(batch)
+	rooms, users, opps, bodies, cids := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	for i, m := range batch {
+		rooms[i], users[i], opps[i], bodies[i], cids[i] = m.Room, m.UserID, m.OpponentID, m.Body, m.ClientID
+	}
+
+	out := make([]store.SaveResult, n)
+	done := make([]bool, n)
+	err := retry(ctx, func() error {
+		rows, err := s.pool.Query(ctx, insertSQL, rooms, users, opps, bodies, cids)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var (
+				ord    int64
+				id     int64
+				sentAt time.Time
+			)
+			if err := rows.Scan(&ord, &id, &sentAt); err != nil {
+				return err
+			}
+			i := int(ord - 1)
+			m := batch[i]
+			out[i] = store.SaveResult{Created: true, Msg: store.Message{
+				ID: id, Room: m.Room, UserID: m.UserID, OpponentID: m.OpponentID,
+				Body: m.Body, ClientID: m.ClientID, SentAt: sentAt.UTC(),
+			}}
+			done[i] = true
+		}
+		return rows.Err()
+	})
+	// The flush context is the batcher's own timeout, not a caller's: its
+	// expiry means the database is too slow, so it must not be reported as
+	// a context error. Hence Background here.
+	if err != nil {
+		return nil, classify(context.Background(), err)
+	}
+
+	var cu, cc []string
+	for i, ok := range done {
+		if !ok {
+			cu, cc = append(cu, users[i]), append(cc, cids[i])
+		}
+	}
+	if len(cu) == 0 {
+		return out, nil
+	}
+	type key struct{ user, client string }
+	existing := make(map[key]store.Message, len(cu))
+	err = retry(ctx, func() error {
+		rows, err := s.pool.Query(ctx, existingSQL, cu, cc)
+		if err != nil {
+			return err
+		}
+		msgs, err := pgx.CollectRows(rows, scanMessage)
+		for _, m := range msgs {
+			existing[key{m.UserID, m.ClientID}] = m
+		}
+		return err
+	})
+	if err != nil {
+		return nil, classify(context.Background(), err)
+	}
+	for i, ok := range done {
+		if ok {
+			continue
+		}
+		m, found := existing[key{users[i], cids[i]}]
+		if !found {
+			return nil, fmt.Errorf("%w: message %s/%s neither inserted nor found", store.ErrUnavailable, users[i], cids[i])
+		}
+		out[i] = store.SaveResult{Msg: m}
+	}
+	return out, nil
+}
+
+// retry runs fn again once when the first attempt failed before anything
+// reached the server, typically on a pooled connection that a server
+// restart killed; anything later could have had effects, so it is final.
+func retry(ctx context.Context, fn func() error) error {
+	err := fn()
+	if err != nil && pgconn.SafeToRetry(err) && ctx.Err() == nil {
+		err = fn()
+	}
+	return err
+}
+
+// History implements store.Store.
+func (s *Store) History(ctx context.Context, room string, before int64, limit int) ([]store.Message, error) {
+	if before <= 0 {
+		before = math.MaxInt64
+	}
+	msgs, err := s.query(ctx, limit, `SELECT `+cols+` FROM messages
+WHERE room = $1 AND id < $2 ORDER BY id DESC LIMIT $3`, room, before)
+	if err != nil {
+		return nil, err
+	}
+	for i, j := 0, len(msgs)-1; i < j; i, j = i+1, j-1 {
+		msgs[i], msgs[j] = msgs[j], msgs[i]
+	}
+	return msgs, nil
+}
+
+// Since implements store.Store.
+func (s *Store) Since(ctx context.Context, room string, after int64, limit int) ([]store.Message, error) {
+	return s.query(ctx, limit, `SELECT `+cols+` FROM messages
+WHERE room = $1 AND id > $2 ORDER BY id LIMIT $3`, room, after)
+}
+
+// query runs a paged read; the clamped limit is appended as the last arg.
+func (s *Store) query(ctx context.Context, limit int, q string, args ...any) ([]store.Message, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	limit = store.ClampLimit(limit)
+	if limit == 0 {
+		return []store.Message{}, nil
+	}
+	args = append(args, limit)
+	var msgs []store.Message
+	err := retry(ctx, func() error {
+		rows, err := s.pool.Query(ctx, q, args...)
+		if err != nil {
+			return err
+		}
+		msgs, err = pgx.CollectRows(rows, scanMessage)
+		return err
+	})
+	if err != nil {
+		return nil, classify(ctx, err)
+	}
+	if msgs == nil {
+		msgs = []store.Message{}
+	}
+	return msgs, nil
+}
+
+// MarkRead implements store.Store.
+func (s *Store) MarkRead(ctx context.Context, room, reader string, lastID int64) (int64, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	var tag pgconn.CommandTag
+	err := retry(ctx, func() (err error) {
+		tag, err = s.pool.Exec(ctx, `UPDATE messages SET is_delivered = true
+WHERE opponent_id = $1 AND room = $2 AND id <= $3 AND NOT is_delivered`, reader, room, lastID)
+		return err
+	})
+	if err != nil {
+		return 0, classify(ctx, err)
+	}
+	return tag.RowsAffected(), nil
+}
+
+// unreadSQL finds undelivered messages through the partial index, then each
+// room's newest message through (room, id).
+const unreadSQL = `WITH u AS (
+	SELECT room, count(*) AS unread, max(id) AS last_unread
+	FROM messages WHERE opponent_id = $1 AND NOT is_delivered
+	GROUP BY room
+)
+SELECT u.room, s.user_id, u.unread,
+	m.id, m.room, m.user_id, m.opponent_id, m.body, m.client_id, m.sent_at, m.is_delivered
+FROM u
+JOIN messages s ON s.id = u.last_unread
+JOIN messages m ON m.id = (SELECT max(id) FROM messages WHERE room = u.room)
+ORDER BY m.id DESC`
+
+// Unread implements store.Store.
+func (s *Store) Unread(ctx context.Context, userID string) ([]store.UnreadChat, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	var out []store.UnreadChat
+	err := retry(ctx, func() error {
+		rows, err := s.pool.Query(ctx, unreadSQL, userID)
+		if err != nil {
+			return err
+		}
+		out, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (store.UnreadChat, error) {
+			var (
+				c        store.UnreadChat
+				unread   int64
+				clientID *string
+			)
+			err := row.Scan(&c.Room, &c.OpponentID, &unread,
+				&c.Last.ID, &c.Last.Room, &c.Last.UserID, &c.Last.OpponentID, &c.Last.Body,
+				&clientID, &c.Last.SentAt, &c.Last.Delivered)
+			c.Unread = int(unread)
+			if clientID != nil {
+				c.Last.ClientID = *clientID
+			}
+			c.Last.SentAt = c.Last.SentAt.UTC()
+			return c, err
+		})
+		return err
+	})
+	if err != nil {
+		return nil, classify(ctx, err)
+	}
+	if out == nil {
+		out = []store.UnreadChat{}
+	}
+	return out, nil
+}
+
+// Ping implements store.Store.
+func (s *Store) Ping(ctx context.Context) error {
+	if err := s.pool.Ping(ctx); err != nil {
+		return classify(ctx, err)
+	}
+	return nil
+}
+
+// Close flushes queued messages and closes the pool. It is idempotent.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() {
+		s.batch.Close()
+		s.pool.Close()
+	})
+	return nil
+}
+
+func scanMessage(row pgx.CollectableRow) (store.Message, error) {
+	var (
+		m        store.Message
+		clientID *string
+	)
+	err := row.Scan(&m.ID, &m.Room, &m.UserID, &m.OpponentID, &m.Body, &clientID, &m.SentAt, &m.Delivered)
+	if clientID != nil {
+		m.ClientID = *clientID
+	}
+	m.SentAt = m.SentAt.UTC()
+	return m, err
+}
+
+// classify maps an error to the store's vocabulary: the caller's own
+// cancellation stays a context error, data the server rejects is
+// ErrInvalid, and everything else (refused or lost connections, timeouts,
+// server shutdown, closed pool) is ErrUnavailable.
+func classify(ctx context.Context, err error) error {
+	if ctxErr := ctx.Err(); ctxErr != nil {
+		return ctxErr
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && len(pgErr.Code) == 5 && pgErr.Code[:2] == "22" { // data exception
+		return fmt.Errorf("%w: %v", store.ErrInvalid, err)
+	}
+	return fmt.Errorf("%w: %v", store.ErrUnavailable, err)
+}
