@@ -227,7 +227,7 @@ func openStore(ctx context.Context, c *config, log *slog.Logger) (store.Store, e
 			return nil, fmt.Errorf("migrate: %w", err)
 		}
 	}
-	return postgres.Open(ctx, c.databaseURL)
+	return postgres.Open(ctx, c.databaseURL, postgres.Options{})
 }
 
 func newLogger(w io.Writer, level, format string) *slog.Logger {
