@@ -3,7 +3,6 @@
 package transport
 
 import (
-	"net"
 	"runtime"
 	"testing"
 	"time"
@@ -76,37 +75,6 @@ func TestEpollStalledPeersDoNotBlockWorker(t *testing.T) {
 	}
 	if p := trickleRec.c; p == nil {
 		t.Fatal("no conn")
-	}
-}
-
-func pairs(t testing.TB, n int) (servers, clients []net.Conn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	for range n {
-		c, err := net.Dial("tcp", ln.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		s, err := ln.Accept()
-		if err != nil {
-			t.Fatal(err)
-		}
-		servers, clients = append(servers, s), append(clients, c)
-	}
-	return servers, clients
-}
-
-type nopSession struct{ closed chan struct{} }
-
-func (nopSession) HandleText([]byte)   {}
-func (nopSession) HandleBinary([]byte) {}
-func (s nopSession) Closed() {
-	if s.closed != nil {
-		s.closed <- struct{}{}
 	}
 }
 

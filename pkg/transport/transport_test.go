@@ -479,3 +479,34 @@ func eventually(t testing.TB, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+func pairs(t testing.TB, n int) (servers, clients []net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	for range n {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		servers, clients = append(servers, s), append(clients, c)
+	}
+	return servers, clients
+}
+
+type nopSession struct{ closed chan struct{} }
+
+func (nopSession) HandleText([]byte)   {}
+func (nopSession) HandleBinary([]byte) {}
+func (s nopSession) Closed() {
+	if s.closed != nil {
+		s.closed <- struct{}{}
+	}
+}
