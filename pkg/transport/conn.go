@@ -101,10 +101,11 @@ func (c *Conn) Send(frame []byte) error {
 	return nil
 }
 
-// Close sends a close frame with code and reason (ahead of nothing: it
-// bypasses the queue bound, behind what is already queued) and tears the
+// Close queues a close frame with code and reason behind what is already
+// queued (it is exempt from the queue bound), flushes, and tears the
 // connection down once the peer answers, hangs up, or a grace period
-// passes. Safe from any goroutine; only the first call has an effect.
+// (5s, enforced by the reaper) passes. Safe from any goroutine; only the
+// first call has an effect.
 func (c *Conn) Close(code int, reason string) {
 	c.mu.Lock()
 	c.closeLocked(CloseFrame(code, reason))
