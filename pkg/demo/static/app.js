@@ -47,7 +47,7 @@ function compareBytes(a, b) {
 function colorFor(id) {
   let h = 0;
   for (const ch of String(id)) h = (h * 31 + ch.codePointAt(0)) % 360;
-  return `hsl(${h} 55% 52%)`;
+  return `hsl(${Math.round((h * 137.508) % 360)} 55% 50%)`;
 }
 
 function timeOf(iso) {
@@ -174,6 +174,7 @@ function connect(token) {
       }
     }
     renderContacts();
+    $("contact-list").dataset.lobby = "joined";
   });
 }
 
