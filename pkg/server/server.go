@@ -188,10 +188,15 @@ func (s *Server) handle(nc net.Conn) {
 // peekPath returns the request target's path without consuming anything.
 func peekPath(br *bufio.Reader) (string, error) {
 	for n := 1; ; n = br.Buffered() + 1 {
-		b, err := br.Peek(n)
-		if err != nil {
+		if n > br.Size() {
+			return "", errors.New("request line too long")
+		}
+		if _, err := br.Peek(n); err != nil {
 			return "", err
 		}
+		// Look at everything buffered so far, not just the n bytes asked
+		// for: asking for more than the client sent would block.
+		b, _ := br.Peek(br.Buffered())
 		if i := bytes.IndexByte(b, '\n'); i >= 0 {
 			fields := bytes.Fields(b[:i])
 			if len(fields) < 2 {
@@ -199,9 +204,6 @@ func peekPath(br *bufio.Reader) (string, error) {
 			}
 			path, _, _ := bytes.Cut(fields[1], []byte{'?'})
 			return string(path), nil
-		}
-		if n >= br.Size() {
-			return "", errors.New("request line too long")
 		}
 	}
 }
