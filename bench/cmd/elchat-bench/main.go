@@ -1,0 +1,260 @@
+// Command elchat-bench is ElChat's load generator and report writer.
+//
+//	elchat-bench connect  [flags]   N idle authenticated sockets on one node
+//	elchat-bench chat     [flags]   P pairs chatting at a set total rate
+//	elchat-bench cluster  [flags]   K nodes over Redis (+PostgreSQL): chat, or --big connect
+//	elchat-bench baseline [flags]   connect and chat on epoll, then portable
+//
+// It starts the ElChat node(s) itself (--server, default ./bin/elchat) and,
+// when needed, a throwaway PostgreSQL and Redis; clients run in worker
+// processes (this binary re-executed) of at most --per-worker sockets each,
+// bound to their own 127.0.0.x source addresses. See bench/README.md.
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+)
+
+const benchSecret = "elchat-bench-secret-0123456789abcdef"
+
+type opts struct {
+	scenario  string
+	server    string
+	outDir    string
+	transport string
+	store     string
+	dbURL     string
+	conns     int
+	pairs     int
+	nodes     int
+	big       bool
+	rate      float64
+	perWorker int
+	hb        time.Duration
+	hold      time.Duration
+	msgRate   float64
+	duration  time.Duration
+	bodySize  int
+	connTO    time.Duration
+	maxRun    time.Duration
+	keepTmp   bool
+	args      []string
+	tmp       string
+	started   time.Time
+	noVerify  bool
+	settle    time.Duration
+}
+
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == "__worker" {
+		if err := runWorker(); err != nil {
+			fmt.Fprintln(os.Stderr, "worker:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, "usage: elchat-bench connect|chat|cluster|baseline [flags]  (-h for flags)")
+		os.Exit(2)
+	}
+	o := &opts{scenario: os.Args[1], args: os.Args, started: time.Now()}
+	fs := flag.NewFlagSet(o.scenario, flag.ExitOnError)
+	fs.StringVar(&o.server, "server", "./bin/elchat", "path to the elchat binary")
+	fs.StringVar(&o.outDir, "out", "bench/results", "results root; each run writes <out>/<timestamp>-<scenario>/")
+	fs.StringVar(&o.transport, "transport", "epoll", "ELCHAT_TRANSPORT of the node(s): epoll or portable (baseline runs both)")
+	fs.StringVar(&o.store, "store", "", "sqlite (embedded, per node) or postgres (throwaway server); default: sqlite for connect and cluster --big, postgres otherwise")
+	fs.StringVar(&o.dbURL, "database-url", "", "use this PostgreSQL instead of starting one")
+	fs.IntVar(&o.conns, "conns", 19000, "connect/baseline/cluster --big: connections")
+	fs.IntVar(&o.pairs, "pairs", 1000, "chat/cluster/baseline: user pairs (2 sockets each)")
+	fs.IntVar(&o.nodes, "nodes", 3, "cluster: ElChat nodes (--big: default 12)")
+	fs.BoolVar(&o.big, "big", false, "cluster: connect-only mode over many nodes (embedded store per node, shared Redis)")
+	fs.Float64Var(&o.rate, "rate", 2000, "connection ramp rate, connects+joins per second (total)")
+	fs.IntVar(&o.perWorker, "per-worker", 15000, "max sockets per worker process (fd limit 20,000)")
+	fs.DurationVar(&o.hb, "hb", 30*time.Second, "heartbeat interval (phoenix.js: 30s)")
+	fs.DurationVar(&o.hold, "hold", 35*time.Second, "connect: idle hold after the ramp (heartbeats continue)")
+	fs.Float64Var(&o.msgRate, "msg-rate", 5000, "chat: total messages per second offered")
+	fs.DurationVar(&o.duration, "duration", 20*time.Second, "chat: sending period")
+	fs.IntVar(&o.bodySize, "body", 64, "chat: message body bytes")
+	fs.DurationVar(&o.connTO, "conn-timeout", 20*time.Second, "a connect+join slower than this is a failure")
+	fs.DurationVar(&o.maxRun, "max-run", 15*time.Minute, "hard bound on the whole run")
+	fs.DurationVar(&o.settle, "settle", 3*time.Second, "wait after the ramp before sampling the server")
+	fs.BoolVar(&o.keepTmp, "keep-tmp", false, "keep server logs and data (bench/results/tmp)")
+	fs.BoolVar(&o.noVerify, "no-verify", false, "chat: skip the history check of acknowledged ids")
+	fs.Parse(os.Args[2:])
+	if o.big && !flagSet(fs, "nodes") {
+		o.nodes = 12
+	}
+	if o.big && !flagSet(fs, "conns") {
+		o.conns = 200000
+	}
+	if o.store == "" {
+		o.store = "postgres"
+		if o.scenario == "connect" || o.big {
+			o.store = "sqlite"
+		}
+	}
+	var err error
+	o.tmp, err = os.MkdirTemp("", "elchat-bench-")
+	if err != nil {
+		fatal(err)
+	}
+	os.Chmod(o.tmp, 0o755)
+	if !o.keepTmp {
+		defer os.RemoveAll(o.tmp)
+	}
+	var res *result
+	switch o.scenario {
+	case "connect":
+		res, err = scenarioConnect(o)
+	case "chat":
+		res, err = scenarioChat(o)
+	case "cluster":
+		res, err = scenarioCluster(o)
+	case "baseline":
+		res, err = scenarioBaseline(o)
+	default:
+		err = fmt.Errorf("unknown scenario %q", o.scenario)
+	}
+	if res != nil {
+		dir, werr := writeResults(o, res)
+		if werr != nil {
+			fmt.Fprintln(os.Stderr, "write results:", werr)
+		} else {
+			fmt.Println("results:", dir)
+			b, _ := os.ReadFile(filepath.Join(dir, "summary.md"))
+			fmt.Println(string(b))
+		}
+	}
+	if err != nil {
+		fatal(err)
+	}
+}
+
+func flagSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) {
+		if f.Name == name {
+			set = true
+		}
+	})
+	return set
+}
+
+func fatal(err error) {
+	fmt.Fprintln(os.Stderr, "elchat-bench:", err)
+	os.Exit(1)
+}
+
+// ---- results ----
+
+type result struct {
+	Scenario string            `json:"scenario"`
+	Sections []section         `json:"sections"`
+	Notes    []string          `json:"notes"`
+	Plots    map[string]string `json:"-"`
+	Raw      map[string]any    `json:"raw"`
+}
+
+type section struct {
+	Title string     `json:"title"`
+	Rows  [][]string `json:"rows"` // first row is the header
+}
+
+func (r *result) note(f string, a ...any) { r.Notes = append(r.Notes, fmt.Sprintf(f, a...)) }
+
+func machine() map[string]string {
+	m := map[string]string{"nproc": fmt.Sprint(runtime.NumCPU()), "go": runtime.Version()}
+	var u syscall.Utsname
+	syscall.Uname(&u)
+	b := make([]byte, 0, 65)
+	for _, c := range u.Release {
+		if c == 0 {
+			break
+		}
+		b = append(b, byte(c))
+	}
+	m["kernel"] = string(b)
+	var si syscall.Sysinfo_t
+	syscall.Sysinfo(&si)
+	m["memory"] = fmt.Sprintf("%.1f GiB", float64(si.Totalram)*float64(si.Unit)/(1<<30))
+	if out, err := exec.Command("sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2").Output(); err == nil {
+		m["cpu"] = strings.TrimSpace(string(out))
+	}
+	var rl syscall.Rlimit
+	syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl)
+	m["nofile"] = fmt.Sprintf("%d/%d", rl.Cur, rl.Max)
+	return m
+}
+
+func writeResults(o *opts, r *result) (string, error) {
+	dir := filepath.Join(o.outDir, o.started.UTC().Format("20060102-150405")+"-"+o.scenario)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	mach := machine()
+	var b strings.Builder
+	fmt.Fprintf(&b, "# elchat-bench %s — %s\n\n", o.scenario, o.started.UTC().Format(time.RFC3339))
+	fmt.Fprintf(&b, "Command: `%s`\n\n", strings.Join(o.args, " "))
+	fmt.Fprintf(&b, "Machine: nproc %s, memory %s, kernel %s, %s, CPU %s, nofile %s. Run took %.0f s.\n\n",
+		mach["nproc"], mach["memory"], mach["kernel"], mach["go"], mach["cpu"], mach["nofile"], time.Since(o.started).Seconds())
+	for _, s := range r.Sections {
+		fmt.Fprintf(&b, "## %s\n\n", s.Title)
+		for i, row := range s.Rows {
+			fmt.Fprintf(&b, "| %s |\n", strings.Join(row, " | "))
+			if i == 0 {
+				fmt.Fprintf(&b, "|%s\n", strings.Repeat("---|", len(row)))
+			}
+		}
+		b.WriteString("\n")
+	}
+	if len(r.Notes) > 0 {
+		b.WriteString("## Notes\n\n")
+		for _, n := range r.Notes {
+			fmt.Fprintf(&b, "- %s\n", n)
+		}
+		b.WriteString("\n")
+	}
+	if len(r.Plots) > 0 {
+		b.WriteString("## Plots\n\n")
+		for _, name := range sortedKeys(r.Plots) {
+			os.WriteFile(filepath.Join(dir, name), []byte(r.Plots[name]), 0o644)
+			fmt.Fprintf(&b, "![%s](%s)\n\n", name, name)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, "summary.md"), []byte(b.String()), 0o644); err != nil {
+		return "", err
+	}
+	raw := map[string]any{"scenario": r.Scenario, "command": o.args, "machine": mach, "sections": r.Sections, "notes": r.Notes, "data": r.Raw}
+	jb, _ := json.MarshalIndent(raw, "", "  ")
+	return dir, os.WriteFile(filepath.Join(dir, "figures.json"), jb, 0o644)
+}
+
+func f1(v float64) string {
+	if math.IsNaN(v) || math.IsInf(v, 0) {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.1f", v)
+}
+func f2(v float64) string {
+	if math.IsNaN(v) || math.IsInf(v, 0) {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.2f", v)
+}
+
+func ratio(a, b float64) string {
+	if b == 0 || math.IsNaN(a) || math.IsNaN(b) {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.2f×", a/b)
+}

@@ -1,0 +1,652 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+type timelinePt struct {
+	Up     int     `json:"up"`
+	RSSKiB int64   `json:"rss_delta_kib"`
+	T      float64 `json:"t_s"`
+}
+
+type nodeFig struct {
+	Node              int              `json:"node"`
+	Conns             int              `json:"conns"`
+	Before            sample           `json:"before"`
+	After             sample           `json:"after_ramp"`
+	End               sample           `json:"end"`
+	RSSPerConnKiB     float64          `json:"rss_per_conn_kib"`
+	RSSPerConnEndKiB  float64          `json:"rss_per_conn_end_kib"`
+	HeapPerConnKiB    float64          `json:"heap_inuse_per_conn_kib"`
+	GoroutinesPerConn float64          `json:"goroutines_per_conn"`
+	CPUusPerConn      float64          `json:"cpu_us_per_connect_join"`
+	Smaps             map[string]int64 `json:"smaps_rollup_kib,omitempty"`
+	Pprof             string           `json:"pprof,omitempty"`
+}
+
+type connectFig struct {
+	Label            string         `json:"label"`
+	Transport        string         `json:"transport"`
+	Conns            int            `json:"conns"`
+	Up               int            `json:"up_after_ramp"`
+	UpEnd            int            `json:"up_end"`
+	Fail             int            `json:"fail"`
+	Drop             int            `json:"dropped_after_ramp"`
+	HBSent           uint64         `json:"hb_sent"`
+	HBOK             uint64         `json:"hb_ok"`
+	HBFail           uint64         `json:"hb_unanswered"`
+	RampS            float64        `json:"ramp_s"`
+	Rate             float64        `json:"connect_rate_per_s"`
+	Conn             latSummary     `json:"connect_join_latency"`
+	HB               latSummary     `json:"heartbeat_latency"`
+	SockMemPerConnKB float64        `json:"kernel_tcp_mem_per_pair_kib"`
+	Nodes            []nodeFig      `json:"nodes"`
+	Reasons          map[string]int `json:"failure_reasons"`
+	Timeline         []timelinePt   `json:"timeline"`
+	connH            *hist
+}
+
+type chatFig struct {
+	Label      string         `json:"label"`
+	Transport  string         `json:"transport"`
+	Pairs      int            `json:"pairs"`
+	Nodes      int            `json:"nodes"`
+	Up         int            `json:"sockets_up"`
+	Fail       int            `json:"connect_fail"`
+	Drop       int            `json:"dropped"`
+	Offered    float64        `json:"offered_msgs_per_s"`
+	Sent       uint64         `json:"sent"`
+	Skipped    uint64         `json:"skipped"`
+	Acked      uint64         `json:"acked"`
+	AckErr     uint64         `json:"ack_errors"`
+	Recv       uint64         `json:"broadcasts_received_by_peer"`
+	WindowS    float64        `json:"send_window_s"`
+	StoredPerS float64        `json:"stored_msgs_per_s"`
+	E2E        latSummary     `json:"e2e_latency"`
+	Ack        latSummary     `json:"ack_latency"`
+	VerChecked uint64         `json:"verify_checked"`
+	VerMissing uint64         `json:"verify_missing"`
+	VerPages   uint64         `json:"verify_pages"`
+	VerErr     uint64         `json:"verify_errors"`
+	HBFail     uint64         `json:"hb_unanswered"`
+	CPUPerMsg  []float64      `json:"server_cpu_us_per_msg_per_node"`
+	CPUPct     []float64      `json:"server_cpu_pct_per_node"`
+	Reasons    map[string]int `json:"failure_reasons"`
+	e2eH, ackH *hist
+}
+
+func (o *opts) deadline() time.Time { return o.started.Add(o.maxRun) }
+
+func (o *opts) spec(scn string, addrs []string, total int) fleetSpec {
+	return fleetSpec{scenario: scn, addrs: addrs, total: total, perWorker: o.perWorker, rate: o.rate, hb: o.hb,
+		hbTO: 10 * time.Second, connTO: o.connTO, msgRate: o.msgRate, duration: o.duration, bodySize: o.bodySize,
+		deadline: o.deadline(), firstUser: 1, firstIPByte: 2}
+}
+
+func addrsOf(ns []*node) []string {
+	var a []string
+	for _, n := range ns {
+		a = append(a, n.addr)
+	}
+	return a
+}
+
+func stopNodes(ns []*node) {
+	for _, n := range ns {
+		n.proc.stop(30 * time.Second)
+	}
+}
+
+func startNodes(o *opts, k int, transport, dbURL, redisURL string) ([]*node, error) {
+	var ns []*node
+	for i := 0; i < k; i++ {
+		n, err := startNode(nodeOpts{bin: o.server, secret: benchSecret, transport: transport, dbURL: dbURL, redisURL: redisURL, tmp: o.tmp}, i)
+		if err != nil {
+			stopNodes(ns)
+			return nil, err
+		}
+		ns = append(ns, n)
+	}
+	return ns, nil
+}
+
+func checkAlive(ns []*node) error {
+	for _, n := range ns {
+		if !n.proc.alive() {
+			return fmt.Errorf("node %d died:\n%s", n.idx, tail(n.proc.log, 30))
+		}
+	}
+	return nil
+}
+
+func metric(s sample, k string) (float64, bool) {
+	if s.Metrics == nil {
+		return 0, false
+	}
+	v, ok := s.Metrics[k]
+	return v, ok
+}
+
+// runConnect ramps n sockets (users 1..n, user u on node u%K), holds them,
+// and measures every node.
+func runConnect(o *opts, ns []*node, n int, label, transport string) (*connectFig, error) {
+	t0 := time.Now()
+	fig := &connectFig{Label: label, Transport: transport, Conns: n}
+	for _, nd := range ns {
+		fig.Nodes = append(fig.Nodes, nodeFig{Node: nd.idx, Before: takeSample(nd, t0)})
+	}
+	for u := 1; u <= n; u++ {
+		fig.Nodes[u%len(ns)].Conns++
+	}
+	_, memBefore := sockstat()
+	rss0 := int64(0)
+	for _, nf := range fig.Nodes {
+		rss0 += nf.Before.RSSKiB
+	}
+	f, err := spawnFleet(o.spec("connect", addrsOf(ns), n), label)
+	if err != nil {
+		return nil, err
+	}
+	timeline := func() {
+		var rss int64
+		for _, nd := range ns {
+			r, _ := readStatus(nd.proc.pid())
+			rss += r
+		}
+		a := f.aggregate()
+		fig.Timeline = append(fig.Timeline, timelinePt{Up: a.Up, RSSKiB: rss - rss0, T: time.Since(t0).Seconds()})
+	}
+	rampStart := time.Now()
+	ok := f.wait("ramped", o.maxRun/2, timeline)
+	fig.RampS = time.Since(rampStart).Seconds()
+	a := f.aggregate()
+	fig.Up = a.Up
+	fig.Rate = float64(a.Up) / fig.RampS
+	if !ok {
+		f.finish()
+		return fig, fmt.Errorf("ramp did not finish: up %d fail %d: %s", a.Up, a.Fail, a.reasonText())
+	}
+	time.Sleep(o.settle)
+	timeline()
+	_, memAfter := sockstat()
+	fig.SockMemPerConnKB = float64(memAfter-memBefore) * 4096 / 1024 / float64(max(a.Up, 1))
+	for i, nd := range ns {
+		nf := &fig.Nodes[i]
+		nf.After = takeSample(nd, t0)
+		c := float64(max(nf.Conns, 1))
+		nf.RSSPerConnKiB = float64(nf.After.RSSKiB-nf.Before.RSSKiB) / c
+		nf.CPUusPerConn = float64(nf.After.CPUTicks-nf.Before.CPUTicks) * 1e4 / c
+		if h1, ok := metric(nf.After, "go_memstats_heap_inuse_bytes"); ok {
+			h0, _ := metric(nf.Before, "go_memstats_heap_inuse_bytes")
+			nf.HeapPerConnKiB = (h1 - h0) / 1024 / c
+			g1, _ := metric(nf.After, "go_goroutines")
+			g0, _ := metric(nf.Before, "go_goroutines")
+			nf.GoroutinesPerConn = (g1 - g0) / c
+		} else {
+			nf.HeapPerConnKiB, nf.GoroutinesPerConn = nan(), nan()
+		}
+		nf.Smaps = smapsRollup(nd.proc.pid())
+		if len(ns) <= 3 {
+			pp := filepath.Join(o.tmp, fmt.Sprintf("heap-%s-%d.pprof", label, nd.idx))
+			if err := heapProfile(nd.addr, pp); err != nil {
+				nf.Pprof = err.Error()
+			} else {
+				nf.Pprof = pp
+			}
+		}
+	}
+	f.hold(o.hold, timeline)
+	for i, nd := range ns {
+		nf := &fig.Nodes[i]
+		nf.End = takeSample(nd, t0)
+		nf.RSSPerConnEndKiB = float64(nf.End.RSSKiB-nf.Before.RSSKiB) / float64(max(nf.Conns, 1))
+	}
+	aliveErr := checkAlive(ns)
+	a = f.finish()
+	fig.UpEnd, fig.Fail, fig.Drop = a.Up, a.Fail, a.Drop
+	fig.HBSent, fig.HBOK, fig.HBFail = a.HBSent, a.HBOK, a.HBFail
+	fig.Conn, fig.HB, fig.Reasons, fig.connH = a.conn.summary(), a.hb.summary(), a.reasons, a.conn
+	return fig, aliveErr
+}
+
+func nan() float64 { var z float64; return z / z }
+
+func runChat(o *opts, ns []*node, pairs int, label, transport string) (*chatFig, error) {
+	t0 := time.Now()
+	fig := &chatFig{Label: label, Transport: transport, Pairs: pairs, Nodes: len(ns), Offered: o.msgRate}
+	f, err := spawnFleet(o.spec("chat", addrsOf(ns), pairs), label)
+	if err != nil {
+		return nil, err
+	}
+	if !f.wait("ramped", o.maxRun/3, nil) {
+		a := f.finish()
+		return fig, fmt.Errorf("chat ramp did not finish: up %d fail %d: %s", a.Up, a.Fail, a.reasonText())
+	}
+	before := make([]sample, len(ns))
+	for i, nd := range ns {
+		before[i] = takeSample(nd, t0)
+	}
+	goAt := time.Now()
+	f.send("go")
+	f.wait("sent", o.duration+time.Minute, nil)
+	fig.WindowS = time.Since(goAt).Seconds()
+	a := f.aggregate()
+	for i, nd := range ns {
+		after := takeSample(nd, t0)
+		us := float64(after.CPUTicks-before[i].CPUTicks) * 1e4
+		fig.CPUPct = append(fig.CPUPct, us/1e6/fig.WindowS*100)
+		fig.CPUPerMsg = append(fig.CPUPerMsg, us/float64(max(a.Acked, 1)))
+	}
+	if !o.noVerify {
+		f.send("verify")
+		f.wait("verified", 5*time.Minute, nil)
+	}
+	aliveErr := checkAlive(ns)
+	a = f.finish()
+	fig.Up, fig.Fail, fig.Drop = a.Up, a.Fail, a.Drop
+	fig.Sent, fig.Skipped, fig.Acked, fig.AckErr, fig.Recv = a.Sent, a.Skipped, a.Acked, a.AckErr, a.Recv
+	fig.StoredPerS = float64(a.Acked) / fig.WindowS
+	fig.E2E, fig.Ack, fig.e2eH, fig.ackH = a.e2e.summary(), a.ack.summary(), a.e2e, a.ack
+	fig.VerChecked, fig.VerMissing, fig.VerPages, fig.VerErr = a.VerChecked, a.VerMissing, a.VerPages, a.VerErr
+	fig.HBFail, fig.Reasons = a.HBFail, a.reasons
+	return fig, aliveErr
+}
+
+// ---- tables ----
+
+func connectRows(figs []*connectFig) [][]string {
+	rows := [][]string{{"figure"}}
+	for _, f := range figs {
+		rows[0] = append(rows[0], f.Label)
+	}
+	add := func(name string, val func(*connectFig) string) {
+		r := []string{name}
+		for _, f := range figs {
+			r = append(r, val(f))
+		}
+		rows = append(rows, r)
+	}
+	sum := func(f *connectFig, g func(nodeFig) float64) float64 {
+		// connection-weighted mean over nodes
+		var s, n float64
+		for _, nf := range f.Nodes {
+			s += g(nf) * float64(nf.Conns)
+			n += float64(nf.Conns)
+		}
+		return s / n
+	}
+	add("nodes", func(f *connectFig) string { return fmt.Sprint(len(f.Nodes)) })
+	add("connections up after ramp / target", func(f *connectFig) string { return fmt.Sprintf("%d / %d", f.Up, f.Conns) })
+	add("failed connects", func(f *connectFig) string { return fmt.Sprint(f.Fail) })
+	add("dropped after ramp", func(f *connectFig) string { return fmt.Sprint(f.Drop) })
+	add("connect rate (connect+join /s)", func(f *connectFig) string { return f1(f.Rate) })
+	add("connect+join latency p50 / p99 (ms)", func(f *connectFig) string { return f1(f.Conn.P50) + " / " + f1(f.Conn.P99) })
+	add("heartbeats answered / sent (unanswered)", func(f *connectFig) string {
+		return fmt.Sprintf("%d / %d (%d)", f.HBOK, f.HBSent, f.HBFail)
+	})
+	add("server RSS per connection, after ramp (KiB)", func(f *connectFig) string {
+		return f2(sum(f, func(n nodeFig) float64 { return n.RSSPerConnKiB }))
+	})
+	add("server RSS per connection, end of hold (KiB)", func(f *connectFig) string {
+		return f2(sum(f, func(n nodeFig) float64 { return n.RSSPerConnEndKiB }))
+	})
+	add("Go heap in use per connection (KiB)", func(f *connectFig) string {
+		return f2(sum(f, func(n nodeFig) float64 { return n.HeapPerConnKiB }))
+	})
+	add("goroutines per connection", func(f *connectFig) string {
+		return f2(sum(f, func(n nodeFig) float64 { return n.GoroutinesPerConn }))
+	})
+	add("server CPU per connect+join (µs)", func(f *connectFig) string {
+		return f1(sum(f, func(n nodeFig) float64 { return n.CPUusPerConn }))
+	})
+	add("kernel TCP memory per connection pair (KiB)", func(f *connectFig) string { return f2(f.SockMemPerConnKB) })
+	return rows
+}
+
+func nodeRows(f *connectFig) [][]string {
+	rows := [][]string{{"node", "conns", "RSS before (MiB)", "RSS after ramp (MiB)", "RSS/conn (KiB)", "heap/conn (KiB)", "goroutines/conn", "CPU µs/connect", "threads"}}
+	for _, n := range f.Nodes {
+		rows = append(rows, []string{fmt.Sprint(n.Node), fmt.Sprint(n.Conns), f1(float64(n.Before.RSSKiB) / 1024),
+			f1(float64(n.After.RSSKiB) / 1024), f2(n.RSSPerConnKiB), f2(n.HeapPerConnKiB), f2(n.GoroutinesPerConn),
+			f1(n.CPUusPerConn), fmt.Sprint(n.After.Threads)})
+	}
+	return rows
+}
+
+func chatRows(figs []*chatFig) [][]string {
+	rows := [][]string{{"figure"}}
+	for _, f := range figs {
+		rows[0] = append(rows[0], f.Label)
+	}
+	add := func(name string, val func(*chatFig) string) {
+		r := []string{name}
+		for _, f := range figs {
+			r = append(r, val(f))
+		}
+		rows = append(rows, r)
+	}
+	add("nodes / pairs", func(f *chatFig) string { return fmt.Sprintf("%d / %d", f.Nodes, f.Pairs) })
+	add("sockets up / failed / dropped", func(f *chatFig) string { return fmt.Sprintf("%d / %d / %d", f.Up, f.Fail, f.Drop) })
+	add("offered msgs/s", func(f *chatFig) string { return f1(f.Offered) })
+	add("sent / acked / ack errors / skipped", func(f *chatFig) string {
+		return fmt.Sprintf("%d / %d / %d / %d", f.Sent, f.Acked, f.AckErr, f.Skipped)
+	})
+	add("stored msgs/s (acked ÷ send window incl. drain)", func(f *chatFig) string { return f1(f.StoredPerS) })
+	add("e2e latency p50 / p99 / p99.9 (ms)", func(f *chatFig) string {
+		return f2(f.E2E.P50) + " / " + f2(f.E2E.P99) + " / " + f2(f.E2E.P999)
+	})
+	add("ack latency p50 / p99 / p99.9 (ms)", func(f *chatFig) string {
+		return f2(f.Ack.P50) + " / " + f2(f.Ack.P99) + " / " + f2(f.Ack.P999)
+	})
+	add("broadcasts received by the peer", func(f *chatFig) string { return fmt.Sprint(f.Recv) })
+	add("verified in history: checked / missing / errors", func(f *chatFig) string {
+		return fmt.Sprintf("%d / %d / %d", f.VerChecked, f.VerMissing, f.VerErr)
+	})
+	add("server CPU per stored msg (µs, per node)", func(f *chatFig) string {
+		var s []string
+		for _, v := range f.CPUPerMsg {
+			s = append(s, f1(v))
+		}
+		return strings.Join(s, ", ")
+	})
+	add("server CPU % during send (per node)", func(f *chatFig) string {
+		var s []string
+		for _, v := range f.CPUPct {
+			s = append(s, f1(v))
+		}
+		return strings.Join(s, ", ")
+	})
+	return rows
+}
+
+func memPlot(figs []*connectFig) string {
+	var ss []series
+	for _, f := range figs {
+		s := series{Name: f.Label}
+		for _, p := range f.Timeline {
+			if p.Up >= 500 {
+				s.X = append(s.X, float64(p.Up))
+				s.Y = append(s.Y, float64(p.RSSKiB)/float64(p.Up))
+			}
+		}
+		ss = append(ss, s)
+	}
+	return linePlot("Server RSS per connection during the ramp", "connections up", "KiB per connection (RSS delta / up)", ss, false)
+}
+
+func cdfPlot(title string, names []string, hs []*hist) string {
+	var ss []series
+	for i, h := range hs {
+		if h == nil {
+			continue
+		}
+		x, y := h.cdf()
+		for k := range x {
+			if x[k] <= 0 {
+				x[k] = 0.001
+			}
+		}
+		ss = append(ss, series{Name: names[i], X: x, Y: y})
+	}
+	return linePlot(title, "latency (ms, log scale)", "fraction ≤ x", ss, true)
+}
+
+func addNotes(r *result, o *opts, figs []*connectFig) {
+	for _, f := range figs {
+		for _, n := range f.Nodes {
+			if n.After.Metrics == nil {
+				r.note("%s node %d: /metrics not served (404 or error): Go heap and goroutine figures are n/a", f.Label, n.Node)
+			}
+			if n.Pprof != "" && !strings.HasPrefix(n.Pprof, "/") {
+				r.note("%s node %d: no heap profile: %s", f.Label, n.Node, n.Pprof)
+			}
+			if n.Smaps != nil {
+				r.note("%s node %d smaps_rollup after ramp (KiB): Rss %d, Anonymous %d, Pss_File %d, Private_Dirty %d",
+					f.Label, n.Node, n.Smaps["Rss"], n.Smaps["Anonymous"], n.Smaps["Pss_File"], n.Smaps["Private_Dirty"])
+			}
+			break
+		}
+		if len(f.Reasons) > 0 {
+			var p []string
+			for _, k := range sortedKeys(f.Reasons) {
+				p = append(p, fmt.Sprintf("%s ×%d", k, f.Reasons[k]))
+			}
+			r.note("%s failures: %s", f.Label, strings.Join(p, "; "))
+		}
+	}
+}
+
+// ---- scenarios ----
+
+func withStore(o *opts) (dbURL string, cleanup func(), err error) {
+	cleanup = func() {}
+	if o.store != "postgres" {
+		return "", cleanup, nil
+	}
+	if o.dbURL != "" {
+		return o.dbURL, cleanup, migrate(o.server, o.dbURL, o.tmp)
+	}
+	pg, err := startPostgres(o.tmp)
+	if err != nil {
+		return "", cleanup, err
+	}
+	cleanup = func() { pg.proc.stop(20 * time.Second) }
+	if err := migrate(o.server, pg.url(), o.tmp); err != nil {
+		cleanup()
+		return "", func() {}, err
+	}
+	return pg.url(), cleanup, nil
+}
+
+func scenarioConnect(o *opts) (*result, error) {
+	db, cleanup, err := withStore(o)
+	if err != nil {
+		return nil, err
+	}
+	defer cleanup()
+	ns, err := startNodes(o, 1, o.transport, db, "")
+	if err != nil {
+		return nil, err
+	}
+	defer stopNodes(ns)
+	fig, err := runConnect(o, ns, o.conns, o.transport, o.transport)
+	r := &result{Scenario: "connect", Raw: map[string]any{"connect": fig}, Plots: map[string]string{}}
+	if fig != nil {
+		r.Sections = append(r.Sections, section{"Idle authenticated connections (lobby joined)", connectRows([]*connectFig{fig})})
+		r.Plots["memory-per-connection.svg"] = memPlot([]*connectFig{fig})
+		r.Plots["connect-latency-cdf.svg"] = cdfPlot("connect+join latency CDF", []string{fig.Label}, []*hist{fig.connH})
+		addNotes(r, o, []*connectFig{fig})
+	}
+	if err != nil {
+		r.note("ERROR: %v", err)
+	}
+	return r, err
+}
+
+func scenarioChat(o *opts) (*result, error) {
+	db, cleanup, err := withStore(o)
+	if err != nil {
+		return nil, err
+	}
+	defer cleanup()
+	ns, err := startNodes(o, 1, o.transport, db, "")
+	if err != nil {
+		return nil, err
+	}
+	defer stopNodes(ns)
+	fig, err := runChat(o, ns, o.pairs, o.transport, o.transport)
+	r := &result{Scenario: "chat", Raw: map[string]any{"chat": fig}, Plots: map[string]string{}}
+	if fig != nil {
+		r.Sections = append(r.Sections, section{"Chat (" + o.store + ")", chatRows([]*chatFig{fig})})
+		r.Plots["latency-cdf.svg"] = cdfPlot("chat latency CDF", []string{"e2e (push → peer broadcast)", "ack (push → ok reply)"}, []*hist{fig.e2eH, fig.ackH})
+		if len(fig.Reasons) > 0 {
+			r.note("failures/errors: %v", fig.Reasons)
+		}
+	}
+	if err != nil {
+		r.note("ERROR: %v", err)
+	}
+	return r, err
+}
+
+func scenarioCluster(o *opts) (*result, error) {
+	rp, redisURL, err := startRedis(o.tmp)
+	if err != nil {
+		return nil, err
+	}
+	defer rp.stop(5 * time.Second)
+	db, cleanup, err := withStore(o)
+	if err != nil {
+		return nil, err
+	}
+	defer cleanup()
+	ns, err := startNodes(o, o.nodes, o.transport, db, redisURL)
+	if err != nil {
+		return nil, err
+	}
+	defer stopNodes(ns)
+	r := &result{Scenario: "cluster", Raw: map[string]any{}, Plots: map[string]string{}}
+	if o.big {
+		fig, err := runConnect(o, ns, o.conns, fmt.Sprintf("%d nodes", o.nodes), o.transport)
+		r.Raw["connect"] = fig
+		if fig != nil {
+			r.Sections = append(r.Sections, section{"Concurrent authenticated sockets over the cluster", connectRows([]*connectFig{fig})})
+			r.Sections = append(r.Sections, section{"Per node", nodeRows(fig)})
+			r.Plots["memory-per-connection.svg"] = memPlot([]*connectFig{fig})
+			r.Plots["connect-latency-cdf.svg"] = cdfPlot("connect+join latency CDF", []string{fig.Label}, []*hist{fig.connH})
+			var labels []string
+			var vals []float64
+			for _, n := range fig.Nodes {
+				labels = append(labels, fmt.Sprint(n.Node))
+				vals = append(vals, n.RSSPerConnKiB)
+			}
+			r.Plots["rss-per-conn-per-node.svg"] = barPlot("RSS per connection per node (KiB)", "KiB", labels, vals)
+			addNotes(r, o, []*connectFig{fig})
+			r.note("peak: %d sockets held by the generator, %d failed connects, %d dropped after the ramp, %d heartbeats unanswered",
+				fig.Up, fig.Fail, fig.Drop, fig.HBFail)
+		}
+		if err != nil {
+			r.note("ERROR: %v", err)
+		}
+		return r, err
+	}
+	fig, err := runChat(o, ns, o.pairs, fmt.Sprintf("%d nodes", o.nodes), o.transport)
+	r.Raw["chat"] = fig
+	if fig != nil {
+		r.Sections = append(r.Sections, section{"Cross-node chat (user 2p+1 and 2p+2 on different nodes)", chatRows([]*chatFig{fig})})
+		r.Plots["latency-cdf.svg"] = cdfPlot("cross-node chat latency CDF", []string{"e2e", "ack"}, []*hist{fig.e2eH, fig.ackH})
+		if len(fig.Reasons) > 0 {
+			r.note("failures/errors: %v", fig.Reasons)
+		}
+	}
+	if err != nil {
+		r.note("ERROR: %v", err)
+	}
+	return r, err
+}
+
+func scenarioBaseline(o *opts) (*result, error) {
+	r := &result{Scenario: "baseline", Raw: map[string]any{}, Plots: map[string]string{}}
+	var cfs []*connectFig
+	var chs []*chatFig
+	var firstErr error
+	keep := func(err error) {
+		if err != nil {
+			r.note("ERROR: %v", err)
+			if firstErr == nil {
+				firstErr = err
+			}
+		}
+	}
+	for _, tr := range []string{"epoll", "portable"} {
+		// connect: embedded store, as in the connect scenario
+		o2 := *o
+		o2.store = "sqlite"
+		ns, err := startNodes(&o2, 1, tr, "", "")
+		if err != nil {
+			keep(err)
+			continue
+		}
+		fig, err := runConnect(&o2, ns, o.conns, tr, tr)
+		stopNodes(ns)
+		keep(err)
+		if fig != nil {
+			cfs = append(cfs, fig)
+		}
+	}
+	o.store = "postgres"
+	db, cleanup, err := withStore(o)
+	if err != nil {
+		keep(err)
+	} else {
+		for _, tr := range []string{"epoll", "portable"} {
+			ns, err := startNodes(o, 1, tr, db, "")
+			if err != nil {
+				keep(err)
+				continue
+			}
+			fig, err := runChat(o, ns, o.pairs, tr, tr)
+			stopNodes(ns)
+			keep(err)
+			if fig != nil {
+				chs = append(chs, fig)
+			}
+		}
+		cleanup()
+	}
+	r.Raw["connect"], r.Raw["chat"] = cfs, chs
+	if len(cfs) > 0 {
+		rows := connectRows(cfs)
+		if len(cfs) == 2 {
+			rows[0] = append(rows[0], "portable ÷ epoll")
+			for i := 1; i < len(rows); i++ {
+				rows[i] = append(rows[i], ratioCell(rows[i][1], rows[i][2]))
+			}
+		}
+		r.Sections = append(r.Sections, section{"connect: idle authenticated sockets, epoll vs portable (baseline)", rows})
+		r.Plots["memory-per-connection.svg"] = memPlot(cfs)
+		var names []string
+		var hs []*hist
+		for _, f := range cfs {
+			names, hs = append(names, f.Label), append(hs, f.connH)
+		}
+		r.Plots["connect-latency-cdf.svg"] = cdfPlot("connect+join latency CDF", names, hs)
+		addNotes(r, o, cfs)
+	}
+	if len(chs) > 0 {
+		rows := chatRows(chs)
+		if len(chs) == 2 {
+			rows[0] = append(rows[0], "portable ÷ epoll")
+			for i := 1; i < len(rows); i++ {
+				rows[i] = append(rows[i], ratioCell(rows[i][1], rows[i][2]))
+			}
+		}
+		r.Sections = append(r.Sections, section{"chat on PostgreSQL, epoll vs portable (baseline)", rows})
+		var names []string
+		var hs []*hist
+		for _, f := range chs {
+			names, hs = append(names, f.Label+" e2e", f.Label+" ack"), append(hs, f.e2eH, f.ackH)
+		}
+		r.Plots["chat-latency-cdf.svg"] = cdfPlot("chat latency CDF", names, hs)
+	}
+	return r, firstErr
+}
+
+// ratioCell divides the first numbers of two cells ("1.2 / 3" → 1.2).
+func ratioCell(a, b string) string {
+	var x, y float64
+	if _, err := fmt.Sscanf(a, "%g", &x); err != nil {
+		return ""
+	}
+	if _, err := fmt.Sscanf(b, "%g", &y); err != nil {
+		return ""
+	}
+	return ratio(y, x)
+}
+
+var _ = os.Getpid

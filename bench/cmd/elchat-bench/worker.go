@@ -1,0 +1,802 @@
+package main
+
+// The worker: one process holding up to ~15,000 client sockets on a single
+// epoll loop with raw non-blocking fds. Per connection it keeps a ~100-byte
+// struct; read buffers are shared and only a partial frame is copied aside.
+// It speaks the Phoenix V2 protocol as phoenix.js does: token in the query,
+// vsn=2.0.0 last, lobby join, heartbeat on "phoenix" every --hb.
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/elchat/elchat/pkg/auth"
+)
+
+type workerConfig struct {
+	ID          int
+	Scenario    string   // connect | chat
+	Addrs       []string // node host:port; user u goes to Addrs[u%len]
+	SrcIPs      []string
+	Secret      string
+	FirstUser   int64 // connect: users FirstUser..FirstUser+Count-1
+	FirstPair   int64 // chat: pairs FirstPair..; pair p = users 2p+1, 2p+2
+	Count       int   // connections (connect) or pairs (chat)
+	Rate        float64
+	MaxInflight int
+	HB          time.Duration
+	HBTimeout   time.Duration
+	ConnTimeout time.Duration
+	MsgRate     float64
+	Duration    time.Duration
+	BodySize    int
+	Deadline    time.Time // the worker exits by then whatever happens
+}
+
+const (
+	stIdle = iota
+	stConnecting
+	stHandshake
+	stLobby
+	stChatJoin
+	stReady
+	stFailed
+)
+
+type conn struct {
+	fd     int32
+	state  uint8
+	wantW  bool
+	user   int64
+	t0     int64
+	hbSent int64
+	hbNext int64
+	rbuf   []byte
+	wbuf   []byte
+}
+
+type pairState struct {
+	acked []int64
+	found []bool
+	next  int64 // next "before" for verification; -1 when done
+}
+
+type report struct {
+	K          string            `json:"k"` // p(rogress) | ramped | sent | verified | final
+	W          int               `json:"w"`
+	Target     int               `json:"target"`
+	Started    int               `json:"started"`
+	Up         int               `json:"up"`
+	Fail       int               `json:"fail"`
+	Drop       int               `json:"drop"`
+	Inflight   int               `json:"inflight"`
+	HBSent     uint64            `json:"hb_sent"`
+	HBOK       uint64            `json:"hb_ok"`
+	HBFail     uint64            `json:"hb_fail"`
+	Sent       uint64            `json:"sent"`
+	Skipped    uint64            `json:"skipped"`
+	Acked      uint64            `json:"acked"`
+	AckErr     uint64            `json:"ack_err"`
+	Recv       uint64            `json:"recv"`
+	VerChecked uint64            `json:"ver_checked"`
+	VerMissing uint64            `json:"ver_missing"`
+	VerPages   uint64            `json:"ver_pages"`
+	VerErr     uint64            `json:"ver_err"`
+	Reasons    map[string]int    `json:"reasons,omitempty"`
+	Conn       [][2]uint64       `json:"conn_h,omitempty"`
+	HBH        [][2]uint64       `json:"hb_h,omitempty"`
+	Ack        [][2]uint64       `json:"ack_h,omitempty"`
+	E2E        [][2]uint64       `json:"e2e_h,omitempty"`
+	Extra      map[string]string `json:"extra,omitempty"`
+}
+
+type worker struct {
+	cfg   workerConfig
+	base  time.Time
+	epfd  int
+	conns []conn
+	pairs []pairState
+	buf   []byte
+	wtmp  []byte
+	mask  uint32
+	srcs  []syscall.SockaddrInet4
+	dsts  []syscall.SockaddrInet4
+	hosts []string
+	out   *bufio.Writer
+	cmds  chan string
+
+	started, inflight, up, nfail, drop  int
+	hbSent, hbOK, hbFail               uint64
+	sent, skipped, acked, ackErr, recv uint64
+	verChecked, verMissing, verPages   uint64
+	verErr                             uint64
+	reasons                            map[string]int
+	connH, hbH, ackH, e2eH             hist
+	sendT                              []int64
+	phase                              string
+	sendStart                          int64
+	lastScan, lastReport               int64
+	verInflight, verNext               int
+}
+
+func (w *worker) now() int64 { return int64(time.Since(w.base)) }
+
+func runWorker() error {
+	var cfg workerConfig
+	if err := json.Unmarshal([]byte(os.Getenv("ELCHAT_BENCH_WORKER")), &cfg); err != nil {
+		return fmt.Errorf("worker config: %w", err)
+	}
+	w := &worker{cfg: cfg, base: time.Now(), buf: make([]byte, 256<<10), reasons: map[string]int{},
+		out: bufio.NewWriterSize(os.Stdout, 64<<10), cmds: make(chan string, 8), mask: uint32(cfg.ID*7919 + 1)}
+	n := cfg.Count
+	if cfg.Scenario == "chat" {
+		n = 2 * cfg.Count
+		w.pairs = make([]pairState, cfg.Count)
+		max := int(cfg.MsgRate*cfg.Duration.Seconds()*1.2) + 1000
+		w.sendT = make([]int64, max)
+	}
+	w.conns = make([]conn, n)
+	for i := range w.conns {
+		c := &w.conns[i]
+		c.fd = -1
+		if cfg.Scenario == "chat" {
+			p := cfg.FirstPair + int64(i/2)
+			c.user = 2*p + 1 + int64(i%2)
+		} else {
+			c.user = cfg.FirstUser + int64(i)
+		}
+	}
+	for _, s := range cfg.SrcIPs {
+		var sa syscall.SockaddrInet4
+		copy(sa.Addr[:], net.ParseIP(s).To4())
+		w.srcs = append(w.srcs, sa)
+	}
+	for _, a := range cfg.Addrs {
+		h, p, _ := net.SplitHostPort(a)
+		port, _ := strconv.Atoi(p)
+		sa := syscall.SockaddrInet4{Port: port}
+		copy(sa.Addr[:], net.ParseIP(h).To4())
+		w.dsts = append(w.dsts, sa)
+		w.hosts = append(w.hosts, a)
+	}
+	var err error
+	w.epfd, err = syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
+	if err != nil {
+		return err
+	}
+	go func() {
+		sc := bufio.NewScanner(os.Stdin)
+		for sc.Scan() {
+			w.cmds <- strings.TrimSpace(sc.Text())
+		}
+		w.cmds <- "quit" // coordinator gone
+	}()
+	w.phase = "ramp"
+	w.loop()
+	w.emit("final", true)
+	w.out.Flush()
+	for i := range w.conns {
+		if w.conns[i].fd >= 0 {
+			syscall.Close(int(w.conns[i].fd))
+		}
+	}
+	return nil
+}
+
+func (w *worker) loop() {
+	events := make([]syscall.EpollEvent, 1024)
+	for {
+		if time.Now().After(w.cfg.Deadline) {
+			w.reasons["worker deadline"]++
+			return
+		}
+		timeout := 20
+		if w.phase == "ramp" || w.phase == "send" {
+			timeout = 2
+		}
+		n, err := syscall.EpollWait(w.epfd, events, timeout)
+		if err != nil && err != syscall.EINTR {
+			w.reasons["epoll: "+err.Error()]++
+			return
+		}
+		for i := 0; i < n; i++ {
+			w.event(int(events[i].Fd), events[i].Events)
+		}
+		w.tick()
+		select {
+		case cmd := <-w.cmds:
+			switch cmd {
+			case "quit":
+				return
+			case "go":
+				if w.cfg.Scenario == "chat" {
+					w.phase = "send"
+					w.sendStart = w.now()
+				}
+			case "verify":
+				w.phase = "verify"
+				w.startVerify()
+			}
+		default:
+		}
+	}
+}
+
+func (w *worker) reason(r string) { w.reasons[r]++ }
+
+func (w *worker) startConn(i int) {
+	c := &w.conns[i]
+	c.t0 = w.now()
+	w.started++
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		w.fail(c, "socket: "+err.Error())
+		return
+	}
+	c.fd = int32(fd)
+	w.inflight++
+	_ = syscall.SetsockoptInt(fd, syscall.IPPROTO_IP, 24 /* IP_BIND_ADDRESS_NO_PORT */, 1)
+	_ = syscall.SetsockoptInt(fd, syscall.IPPROTO_TCP, syscall.TCP_NODELAY, 1)
+	if len(w.srcs) > 0 {
+		src := w.srcs[i%len(w.srcs)]
+		if err := syscall.Bind(fd, &src); err != nil {
+			w.fail(c, "bind: "+err.Error())
+			return
+		}
+	}
+	dst := w.dsts[c.user%int64(len(w.dsts))]
+	if err := syscall.Connect(fd, &dst); err != nil && err != syscall.EINPROGRESS {
+		w.fail(c, "connect: "+err.Error())
+		return
+	}
+	c.state = stConnecting
+	ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLOUT | syscall.EPOLLRDHUP, Fd: int32(i)}
+	if err := syscall.EpollCtl(w.epfd, syscall.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		w.fail(c, "epoll_ctl: "+err.Error())
+	}
+}
+
+func (w *worker) fail(c *conn, why string) {
+	if c.state == stFailed {
+		return
+	}
+	if c.state == stReady {
+		w.drop++
+		w.up--
+		w.reason("dropped: " + why)
+	} else {
+		w.nfail++
+		if c.fd >= 0 {
+			w.inflight--
+		}
+		w.reason(why)
+	}
+	if c.fd >= 0 {
+		syscall.Close(int(c.fd))
+	}
+	c.fd = -1
+	c.state = stFailed
+	c.rbuf, c.wbuf = nil, nil
+}
+
+func (w *worker) event(i int, ev uint32) {
+	if i < 0 || i >= len(w.conns) {
+		return
+	}
+	c := &w.conns[i]
+	if c.fd < 0 {
+		return
+	}
+	if c.state == stConnecting {
+		if ev&(syscall.EPOLLOUT|syscall.EPOLLERR|syscall.EPOLLHUP) == 0 {
+			return
+		}
+		e, err := syscall.GetsockoptInt(int(c.fd), syscall.SOL_SOCKET, syscall.SO_ERROR)
+		if err != nil || e != 0 {
+			w.fail(c, "connect: "+syscall.Errno(e).Error())
+			return
+		}
+		mod := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP, Fd: int32(i)}
+		syscall.EpollCtl(w.epfd, syscall.EPOLL_CTL_MOD, int(c.fd), &mod)
+		c.state = stHandshake
+		tok, err := auth.Mint([]byte(w.cfg.Secret), strconv.FormatInt(c.user, 10), "u"+strconv.FormatInt(c.user, 10), 2*time.Hour)
+		if err != nil {
+			w.fail(c, "mint: "+err.Error())
+			return
+		}
+		req := "GET /socket/websocket?token=" + tok + "&vsn=2.0.0 HTTP/1.1\r\nHost: " + w.hosts[c.user%int64(len(w.hosts))] +
+			"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ZWxjaGF0LWJlbmNoLWtleQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+		w.rawWrite(i, c, []byte(req))
+		return
+	}
+	if ev&syscall.EPOLLOUT != 0 && len(c.wbuf) > 0 {
+		w.flush(i, c)
+		if c.fd < 0 {
+			return
+		}
+	}
+	if ev&(syscall.EPOLLIN|syscall.EPOLLRDHUP|syscall.EPOLLHUP|syscall.EPOLLERR) != 0 {
+		n, err := syscall.Read(int(c.fd), w.buf)
+		if err == syscall.EAGAIN {
+			return
+		}
+		if err != nil {
+			w.fail(c, "read: "+err.Error())
+			return
+		}
+		if n == 0 {
+			w.fail(c, "closed by server")
+			return
+		}
+		data := w.buf[:n]
+		if len(c.rbuf) > 0 {
+			c.rbuf = append(c.rbuf, data...)
+			data = c.rbuf
+		}
+		w.input(i, c, data)
+	}
+}
+
+func (w *worker) input(i int, c *conn, data []byte) {
+	if c.state == stHandshake {
+		end := bytes.Index(data, []byte("\r\n\r\n"))
+		if end < 0 {
+			if len(data) > 8192 {
+				w.fail(c, "handshake: header too long")
+				return
+			}
+			w.keep(c, data)
+			return
+		}
+		if !bytes.HasPrefix(data, []byte("HTTP/1.1 101")) {
+			code := string(data[:min(len(data), 12)])
+			w.fail(c, "handshake: "+strings.TrimSpace(code))
+			return
+		}
+		data = data[end+4:]
+		c.state = stLobby
+		uid := strconv.FormatInt(c.user, 10)
+		w.send(i, c, []byte(`["L","L","user:`+uid+`","phx_join",{}]`))
+		if c.fd < 0 {
+			return
+		}
+	}
+	for len(data) >= 2 {
+		b0, b1 := data[0], data[1]
+		l := int(b1 & 127)
+		h := 2
+		switch l {
+		case 126:
+			if len(data) < 4 {
+				goto partial
+			}
+			l = int(data[2])<<8 | int(data[3])
+			h = 4
+		case 127:
+			if len(data) < 10 {
+				goto partial
+			}
+			l = 0
+			for k := 2; k < 10; k++ {
+				l = l<<8 | int(data[k])
+			}
+			h = 10
+		}
+		if b1&0x80 != 0 {
+			h += 4 // masked server frame (not expected); the mask is ignored below
+		}
+		if len(data) < h+l {
+			goto partial
+		}
+		payload := data[h : h+l]
+		data = data[h+l:]
+		switch b0 & 15 {
+		case 1, 0:
+			w.text(i, c, payload)
+		case 8:
+			code := 0
+			if len(payload) >= 2 {
+				code = int(payload[0])<<8 | int(payload[1])
+			}
+			w.fail(c, fmt.Sprintf("ws close %d", code))
+		case 9:
+			w.sendOp(i, c, 0x8A, payload)
+		}
+		if c.fd < 0 {
+			return
+		}
+	}
+partial:
+	w.keep(c, data)
+}
+
+func (w *worker) keep(c *conn, data []byte) {
+	if len(data) == 0 {
+		if cap(c.rbuf) > 4096 {
+			c.rbuf = nil
+		} else {
+			c.rbuf = c.rbuf[:0]
+		}
+		return
+	}
+	nb := make([]byte, len(data), max(len(data), 512))
+	copy(nb, data)
+	c.rbuf = nb
+}
+
+func unq(r json.RawMessage) string {
+	if len(r) >= 2 && r[0] == '"' {
+		return string(r[1 : len(r)-1])
+	}
+	return ""
+}
+
+func (w *worker) text(i int, c *conn, data []byte) {
+	var f []json.RawMessage
+	if err := json.Unmarshal(data, &f); err != nil || len(f) < 5 {
+		w.reason("bad frame")
+		return
+	}
+	now := w.now()
+	ref, event := unq(f[1]), unq(f[3])
+	switch event {
+	case "phx_reply":
+		var rep struct {
+			Status   string          `json:"status"`
+			Response json.RawMessage `json:"response"`
+		}
+		json.Unmarshal(f[4], &rep)
+		if ref == "" {
+			return
+		}
+		switch ref[0] {
+		case 'h':
+			if c.hbSent != 0 {
+				w.hbH.add(now - c.hbSent)
+				c.hbSent = 0
+			}
+			w.hbOK++
+		case 'L':
+			if rep.Status != "ok" {
+				w.fail(c, "lobby join: "+rep.Status+" "+string(rep.Response))
+				return
+			}
+			if w.cfg.Scenario == "chat" {
+				a, b := c.user, c.user+1
+				if i%2 == 1 {
+					a, b = c.user-1, c.user
+				}
+				c.state = stChatJoin
+				w.send(i, c, []byte(fmt.Sprintf(`["C","C","chat:%d:%d","phx_join",{}]`, a, b)))
+				return
+			}
+			w.ready(c, now)
+		case 'C':
+			if rep.Status != "ok" {
+				w.fail(c, "chat join: "+rep.Status+" "+string(rep.Response))
+				return
+			}
+			w.ready(c, now)
+		case 'p':
+			seq, _ := strconv.Atoi(ref[1:])
+			if rep.Status != "ok" {
+				w.ackErr++
+				w.reason("push: " + rep.Status + " " + string(rep.Response))
+				return
+			}
+			var m struct {
+				ID int64 `json:"id"`
+			}
+			json.Unmarshal(rep.Response, &m)
+			w.acked++
+			if seq >= 0 && seq < len(w.sendT) && w.sendT[seq] != 0 {
+				w.ackH.add(now - w.sendT[seq])
+			}
+			p := &w.pairs[i/2]
+			p.acked = append(p.acked, m.ID)
+		case 'v':
+			w.verifyReply(i, rep.Status, rep.Response)
+		}
+	case "new_message":
+		var m struct {
+			UserID   string `json:"user_id"`
+			ClientID string `json:"client_id"`
+		}
+		json.Unmarshal(f[4], &m)
+		if m.UserID == strconv.FormatInt(c.user, 10) {
+			return // our own echo
+		}
+		w.recv++
+		pre := "w" + strconv.Itoa(w.cfg.ID) + "-"
+		if strings.HasPrefix(m.ClientID, pre) {
+			seq, err := strconv.Atoi(m.ClientID[len(pre):])
+			if err == nil && seq >= 0 && seq < len(w.sendT) && w.sendT[seq] != 0 {
+				w.e2eH.add(now - w.sendT[seq])
+			}
+		}
+	case "phx_error", "phx_close":
+		w.reason("server " + event + " on " + unq(f[2]))
+	}
+}
+
+func (w *worker) ready(c *conn, now int64) {
+	c.state = stReady
+	w.up++
+	w.inflight--
+	w.connH.add(now - c.t0)
+	c.hbNext = now + int64(w.cfg.HB)
+}
+
+// send writes one masked text frame.
+func (w *worker) send(i int, c *conn, payload []byte) { w.sendOp(i, c, 0x81, payload) }
+
+func (w *worker) sendOp(i int, c *conn, op byte, payload []byte) {
+	b := w.wtmp[:0]
+	b = append(b, op)
+	switch l := len(payload); {
+	case l < 126:
+		b = append(b, 0x80|byte(l))
+	case l < 65536:
+		b = append(b, 0x80|126, byte(l>>8), byte(l))
+	default:
+		b = append(b, 0x80|127, 0, 0, 0, 0, byte(l>>24), byte(l>>16), byte(l>>8), byte(l))
+	}
+	w.mask = w.mask*1664525 + 1013904223
+	m := [4]byte{byte(w.mask >> 24), byte(w.mask >> 16), byte(w.mask >> 8), byte(w.mask)}
+	b = append(b, m[:]...)
+	for k, x := range payload {
+		b = append(b, x^m[k&3])
+	}
+	w.wtmp = b
+	w.rawWrite(i, c, b)
+}
+
+func (w *worker) rawWrite(i int, c *conn, b []byte) {
+	if len(c.wbuf) > 0 {
+		c.wbuf = append(c.wbuf, b...)
+		return
+	}
+	n, err := syscall.Write(int(c.fd), b)
+	if err == syscall.EAGAIN {
+		n, err = 0, nil
+	}
+	if err != nil {
+		w.fail(c, "write: "+err.Error())
+		return
+	}
+	if n < len(b) {
+		c.wbuf = append([]byte(nil), b[n:]...)
+		c.wantW = true
+		ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLOUT | syscall.EPOLLRDHUP, Fd: int32(i)}
+		syscall.EpollCtl(w.epfd, syscall.EPOLL_CTL_MOD, int(c.fd), &ev)
+	}
+}
+
+func (w *worker) flush(i int, c *conn) {
+	n, err := syscall.Write(int(c.fd), c.wbuf)
+	if err == syscall.EAGAIN {
+		return
+	}
+	if err != nil {
+		w.fail(c, "write: "+err.Error())
+		return
+	}
+	c.wbuf = c.wbuf[n:]
+	if len(c.wbuf) == 0 {
+		c.wbuf = nil
+		c.wantW = false
+		ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP, Fd: int32(i)}
+		syscall.EpollCtl(w.epfd, syscall.EPOLL_CTL_MOD, int(c.fd), &ev)
+	}
+}
+
+func (w *worker) tick() {
+	now := w.now()
+	if w.phase == "ramp" {
+		allowed := int(w.cfg.Rate*time.Duration(now).Seconds()) + 1 - w.started
+		for allowed > 0 && w.started < len(w.conns) && w.inflight < w.cfg.MaxInflight {
+			w.startConn(w.started)
+			allowed--
+		}
+		if w.started == len(w.conns) && w.inflight == 0 {
+			w.phase = "hold"
+			w.emit("ramped", false)
+		}
+	}
+	if w.phase == "send" {
+		w.chatSend(now)
+	}
+	if w.phase == "drain" && (w.acked+w.ackErr >= w.sent-w.skipped || now-w.sendStart > int64(w.cfg.Duration+15*time.Second)) {
+		w.phase = "hold"
+		w.emit("sent", false)
+	}
+	if now-w.lastScan >= int64(100*time.Millisecond) {
+		w.lastScan = now
+		w.scan(now)
+	}
+	if now-w.lastReport >= int64(500*time.Millisecond) {
+		w.lastReport = now
+		w.emit("p", false)
+	}
+}
+
+func (w *worker) scan(now int64) {
+	for i := range w.conns {
+		c := &w.conns[i]
+		switch c.state {
+		case stConnecting, stHandshake, stLobby, stChatJoin:
+			if now-c.t0 > int64(w.cfg.ConnTimeout) {
+				w.fail(c, "timeout in state "+strconv.Itoa(int(c.state)))
+			}
+		case stReady:
+			if c.hbSent != 0 && now-c.hbSent > int64(w.cfg.HBTimeout) {
+				w.hbFail++
+				w.reason("heartbeat unanswered")
+				c.hbSent = 0
+			}
+			if now >= c.hbNext {
+				c.hbNext += int64(w.cfg.HB)
+				if c.hbSent == 0 {
+					c.hbSent = now
+				}
+				w.hbSent++
+				w.send(i, c, []byte(`[null,"h","phoenix","heartbeat",{}]`))
+			}
+		}
+	}
+}
+
+func (w *worker) chatSend(now int64) {
+	el := now - w.sendStart
+	if el >= int64(w.cfg.Duration) {
+		w.phase = "drain"
+		return
+	}
+	due := int64(w.cfg.MsgRate*time.Duration(el).Seconds()) + 1 - int64(w.sent)
+	if due > 2000 {
+		due = 2000
+	}
+	np := uint64(len(w.pairs))
+	body := strings.Repeat("x", max(w.cfg.BodySize, 1))
+	for ; due > 0; due-- {
+		seq := int(w.sent)
+		if seq >= len(w.sendT) {
+			w.phase = "drain"
+			return
+		}
+		pi := w.sent % np
+		side := (w.sent / np) % 2
+		ci := int(pi)*2 + int(side)
+		c := &w.conns[ci]
+		w.sent++
+		if c.state != stReady {
+			w.skipped++
+			continue
+		}
+		a := c.user
+		if side == 1 {
+			a = c.user - 1
+		}
+		msg := `["C","p` + strconv.Itoa(seq) + `","chat:` + strconv.FormatInt(a, 10) + ":" + strconv.FormatInt(a+1, 10) +
+			`","new_message",{"body":"` + body + `","client_id":"w` + strconv.Itoa(w.cfg.ID) + "-" + strconv.Itoa(seq) + `"}]`
+		w.sendT[seq] = w.now()
+		w.send(ci, c, []byte(msg))
+	}
+}
+
+// Verification: for every pair, page back through history from the newest
+// acknowledged id and tick off every acknowledged id seen.
+func (w *worker) startVerify() {
+	for pi := range w.pairs {
+		p := &w.pairs[pi]
+		sort.Slice(p.acked, func(a, b int) bool { return p.acked[a] < p.acked[b] })
+		p.found = make([]bool, len(p.acked))
+		if len(p.acked) == 0 {
+			p.next = -1
+		} else {
+			p.next = p.acked[len(p.acked)-1] + 1
+		}
+	}
+	w.verNext = 0
+	w.pumpVerify()
+}
+
+func (w *worker) pumpVerify() {
+	for w.verInflight < 64 && w.verNext < len(w.pairs) {
+		pi := w.verNext
+		w.verNext++
+		if w.pairs[pi].next < 0 {
+			continue
+		}
+		w.requestPage(pi)
+	}
+	if w.verInflight == 0 && w.verNext >= len(w.pairs) && w.phase == "verify" {
+		for pi := range w.pairs {
+			for _, f := range w.pairs[pi].found {
+				w.verChecked++
+				if !f {
+					w.verMissing++
+				}
+			}
+		}
+		w.phase = "hold"
+		w.emit("verified", false)
+	}
+}
+
+func (w *worker) requestPage(pi int) {
+	ci := pi * 2
+	c := &w.conns[ci]
+	if c.state != stReady {
+		w.verErr++
+		w.pairs[pi].next = -1
+		return
+	}
+	w.verInflight++
+	w.verPages++
+	msg := fmt.Sprintf(`["C","v","chat:%d:%d","history",{"before":%d}]`, c.user, c.user+1, w.pairs[pi].next)
+	w.send(ci, c, []byte(msg))
+}
+
+func (w *worker) verifyReply(ci int, status string, resp json.RawMessage) {
+	w.verInflight--
+	pi := ci / 2
+	p := &w.pairs[pi]
+	var page struct {
+		Messages []struct {
+			ID int64 `json:"id"`
+		} `json:"messages"`
+		HasMore bool `json:"has_more"`
+	}
+	if status != "ok" || json.Unmarshal(resp, &page) != nil {
+		w.verErr++
+		w.reason("history: " + status + " " + string(resp))
+		p.next = -1
+		w.pumpVerify()
+		return
+	}
+	minID := p.next
+	for _, m := range page.Messages {
+		k := sort.Search(len(p.acked), func(x int) bool { return p.acked[x] >= m.ID })
+		if k < len(p.acked) && p.acked[k] == m.ID {
+			p.found[k] = true
+		}
+		if m.ID < minID {
+			minID = m.ID
+		}
+	}
+	if !page.HasMore || len(page.Messages) == 0 || minID <= p.acked[0] || minID >= p.next {
+		p.next = -1
+		w.pumpVerify()
+		return
+	}
+	p.next = minID
+	w.requestPage(pi)
+}
+
+func (w *worker) emit(kind string, full bool) {
+	r := report{K: kind, W: w.cfg.ID, Target: len(w.conns), Started: w.started, Up: w.up, Fail: w.nfail, Drop: w.drop,
+		Inflight: w.inflight, HBSent: w.hbSent, HBOK: w.hbOK, HBFail: w.hbFail, Sent: w.sent, Skipped: w.skipped,
+		Acked: w.acked, AckErr: w.ackErr, Recv: w.recv, VerChecked: w.verChecked, VerMissing: w.verMissing,
+		VerPages: w.verPages, VerErr: w.verErr, Reasons: w.reasons}
+	// Histograms are cumulative; shipped on every line (sparse, small).
+	r.Conn = w.connH.sparse()
+	r.E2E = w.e2eH.sparse()
+	r.Ack = w.ackH.sparse()
+	if full {
+		r.HBH = w.hbH.sparse()
+	}
+	b, _ := json.Marshal(r)
+	w.out.Write(b)
+	w.out.WriteByte('\n')
+	w.out.Flush()
+}
