@@ -9,13 +9,16 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
+	"net/http/pprof"
 	"os/signal"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/elchat/elchat/pkg/api"
 	"github.com/elchat/elchat/pkg/auth"
+	"github.com/elchat/elchat/pkg/demo"
+	"github.com/elchat/elchat/pkg/metrics"
 	"github.com/elchat/elchat/pkg/hub"
 	"github.com/elchat/elchat/pkg/server"
 	"github.com/elchat/elchat/pkg/store"
@@ -58,6 +61,7 @@ type config struct {
 	presenceTTL    time.Duration
 	cablePrefix    string
 	nodeID         string
+	pprofAddr      string
 	logLevel       string
 	logFormat      string
 }
@@ -94,6 +98,7 @@ func (c *config) flags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.presenceTTL, "presence-ttl", 30*time.Second, "how long the presence of a dead node may outlive it")
 	fs.StringVar(&c.cablePrefix, "actioncable-prefix", "", "Action Cable channel_prefix to listen on for broadcasts to user:/chat: streams (empty: off)")
 	fs.StringVar(&c.nodeID, "node-id", "", "this node's id in the cluster (default: hostname and pid)")
+	fs.StringVar(&c.pprofAddr, "pprof-addr", "", "serve net/http/pprof on this separate address, e.g. 127.0.0.1:6060 (empty: off)")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "text", "text or json")
 }
@@ -116,7 +121,8 @@ func serve(args []string, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 
-	st, err := openStore(ctx, &cfg, log)
+	m := metrics.New()
+	st, err := openStore(ctx, &cfg, log, store.BatchConfig{Observer: m.StoreBatch})
 	if err != nil {
 		return err
 	}
@@ -124,6 +130,7 @@ func serve(args []string, stderr io.Writer) error {
 
 	h := hub.New(hub.Config{
 		Store:        st,
+		Metrics:      m,
 		Logger:       log,
 		MaxChannels:  cfg.maxChannels,
 		MaxBodyBytes: cfg.maxBody,
@@ -160,7 +167,33 @@ func serve(args []string, stderr io.Writer) error {
 		UpgradeRate:      cfg.upgradeRate,
 		UpgradeBurst:     cfg.upgradeBurst,
 		Logger:           log,
+		Metrics:          m,
 	})
+	m.GaugeFunc("elchat_connections", "WebSocket connections open on this node.", func() float64 { return float64(engine.Len()) })
+	m.GaugeFunc("elchat_clients", "Authenticated clients on this node.", func() float64 { return float64(h.Clients()) })
+	m.CounterFunc("elchat_slow_consumer_closes_total", "Connections dropped because their outbound queue overflowed or stalled.",
+		func() float64 { return float64(engine.Stats().SlowConsumerCloses) })
+	m.CounterFunc("elchat_idle_closes_total", "Connections closed by the idle timeout.",
+		func() float64 { return float64(engine.Stats().IdleCloses) })
+	m.CounterFunc("elchat_protocol_error_closes_total", "Connections closed for a WebSocket protocol error.",
+		func() float64 { return float64(engine.Stats().ProtocolErrorCloses) })
+	m.CounterFunc("elchat_ws_frames_in_total", "WebSocket frames received.", func() float64 { return float64(engine.Stats().FramesIn) })
+	m.CounterFunc("elchat_ws_frames_out_total", "WebSocket frames written.", func() float64 { return float64(engine.Stats().FramesOut) })
+	m.CounterFunc("elchat_ws_bytes_in_total", "WebSocket bytes received.", func() float64 { return float64(engine.Stats().BytesIn) })
+	m.CounterFunc("elchat_ws_bytes_out_total", "WebSocket bytes written.", func() float64 { return float64(engine.Stats().BytesOut) })
+	mux.Handle("GET /metrics", m.Handler())
+	mux.Handle("/api/v1/", api.New(cfg.apiKey, h))
+	if cfg.dev {
+		mux.Handle("/", demo.New(key, h.Presence()))
+	}
+	if cfg.pprofAddr != "" {
+		go func() {
+			log.Info("pprof listening", "addr", cfg.pprofAddr)
+			if err := http.ListenAndServe(cfg.pprofAddr, pprofMux()); err != nil {
+				log.Error("pprof", "err", err)
+			}
+		}()
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		io.WriteString(w, "ok\n") //nolint:errcheck
 	})
@@ -214,9 +247,9 @@ func storeKind(c *config) string {
 	return "sqlite:" + c.dataDir
 }
 
-func openStore(ctx context.Context, c *config, log *slog.Logger) (store.Store, error) {
+func openStore(ctx context.Context, c *config, log *slog.Logger, batch store.BatchConfig) (store.Store, error) {
 	if c.databaseURL == "" {
-		return sqlite.Open(ctx, c.dataDir)
+		return sqlite.OpenWith(ctx, c.dataDir, sqlite.Options{Batch: batch})
 	}
 	if !strings.HasPrefix(c.databaseURL, "postgres://") && !strings.HasPrefix(c.databaseURL, "postgresql://") {
 		return nil, errors.New("ELCHAT_DATABASE_URL must be a postgres:// URL")
@@ -227,7 +260,7 @@ func openStore(ctx context.Context, c *config, log *slog.Logger) (store.Store, e
 			return nil, fmt.Errorf("migrate: %w", err)
 		}
 	}
-	return postgres.Open(ctx, c.databaseURL, postgres.Options{})
+	return postgres.Open(ctx, c.databaseURL, postgres.Options{Batch: batch})
 }
 
 func newLogger(w io.Writer, level, format string) *slog.Logger {
@@ -242,4 +275,12 @@ func newLogger(w io.Writer, level, format string) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
-var _ = os.Stderr
+func pprofMux() *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return mux
+}
