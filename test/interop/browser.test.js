@@ -39,7 +39,12 @@ if ((!haveChromium || !playwright) && !process.env.CI) {
     const base = ctx.server.httpUrl;
 
     // The demo endpoints themselves.
-    const users = JSON.parse((await httpGet(`${base}/demo/users`)).body);
+    const usersRes = await httpGet(`${base}/demo/users`);
+    assert.equal(usersRes.status, 200, `GET /demo/users on a --dev node: is pkg/demo mounted at "/" in cmd/elchat under --dev? (${usersRes.status} ${usersRes.body.slice(0, 100)})`);
+    const page = await httpGet(`${base}/`);
+    assert.equal(page.status, 200);
+    assert.match(page.body, /<title>ElChat demo<\/title>/);
+    const users = JSON.parse(usersRes.body);
     assert.deepEqual(users.map((u) => [u.id, u.name]), [["1", "alice"], ["2", "bob"], ["3", "carol"], ["4", "dave"], ["5", "erin"]]);
     assert.ok(users.every((u) => u.online === false), `nobody is connected yet: ${JSON.stringify(users)}`);
     assert.equal((await httpGet(`${base}/demo/token?user=42`)).status, 404, "tokens only for demo users");

@@ -175,6 +175,7 @@ function connect(token) {
     }
     renderContacts();
     $("contact-list").dataset.lobby = "joined";
+    pollUsers(); // we are online now; others may be too
   });
 }
 
