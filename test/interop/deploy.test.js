@@ -132,7 +132,6 @@ if (!NGINX && !process.env.CI) {
 } else {
   serverTest("deploy: phoenix.js through nginx with deploy/nginx/elchat.conf across two nodes", { timeout: 60000, noServer: true }, async (ctx) => {
     assert.ok(NGINX, "CI is set but nginx is not installed");
-    assert.equal(process.getuid && process.getuid(), 0, "this test starts nginx as root (temp paths are in a private dir)");
     const secret = crypto.randomBytes(24).toString("hex");
     const a = await ctx.startServer({ secret });
     const b = await ctx.startServer({ secret });
