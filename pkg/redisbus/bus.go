@@ -1,0 +1,632 @@
+package redisbus
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/elchat/elchat/pkg/hub"
+)
+
+// Options configures a Bus. Zero fields take the documented defaults.
+type Options struct {
+	// URL is the Redis URL, e.g. redis://:password@host:6379/0.
+	URL string
+	// Prefix is put in front of every key and channel (default "elchat:").
+	Prefix string
+	// NodeID names this node in the cluster (default: 8 random
+	// characters). It must be unique among live nodes, at most 64 bytes,
+	// without NUL. A restarted node should take a new one.
+	NodeID string
+	// PresenceTTL bounds how long a dead node's presence survives it
+	// (default 30s). Nodes heartbeat every PresenceTTL/3.
+	PresenceTTL time.Duration
+	// PublishQueue bounds the frames waiting to be published (default
+	// 8192). Publish drops and counts what does not fit.
+	PublishQueue int
+	// Logger receives state changes (default slog.Default()).
+	Logger *slog.Logger
+}
+
+// Errors returned by Publish. The hub counts and logs them; neither is
+// retried, since a cluster broadcast is at-most-once like Redis pub/sub.
+var (
+	ErrQueueFull   = errors.New("redisbus: publish queue full")
+	ErrUnavailable = errors.New("redisbus: redis unavailable")
+	ErrClosed      = errors.New("redisbus: closed")
+)
+
+// Message kinds, the first byte of every payload on a topic channel.
+const (
+	kindFrame    = 'F' // a wire-ready frame for the topic's subscribers
+	kindPresence = 'P' // presence changes, for the nodes' Present mirrors
+)
+
+const (
+	maxBatch     = 256 // commands per pipeline round trip
+	maxSubBatch  = 512 // channels per SUBSCRIBE command
+	downRetry    = 200 * time.Millisecond
+	maxRecvDelay = time.Second
+)
+
+// Bus is the Redis implementation of hub.Bus and, through Presence, of
+// hub.Presence. It is safe for concurrent use.
+type Bus struct {
+	// Immutable after New.
+	opts       Options
+	log        *slog.Logger
+	rdb        *redis.Client // commands; safe for concurrent use
+	ps         *redis.PubSub // the node's one pub/sub connection, see subLoop and recvLoop
+	chanPrefix string        // prefix + "t:"
+	pubChan    string        // prefix + "publish"
+	hdrFrame   []byte        // kindFrame, len(NodeID), NodeID
+	hdrPres    []byte        // kindPresence, len(NodeID), NodeID
+	pingEvery  time.Duration
+	ctx        context.Context // done when the Bus closes
+	cancel     context.CancelFunc
+	wg         sync.WaitGroup
+
+	pubq chan pubItem // bounded queue drained by pubLoop
+
+	// deliver is the function Run was given, nil outside Run. An atomic
+	// pointer: recvLoop reads it for every frame.
+	deliver atomic.Pointer[func(topic string, frame []byte)]
+
+	mu        sync.Mutex
+	topics    map[string]struct{}    // guarded by mu: topics the hub wants
+	dirty     map[string]struct{}    // guarded by mu: topics whose subscription subLoop must reconcile
+	patterns  map[string]*acListener // guarded by mu: PSUBSCRIBE pattern → Action Cable listener
+	dirtyPats map[string]struct{}    // guarded by mu: patterns subLoop must reconcile
+	closed    bool                   // guarded by mu
+	subKick   chan struct{}          // cap 1: wakes subLoop
+
+	// Health. subOK: the pub/sub connection works; cmdOK: commands work.
+	// Ready needs both. healthMu serialises transitions so that each is
+	// logged once.
+	subOK    atomic.Bool
+	cmdOK    atomic.Bool
+	lastRecv atomic.Int64 // unix nanos of the last reply on the pub/sub connection
+	healthMu sync.Mutex
+	healthy  bool // guarded by healthMu: last logged state
+
+	stats struct {
+		published, dropped, failed, received, delivered atomic.Uint64
+	}
+
+	pres *presence
+}
+
+type pubItem struct {
+	channel string
+	msg     []byte
+}
+
+// New connects to Redis and starts the node: its pub/sub connection, its
+// publisher, its heartbeat and sweeper. It fails if Redis does not answer
+// within ctx; after that, outages are survived (see the package doc).
+func New(ctx context.Context, opts Options) (*Bus, error) {
+	if opts.Prefix == "" {
+		opts.Prefix = "elchat:"
+	}
+	if opts.NodeID == "" {
+		var r [6]byte
+		if _, err := rand.Read(r[:]); err != nil {
+			return nil, err
+		}
+		opts.NodeID = base64.RawURLEncoding.EncodeToString(r[:])
+	}
+	if len(opts.NodeID) > 64 || strings.ContainsRune(opts.NodeID, 0) {
+		return nil, fmt.Errorf("redisbus: invalid node id %q", opts.NodeID)
+	}
+	if opts.PresenceTTL <= 0 {
+		opts.PresenceTTL = 30 * time.Second
+	}
+	if opts.PublishQueue <= 0 {
+		opts.PublishQueue = 8192
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	ro, err := redis.ParseURL(opts.URL)
+	if err != nil {
+		return nil, fmt.Errorf("redisbus: %w", err)
+	}
+	// RESP2: pub/sub messages arrive as plain replies on the subscriber
+	// connection, the mode go-redis's PubSub has handled longest.
+	ro.Protocol = 2
+	// No retries: a retried pipeline of PUBLISHes could deliver frames
+	// twice. Everything else this package sends is idempotent and is
+	// repaired by the next heartbeat instead.
+	ro.MaxRetries = -1
+	if ro.DialTimeout == 0 || ro.DialTimeout > 2*time.Second {
+		ro.DialTimeout = 2 * time.Second
+	}
+	rdb := redis.NewClient(ro)
+	if err := rdb.Ping(ctx).Err(); err != nil {
+		rdb.Close()
+		return nil, fmt.Errorf("redisbus: %w", err)
+	}
+
+	b := &Bus{
+		opts:       opts,
+		log:        opts.Logger.With("component", "redisbus", "node", opts.NodeID),
+		rdb:        rdb,
+		chanPrefix: opts.Prefix + "t:",
+		pubChan:    opts.Prefix + "publish",
+		hdrFrame:   header(kindFrame, opts.NodeID),
+		hdrPres:    header(kindPresence, opts.NodeID),
+		pingEvery:  min(max(opts.PresenceTTL/3, 100*time.Millisecond), 5*time.Second),
+		pubq:       make(chan pubItem, opts.PublishQueue),
+		topics:     make(map[string]struct{}),
+		dirty:      make(map[string]struct{}),
+		patterns:   make(map[string]*acListener),
+		dirtyPats:  make(map[string]struct{}),
+		subKick:    make(chan struct{}, 1),
+		healthy:    true,
+	}
+	b.ctx, b.cancel = context.WithCancel(context.Background())
+	b.subOK.Store(true)
+	b.cmdOK.Store(true)
+	b.lastRecv.Store(time.Now().UnixNano())
+	b.pres = newPresence(b)
+
+	// The plain publish channel is always subscribed: it is an ingress,
+	// and it gives the connection a subscription whose confirmation
+	// proves the connection live even when the hub has no topics.
+	b.ps = rdb.Subscribe(ctx, b.pubChan)
+	if err := b.pres.heartbeat(ctx); err != nil {
+		b.ps.Close()
+		rdb.Close()
+		return nil, fmt.Errorf("redisbus: %w", err)
+	}
+	b.wg.Add(4)
+	go b.recvLoop()
+	go b.subLoop()
+	go b.pubLoop()
+	go b.pres.loop()
+	b.pres.startLoader()
+	return b, nil
+}
+
+func header(kind byte, id string) []byte {
+	return append([]byte{kind, byte(len(id))}, id...)
+}
+
+var _ hub.Bus = (*Bus)(nil)
+
+// NodeID returns this node's id.
+func (b *Bus) NodeID() string { return b.opts.NodeID }
+
+// Presence returns the cluster-wide presence backed by the same Redis.
+func (b *Bus) Presence() hub.Presence { return b.pres }
+
+// Publish queues frame for the other nodes subscribed to topic. It never
+// blocks: with the queue full or Redis known down it drops the frame and
+// returns an error. The frame is copied once, behind the origin header.
+func (b *Bus) Publish(topic string, frame []byte) error {
+	if !b.cmdOK.Load() {
+		b.stats.dropped.Add(1)
+		return ErrUnavailable
+	}
+	msg := make([]byte, 0, len(b.hdrFrame)+len(frame))
+	msg = append(append(msg, b.hdrFrame...), frame...)
+	select {
+	case b.pubq <- pubItem{b.chanPrefix + topic, msg}:
+		return nil
+	default:
+		b.stats.dropped.Add(1)
+		return ErrQueueFull
+	}
+}
+
+// pubLoop drains the publish queue, up to maxBatch PUBLISHes per round
+// trip. One goroutine and one pipeline at a time keep each publisher's
+// frames in order.
+func (b *Bus) pubLoop() {
+	defer b.wg.Done()
+	batch := make([]pubItem, 0, maxBatch)
+	for {
+		select {
+		case <-b.ctx.Done():
+			return
+		case it := <-b.pubq:
+			batch = append(batch[:0], it)
+		}
+	fill:
+		for len(batch) < maxBatch {
+			select {
+			case it := <-b.pubq:
+				batch = append(batch, it)
+			default:
+				break fill
+			}
+		}
+		if !b.cmdOK.Load() { // went down while these waited
+			b.stats.dropped.Add(uint64(len(batch)))
+			continue
+		}
+		ctx, cancel := context.WithTimeout(b.ctx, 2*time.Second)
+		pipe := b.rdb.Pipeline()
+		for _, it := range batch {
+			pipe.Publish(ctx, it.channel, it.msg)
+		}
+		_, err := pipe.Exec(ctx)
+		cancel()
+		clear(batch) // let the frames go
+		if err != nil {
+			if b.ctx.Err() != nil {
+				return
+			}
+			b.stats.failed.Add(uint64(len(batch)))
+			b.setCmd(false, err)
+			b.waitCmd()
+			continue
+		}
+		b.stats.published.Add(uint64(len(batch)))
+	}
+}
+
+// waitCmd, called when commands fail, drops whatever is queued and probes
+// Redis until it answers, so that Publish fails fast meanwhile instead of
+// queueing frames that would be stale when Redis returns.
+func (b *Bus) waitCmd() {
+	t := time.NewTicker(downRetry)
+	defer t.Stop()
+	for !b.cmdOK.Load() {
+		select {
+		case <-b.ctx.Done():
+			return
+		case <-t.C:
+		}
+	drain:
+		for {
+			select {
+			case <-b.pubq:
+				b.stats.dropped.Add(1)
+			default:
+				break drain
+			}
+		}
+		ctx, cancel := context.WithTimeout(b.ctx, time.Second)
+		err := b.rdb.Ping(ctx).Err()
+		cancel()
+		if err == nil {
+			b.setCmd(true, nil)
+		}
+	}
+}
+
+// Subscribe records that this node has subscribers for topic. The
+// SUBSCRIBE itself is sent by subLoop: the caller never waits on Redis.
+func (b *Bus) Subscribe(topic string) error {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return ErrClosed
+	}
+	b.topics[topic] = struct{}{}
+	b.dirty[topic] = struct{}{}
+	b.mu.Unlock()
+	b.pres.mirror(topic)
+	b.kick()
+	return nil
+}
+
+// Unsubscribe records that this node has no subscribers left for topic.
+func (b *Bus) Unsubscribe(topic string) error {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return ErrClosed
+	}
+	delete(b.topics, topic)
+	b.dirty[topic] = struct{}{}
+	b.mu.Unlock()
+	b.pres.unmirror(topic)
+	b.kick()
+	return nil
+}
+
+func (b *Bus) kick() {
+	select {
+	case b.subKick <- struct{}{}:
+	default:
+	}
+}
+
+func (b *Bus) subscribed(topic string) bool {
+	b.mu.Lock()
+	_, ok := b.topics[topic]
+	b.mu.Unlock()
+	return ok
+}
+
+// subLoop owns SUBSCRIBE and UNSUBSCRIBE on the pub/sub connection. It
+// compares what the hub wants (topics) with what it has sent (applied)
+// for the topics marked dirty, so a burst of joins becomes a few
+// multi-channel commands and a subscribe/unsubscribe flap costs nothing.
+// go-redis records every channel passed to PubSub.Subscribe, even when
+// the command fails, and resubscribes all of them on reconnect, so a
+// failure here needs no retry.
+func (b *Bus) subLoop() {
+	defer b.wg.Done()
+	applied := make(map[string]struct{})     // owned by subLoop
+	appliedPats := make(map[string]struct{}) // owned by subLoop
+	for {
+		select {
+		case <-b.ctx.Done():
+			return
+		case <-b.subKick:
+		}
+		b.mu.Lock()
+		dirty, dirtyPats := b.dirty, b.dirtyPats
+		b.dirty, b.dirtyPats = make(map[string]struct{}), make(map[string]struct{})
+		var sub, unsub, psub, punsub []string
+		for t := range dirty {
+			_, want := b.topics[t]
+			_, have := applied[t]
+			switch {
+			case want && !have:
+				sub = append(sub, b.chanPrefix+t)
+				applied[t] = struct{}{}
+			case !want && have:
+				unsub = append(unsub, b.chanPrefix+t)
+				delete(applied, t)
+			case want && have:
+				// Unsubscribed and subscribed again before we ran: the
+				// subscription never lapsed, but the mirror was dropped.
+				b.pres.load(t)
+			}
+		}
+		for p := range dirtyPats {
+			_, want := b.patterns[p]
+			_, have := appliedPats[p]
+			switch {
+			case want && !have:
+				psub = append(psub, p)
+				appliedPats[p] = struct{}{}
+			case !want && have:
+				punsub = append(punsub, p)
+				delete(appliedPats, p)
+			}
+		}
+		b.mu.Unlock()
+		ctx := b.ctx
+		for len(sub) > 0 {
+			n := min(len(sub), maxSubBatch)
+			b.logSub("subscribe", b.ps.Subscribe(ctx, sub[:n]...))
+			sub = sub[n:]
+		}
+		for len(unsub) > 0 {
+			n := min(len(unsub), maxSubBatch)
+			b.logSub("unsubscribe", b.ps.Unsubscribe(ctx, unsub[:n]...))
+			unsub = unsub[n:]
+		}
+		if len(psub) > 0 {
+			b.logSub("psubscribe", b.ps.PSubscribe(ctx, psub...))
+		}
+		if len(punsub) > 0 {
+			b.logSub("punsubscribe", b.ps.PUnsubscribe(ctx, punsub...))
+		}
+	}
+}
+
+func (b *Bus) logSub(op string, err error) {
+	if err != nil && b.ctx.Err() == nil {
+		b.log.Debug("pubsub "+op+" failed; go-redis resubscribes on reconnect", "err", err)
+	}
+}
+
+// recvLoop reads the pub/sub connection. go-redis reconnects it inside
+// Receive after an error and resubscribes every channel and pattern it
+// has recorded; each resubscription is confirmed by a subscribe reply,
+// which is where the Present mirrors are reloaded (they may have missed
+// changes while the connection was down).
+func (b *Bus) recvLoop() {
+	defer b.wg.Done()
+	delay := 50 * time.Millisecond
+	pingSent := false
+	for {
+		msg, err := b.ps.ReceiveTimeout(b.ctx, b.pingEvery)
+		if b.ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				// Quiet connection: ping it, so that Ready can tell a
+				// quiet connection from a dead one.
+				if !pingSent {
+					pingSent = true
+					_ = b.ps.Ping(b.ctx)
+					continue
+				}
+			}
+			b.setSub(false, err)
+			pingSent = false
+			select {
+			case <-b.ctx.Done():
+				return
+			case <-time.After(delay):
+			}
+			delay = min(2*delay, maxRecvDelay)
+			continue
+		}
+		delay = 50 * time.Millisecond
+		pingSent = false
+		b.lastRecv.Store(time.Now().UnixNano())
+		switch m := msg.(type) {
+		case *redis.Subscription:
+			b.setSub(true, nil)
+			if m.Kind == "subscribe" {
+				if t, ok := strings.CutPrefix(m.Channel, b.chanPrefix); ok {
+					b.pres.load(t)
+				}
+			}
+		case *redis.Pong:
+			b.setSub(true, nil)
+		case *redis.Message:
+			b.setSub(true, nil)
+			b.handle(m)
+		}
+	}
+}
+
+func (b *Bus) handle(m *redis.Message) {
+	b.stats.received.Add(1)
+	switch {
+	case m.Pattern != "":
+		b.handleActionCable(m)
+	case m.Channel == b.pubChan:
+		b.handlePlain(m.Payload)
+	default:
+		topic, ok := strings.CutPrefix(m.Channel, b.chanPrefix)
+		p := m.Payload
+		if !ok || len(p) < 2 || len(p) < 2+int(p[1]) {
+			return
+		}
+		body := p[2+int(p[1]):]
+		switch p[0] {
+		case kindFrame:
+			if p[2:2+int(p[1])] == b.opts.NodeID {
+				return // the hub delivered it locally already
+			}
+			b.deliverLocal(topic, []byte(body))
+		case kindPresence:
+			b.pres.apply(topic, body)
+		}
+	}
+}
+
+// deliverLocal hands frame to the hub's local subscribers of topic, through
+// the function Run was given.
+func (b *Bus) deliverLocal(topic string, frame []byte) {
+	if d := b.deliver.Load(); d != nil {
+		b.stats.delivered.Add(1)
+		(*d)(topic, frame)
+	}
+}
+
+// Run delivers frames from the other nodes (and from the host-app
+// ingresses) to deliver until ctx is done or the Bus is closed.
+func (b *Bus) Run(ctx context.Context, deliver func(topic string, frame []byte)) error {
+	b.deliver.Store(&deliver)
+	defer b.deliver.Store(nil)
+	select {
+	case <-ctx.Done():
+	case <-b.ctx.Done():
+	}
+	return nil
+}
+
+// Ready reports whether Redis answers and the subscription is live: nil
+// when both hold, otherwise why not. For /readyz.
+func (b *Bus) Ready() error {
+	switch {
+	case b.ctx.Err() != nil:
+		return ErrClosed
+	case !b.cmdOK.Load():
+		return fmt.Errorf("%w: commands failing", ErrUnavailable)
+	case !b.subOK.Load():
+		return fmt.Errorf("%w: pub/sub connection down", ErrUnavailable)
+	case time.Since(time.Unix(0, b.lastRecv.Load())) > 3*b.pingEvery:
+		return fmt.Errorf("%w: pub/sub connection silent", ErrUnavailable)
+	}
+	return nil
+}
+
+func (b *Bus) setSub(ok bool, err error) {
+	if b.subOK.Load() != ok {
+		b.subOK.Store(ok)
+		b.healthChanged(err)
+	}
+}
+
+func (b *Bus) setCmd(ok bool, err error) {
+	if b.cmdOK.Load() != ok {
+		b.cmdOK.Store(ok)
+		b.healthChanged(err)
+	}
+}
+
+// healthChanged logs each loss and recovery once and, on recovery, makes
+// the heartbeat re-assert this node's presence: a restarted Redis without
+// persistence lost it.
+func (b *Bus) healthChanged(err error) {
+	b.healthMu.Lock()
+	defer b.healthMu.Unlock()
+	now := b.subOK.Load() && b.cmdOK.Load()
+	if now == b.healthy {
+		return
+	}
+	b.healthy = now
+	if now {
+		b.log.Info("redis connection recovered")
+		b.pres.recovered()
+	} else {
+		b.log.Warn("redis connection lost; publishing is dropped until it returns", "err", err)
+	}
+}
+
+// Stats are the Bus's counters since New.
+type Stats struct {
+	Published uint64 // frames sent to Redis
+	Dropped   uint64 // frames refused by Publish or discarded during an outage
+	Failed    uint64 // frames whose PUBLISH failed
+	Received  uint64 // pub/sub messages read, all kinds
+	Delivered uint64 // frames handed to Run's deliver
+}
+
+// Stats returns the counters.
+func (b *Bus) Stats() Stats {
+	return Stats{
+		Published: b.stats.published.Load(),
+		Dropped:   b.stats.dropped.Load(),
+		Failed:    b.stats.failed.Load(),
+		Received:  b.stats.received.Load(),
+		Delivered: b.stats.delivered.Load(),
+	}
+}
+
+// Close stops the node and removes its presence from Redis, publishing the
+// leaves, as the sweeper would do after PresenceTTL.
+func (b *Bus) Close() {
+	if !b.stop() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if err := b.pres.sweep(ctx, b.opts.NodeID, true); err != nil {
+		b.log.Warn("presence cleanup on close failed; the sweeper will do it", "err", err)
+	}
+	b.rdb.Close()
+}
+
+// stop ends the goroutines; it reports false if the Bus was closed already.
+func (b *Bus) stop() bool {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return false
+	}
+	b.closed = true
+	b.mu.Unlock()
+	b.cancel()
+	// ReceiveTimeout does not watch ctx while it reads: closing the
+	// pub/sub connection is what unblocks the receive loop. go-redis
+	// makes Close safe against a concurrent Receive or Subscribe.
+	b.ps.Close()
+	b.wg.Wait()
+	b.pres.stopLoader()
+	return true
+}

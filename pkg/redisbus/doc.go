@@ -1,0 +1,122 @@
+// Package redisbus lets many ElChat nodes behind a load balancer behave as
+// one service: it implements hub.Bus (fanout of broadcast frames between
+// nodes) and hub.Presence (who is in which topic, cluster-wide) on one
+// Redis server.
+//
+// # Redis keys and channels
+//
+// P is Options.Prefix ("elchat:" by default). Nothing is written outside P.
+//
+// Channels:
+//
+//	P t:<topic>      fanout of <topic>. Each message is a header and a body.
+//	                 Header: 1 kind byte, 1 length byte n, n bytes of origin
+//	                 node id (10 bytes with the default 8-character ids).
+//	                 Kind 'F': body is the wire-ready WebSocket frame the hub
+//	                 built (encoded once, copied once behind the header);
+//	                 every subscribed node but the origin hands it to its
+//	                 local subscribers. Kind 'P': body is presence changes,
+//	                 "+key\0ref\0" or "-key\0ref\0" repeated, published by
+//	                 the presence scripts for the Present mirrors.
+//	P publish        plain ingress for host apps (see below).
+//	<AC prefix>:user:*, <AC prefix>:chat:*
+//	                 Action Cable ingress, pattern-subscribed by
+//	                 ListenActionCable.
+//
+// Keys:
+//
+//	P presence:<topic>       hash "<key>\0<ref>" → meta JSON
+//	                         {"phx_ref","name","online_at"}: the topic's
+//	                         presence, one field per connection.
+//	P pcount:<topic>         hash key → number of metas (Present in O(1)).
+//	P node:<id>:presence     set of "<topic>\0<key>\0<ref>": the entries node
+//	                         id owns, removed with it.
+//	P nodes                  sorted set node id → last heartbeat (unix ms,
+//	                         Redis clock).
+//	P online:<user>          integer: connections of user across the cluster
+//	                         (lobby "user:<user>" joins); absent when 0.
+//	                         Readable by other programs: GET P online:42.
+//	P last_seen              hash user → unix seconds of the user's last
+//	                         lobby join or leave (or sweep of a dead node).
+//
+// Scripts (EVALSHA) keep each presence change atomic, including its
+// PUBLISH on P t:<topic> for the mirrors.
+//
+// # Fanout
+//
+// A node has one pub/sub connection (a go-redis PubSub) on which it
+// subscribes P t:<topic> for every topic with local subscribers. Subscribe
+// and Unsubscribe only record the wish; one goroutine turns the changes
+// into batched SUBSCRIBE/UNSUBSCRIBE commands. Publish copies the frame
+// behind the header into a bounded queue (Options.PublishQueue) and
+// returns; one goroutine pipelines up to 256 PUBLISHes per round trip,
+// which also keeps each publisher's frames in order. A node ignores the
+// 'F' messages it published itself: the hub delivered them locally.
+//
+// Per broadcast, Redis receives one PUBLISH of len(frame)+2+len(node id)
+// bytes (plus about 40 bytes of RESP framing and the channel name), and
+// each subscribed node receives it once.
+//
+// # Presence
+//
+// Track and Untrack are one EVALSHA each (one round trip); List is one
+// HGETALL. Present, called for every chat message, is answered from a
+// local mirror (key → refs) of each topic this node subscribes to: loaded
+// with HKEYS when the subscription is confirmed and kept current by the
+// 'P' messages. Consistency window: a change made on any node reaches the
+// mirror one pub/sub hop after its script ran (well under a millisecond on
+// a LAN); after a pub/sub reconnect the mirror is reloaded and may be stale
+// for that round trip. For topics this node does not subscribe, and until
+// a mirror's first snapshot arrives, Present costs one HGET.
+//
+// Every node heartbeats every PresenceTTL/3 in P nodes; the same script
+// returns the nodes silent for longer than PresenceTTL, and the node
+// sweeps each with a script that removes its entries atomically. Only one
+// sweeper wins (the node leaves P nodes in the same script), and the
+// winner broadcasts a presence_diff of leaves to each affected chat topic,
+// so clients drop the ghosts. A dead node's presence therefore disappears
+// within PresenceTTL plus one heartbeat interval. Close removes the node's
+// entries at once.
+//
+// A node also keeps its own entries in memory. When its heartbeat finds
+// its P nodes entry gone (it was swept during a long pause, or Redis
+// restarted empty), when Redis recovers from an outage, or after a failed
+// Track or Untrack, it reconciles P node:<id>:presence with that list:
+// missing entries are tracked again (and announced as presence_diff joins
+// in chat topics), left-over ones untracked.
+//
+// # Outages
+//
+// If Redis restarts or becomes unreachable the node keeps serving its own
+// clients. Publish returns ErrUnavailable (or ErrQueueFull) at once and
+// the frame is dropped and counted (Stats); nothing blocks and memory stays
+// bounded by the queue. go-redis's PubSub reconnects inside Receive and
+// resubscribes every recorded channel and pattern; the receive loop retries
+// with backoff up to 1s. The loss is logged at Warn, the recovery at Info;
+// Ready returns an error in between. On recovery the node re-asserts its
+// presence (see above) and reloads its mirrors. Frames published during
+// the outage are lost: cluster fanout is at-most-once, like Redis pub/sub,
+// and clients recover missed messages with last_id on rejoin.
+//
+// # Publishing from host applications
+//
+// Messages from host apps are delivered by every node to its LOCAL
+// subscribers only: each node receives the Redis message, so local
+// delivery is what makes it reach each subscriber exactly once
+// cluster-wide. Only topics starting with "user:" or "chat:" are accepted,
+// payloads must be JSON objects, and events starting with "phx_" are
+// refused; anything else is logged and dropped.
+//
+// Action Cable: a Rails app using the Redis adapter with
+// channel_prefix: P2 calls
+//
+//	ActionCable.server.broadcast("user:42", {event: "x", payload: {a: 1}})
+//
+// which publishes {"event":"x","payload":{"a":1}} on channel
+// "P2:user:42" (Action Cable joins prefix and broadcasting with ':').
+// ListenActionCable(ctx, "P2", nil) makes the nodes deliver it as event
+// "x" on topic "user:42". A message without "event" is delivered as event
+// "broadcast" with the whole object as payload.
+//
+// Any other app: PUBLISH P publish '{"topic":"user:42","event":"x","payload":{"a":1}}'.
+package redisbus

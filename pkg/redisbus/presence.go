@@ -1,0 +1,719 @@
+package redisbus
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/elchat/elchat/pkg/hub"
+	"github.com/elchat/elchat/pkg/phx"
+	"github.com/elchat/elchat/pkg/transport"
+)
+
+// The scripts keep each change atomic: the entry, its count, the node
+// index, the online counters and the PUBLISH of the change for the
+// mirrors happen together or not at all, so a mirror replaying changes on
+// top of a snapshot (see presence.load) never sees half of one.
+
+// trackScript adds one entry. KEYS: presence hash, count hash, node index,
+// nodes zset, online counter, last_seen hash. ARGV: field, meta JSON, key,
+// index member, topic channel, mirror message, node id, lobby user ("" if
+// the topic is not a lobby). Returns 1 if the entry is new.
+var trackScript = redis.NewScript(`
+redis.call('SADD', KEYS[3], ARGV[4])
+if not redis.call('ZSCORE', KEYS[4], ARGV[7]) then
+  local t = redis.call('TIME')
+  redis.call('ZADD', KEYS[4], t[1] * 1000 + math.floor(t[2] / 1000), ARGV[7])
+end
+if redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
+if ARGV[8] ~= '' then
+  redis.call('INCR', KEYS[5])
+  redis.call('HSET', KEYS[6], ARGV[8], redis.call('TIME')[1])
+end
+redis.call('PUBLISH', ARGV[5], ARGV[6])
+return 1
+`)
+
+// untrackScript removes one entry; same KEYS and ARGV as trackScript
+// (ARGV[2] unused). Returns 1 if the entry existed.
+var untrackScript = redis.NewScript(`
+redis.call('SREM', KEYS[3], ARGV[4])
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+if redis.call('HINCRBY', KEYS[2], ARGV[3], -1) <= 0 then redis.call('HDEL', KEYS[2], ARGV[3]) end
+if ARGV[8] ~= '' then
+  if redis.call('DECR', KEYS[5]) <= 0 then redis.call('DEL', KEYS[5]) end
+  redis.call('HSET', KEYS[6], ARGV[8], redis.call('TIME')[1])
+end
+redis.call('PUBLISH', ARGV[5], ARGV[6])
+return 1
+`)
+
+// heartbeatScript marks the node alive with Redis's clock (so node clocks
+// may disagree) and returns {1 if the node was missing, dead node ids}.
+// KEYS: nodes zset. ARGV: node id, TTL in ms.
+var heartbeatScript = redis.NewScript(`
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local added = redis.call('ZADD', KEYS[1], now, ARGV[1])
+local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - tonumber(ARGV[2])))
+return {added, dead}
+`)
+
+// sweepScript removes every entry of a node. In 'dead' mode it first
+// checks that the node is still expired and takes it out of the nodes set:
+// of several sweepers only the first gets this far, the others find the
+// node gone and return nothing. KEYS: nodes zset, node index. ARGV: node
+// id, key prefix, TTL in ms, mirror message header, mode ('dead' or
+// 'self'). Returns a flat list topic, key, meta JSON of removed entries.
+var sweepScript = redis.NewScript(`
+if ARGV[5] == 'dead' then
+  local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+  if not score then return {} end
+  local t = redis.call('TIME')
+  local now = t[1] * 1000 + math.floor(t[2] / 1000)
+  if tonumber(score) >= now - tonumber(ARGV[3]) then return {} end
+end
+redis.call('ZREM', KEYS[1], ARGV[1])
+local p = ARGV[2]
+local secs = redis.call('TIME')[1]
+local out = {}
+for _, m in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  local i = string.find(m, '\0', 1, true)
+  local j = i and string.find(m, '\0', i + 1, true)
+  if j then
+    local topic, key, ref = string.sub(m, 1, i - 1), string.sub(m, i + 1, j - 1), string.sub(m, j + 1)
+    local field = key .. '\0' .. ref
+    local hk = p .. 'presence:' .. topic
+    local meta = redis.call('HGET', hk, field)
+    if meta then
+      redis.call('HDEL', hk, field)
+      local ck = p .. 'pcount:' .. topic
+      if redis.call('HINCRBY', ck, key, -1) <= 0 then redis.call('HDEL', ck, key) end
+      if string.sub(topic, 1, 5) == 'user:' then
+        local user = string.sub(topic, 6)
+        local ok = p .. 'online:' .. user
+        if redis.call('DECR', ok) <= 0 then redis.call('DEL', ok) end
+        redis.call('HSET', p .. 'last_seen', user, secs)
+      end
+      redis.call('PUBLISH', p .. 't:' .. topic, ARGV[4] .. '-' .. key .. '\0' .. ref .. '\0')
+      out[#out + 1] = topic
+      out[#out + 1] = key
+      out[#out + 1] = meta
+    end
+  end
+end
+redis.call('DEL', KEYS[2])
+return out
+`)
+
+var scripts = []*redis.Script{trackScript, untrackScript, heartbeatScript, sweepScript}
+
+// entry is one of this node's presence entries.
+type entry struct {
+	topic, key, ref string
+	meta            []byte // JSON
+}
+
+func (e entry) member() string { return e.topic + "\x00" + e.key + "\x00" + e.ref }
+
+// mirror is the local copy of one subscribed topic's presence, enough to
+// answer Present without Redis: key → set of refs.
+type mirror struct {
+	gen     uint64                         // load generation; a load applies only if unchanged
+	loaded  bool                           // keys holds a snapshot (possibly a little stale while reloading)
+	loading bool                           // a snapshot is being read; changes go to pending too
+	keys    map[string]map[string]struct{} // key → refs
+	pending []op                           // changes seen since the snapshot request
+}
+
+type op struct {
+	add      bool
+	key, ref string
+}
+
+const maxPending = 4096
+
+type presence struct {
+	b      *Bus
+	prefix string // immutable
+
+	// mirMu guards mirrors, loadReq and every mirror's fields. Present
+	// takes it for reading, which is all the per-message path costs.
+	mirMu    sync.RWMutex
+	mirrors  map[string]*mirror // guarded by mirMu: one per subscribed topic
+	loadReq  map[string]uint64  // guarded by mirMu: topic → generation to load
+	loadKick chan struct{}      // cap 1: wakes loadLoop
+	loadWG   sync.WaitGroup
+	loadStop chan struct{}
+
+	// ownMu guards own, this node's entries: the truth that reconcile
+	// restores in Redis after an outage. Track and Untrack update it
+	// before Redis, so a failed call is repaired by the next reconcile.
+	ownMu sync.Mutex
+	own   map[string]entry // guarded by ownMu: member → entry
+
+	// reconcileMu: Track and Untrack hold it shared for their Redis call,
+	// reconcile holds it exclusively, so reconcile's read of the node index
+	// and of own describe the same moment.
+	reconcileMu sync.RWMutex
+
+	dirty    atomic.Bool   // a Track/Untrack failed, or Redis came back: reconcile
+	beatKick chan struct{} // cap 1: wakes loop early
+}
+
+func newPresence(b *Bus) *presence {
+	return &presence{
+		b:        b,
+		prefix:   b.opts.Prefix,
+		mirrors:  make(map[string]*mirror),
+		loadReq:  make(map[string]uint64),
+		loadKick: make(chan struct{}, 1),
+		loadStop: make(chan struct{}),
+		own:      make(map[string]entry),
+		beatKick: make(chan struct{}, 1),
+	}
+}
+
+var _ hub.Presence = (*presence)(nil)
+
+func (p *presence) keys(topic, lobbyUser string) []string {
+	return []string{
+		p.prefix + "presence:" + topic,
+		p.prefix + "pcount:" + topic,
+		p.prefix + "node:" + p.b.opts.NodeID + ":presence",
+		p.prefix + "nodes",
+		p.prefix + "online:" + lobbyUser,
+		p.prefix + "last_seen",
+	}
+}
+
+func lobbyUser(topic string) string {
+	u, _ := strings.CutPrefix(topic, "user:")
+	if len(u) == len(topic) {
+		return ""
+	}
+	return u
+}
+
+func (p *presence) mirrorMsg(add bool, key, ref string) []byte {
+	c := byte('-')
+	if add {
+		c = '+'
+	}
+	m := append([]byte(nil), p.b.hdrPres...)
+	m = append(m, c)
+	m = append(append(m, key...), 0)
+	return append(append(m, ref...), 0)
+}
+
+func (p *presence) args(e entry, add bool) []any {
+	return []any{
+		e.key + "\x00" + e.ref, e.meta, e.key, e.member(),
+		p.b.chanPrefix + e.topic, p.mirrorMsg(add, e.key, e.ref),
+		p.b.opts.NodeID, lobbyUser(e.topic),
+	}
+}
+
+var errNUL = errors.New("redisbus: NUL byte in presence topic, key or ref")
+
+// Track adds meta: one EVALSHA round trip.
+func (p *presence) Track(ctx context.Context, topic, key string, meta hub.Meta) error {
+	if strings.ContainsRune(topic+key+meta.Ref, 0) {
+		return errNUL
+	}
+	mj, err := json.Marshal(meta)
+	if err != nil {
+		return err
+	}
+	e := entry{topic, key, meta.Ref, mj}
+	p.reconcileMu.RLock()
+	defer p.reconcileMu.RUnlock()
+	p.ownMu.Lock()
+	p.own[e.member()] = e
+	p.ownMu.Unlock()
+	if err := trackScript.Run(ctx, p.b.rdb, p.keys(topic, lobbyUser(topic)), p.args(e, true)...).Err(); err != nil {
+		p.dirty.Store(true)
+		return err
+	}
+	return nil
+}
+
+// Untrack removes the meta with ref: one EVALSHA round trip.
+func (p *presence) Untrack(ctx context.Context, topic, key, ref string) error {
+	if strings.ContainsRune(topic+key+ref, 0) {
+		return nil // could never have been tracked
+	}
+	e := entry{topic: topic, key: key, ref: ref}
+	p.reconcileMu.RLock()
+	defer p.reconcileMu.RUnlock()
+	p.ownMu.Lock()
+	delete(p.own, e.member())
+	p.ownMu.Unlock()
+	if err := untrackScript.Run(ctx, p.b.rdb, p.keys(topic, lobbyUser(topic)), p.args(e, false)...).Err(); err != nil {
+		p.dirty.Store(true)
+		return err
+	}
+	return nil
+}
+
+// List reads the topic's hash: one HGETALL. Metas of a key are ordered by
+// online_at, then ref.
+func (p *presence) List(ctx context.Context, topic string) (map[string][]hub.Meta, error) {
+	all, err := p.b.rdb.HGetAll(ctx, p.prefix+"presence:"+topic).Result()
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string][]hub.Meta, len(all))
+	for field, mj := range all {
+		key, _, ok := strings.Cut(field, "\x00")
+		if !ok {
+			continue
+		}
+		var m hub.Meta
+		if err := json.Unmarshal([]byte(mj), &m); err != nil {
+			p.b.log.Warn("bad presence meta in redis", "topic", topic, "err", err)
+			continue
+		}
+		out[key] = append(out[key], m)
+	}
+	for _, metas := range out {
+		slices.SortFunc(metas, func(a, b hub.Meta) int {
+			if a.OnlineAt != b.OnlineAt {
+				return int(a.OnlineAt - b.OnlineAt)
+			}
+			return strings.Compare(a.Ref, b.Ref)
+		})
+	}
+	return out, nil
+}
+
+// Present answers from the mirror of a topic this node subscribes to (a
+// map lookup under a read lock); for other topics, and while a mirror's
+// first snapshot loads, it costs one HGET.
+func (p *presence) Present(ctx context.Context, topic, key string) (bool, error) {
+	p.mirMu.RLock()
+	if m := p.mirrors[topic]; m != nil && m.loaded {
+		ok := len(m.keys[key]) > 0
+		p.mirMu.RUnlock()
+		return ok, nil
+	}
+	p.mirMu.RUnlock()
+	n, err := p.b.rdb.HGet(ctx, p.prefix+"pcount:"+topic, key).Int64()
+	if errors.Is(err, redis.Nil) {
+		return false, nil
+	}
+	return n > 0, err
+}
+
+// mirror starts a mirror for topic. It stays unloaded (Present asks Redis)
+// until the subscription is confirmed and load has read a snapshot.
+func (p *presence) mirror(topic string) {
+	p.mirMu.Lock()
+	if p.mirrors[topic] == nil {
+		p.mirrors[topic] = &mirror{keys: make(map[string]map[string]struct{})}
+	}
+	p.mirMu.Unlock()
+}
+
+func (p *presence) unmirror(topic string) {
+	p.mirMu.Lock()
+	delete(p.mirrors, topic)
+	delete(p.loadReq, topic)
+	p.mirMu.Unlock()
+}
+
+// load asks for a fresh snapshot of topic's presence. It must be called
+// only once the topic's subscription is live (on its subscribe
+// confirmation): every change after that point reaches apply, and the
+// snapshot, read later, is then completed by replaying them. Replaying a
+// change the snapshot already contains is harmless: per ref the last
+// change wins, and the replay ends with the latest.
+func (p *presence) load(topic string) {
+	p.mirMu.Lock()
+	m := p.mirrors[topic]
+	if m == nil {
+		p.mirMu.Unlock()
+		return
+	}
+	m.gen++
+	m.loading = true
+	m.pending = m.pending[:0]
+	p.loadReq[topic] = m.gen
+	p.mirMu.Unlock()
+	select {
+	case p.loadKick <- struct{}{}:
+	default:
+	}
+}
+
+// apply records the changes in a mirror message: "+key\0ref\0" or
+// "-key\0ref\0", repeated.
+func (p *presence) apply(topic, body string) {
+	var ops []op
+	for len(body) > 1 {
+		add := body[0] == '+'
+		key, rest, ok1 := strings.Cut(body[1:], "\x00")
+		ref, rest, ok2 := strings.Cut(rest, "\x00")
+		if !ok1 || !ok2 {
+			return
+		}
+		ops = append(ops, op{add, key, ref})
+		body = rest
+	}
+	p.mirMu.Lock()
+	defer p.mirMu.Unlock()
+	m := p.mirrors[topic]
+	if m == nil {
+		return
+	}
+	for _, o := range ops {
+		m.do(o)
+	}
+	if m.loading {
+		if len(m.pending)+len(ops) > maxPending {
+			// A storm while loading: start over rather than grow.
+			m.gen++
+			m.pending = m.pending[:0]
+			p.loadReq[topic] = m.gen
+			select {
+			case p.loadKick <- struct{}{}:
+			default:
+			}
+			return
+		}
+		m.pending = append(m.pending, ops...)
+	}
+}
+
+func (m *mirror) do(o op) {
+	refs := m.keys[o.key]
+	if o.add {
+		if refs == nil {
+			refs = make(map[string]struct{}, 1)
+			m.keys[o.key] = refs
+		}
+		refs[o.ref] = struct{}{}
+		return
+	}
+	delete(refs, o.ref)
+	if len(refs) == 0 {
+		delete(m.keys, o.key)
+	}
+}
+
+func (p *presence) startLoader() {
+	p.loadWG.Add(1)
+	go p.loadLoop()
+}
+
+func (p *presence) stopLoader() {
+	close(p.loadStop)
+	p.loadWG.Wait()
+}
+
+// loadLoop reads requested snapshots, maxBatch HKEYS per round trip (a
+// reconnect with thousands of topics reloads them in a few round trips).
+func (p *presence) loadLoop() {
+	defer p.loadWG.Done()
+	for {
+		select {
+		case <-p.loadStop:
+			return
+		case <-p.loadKick:
+		}
+		p.mirMu.Lock()
+		reqs := p.loadReq
+		p.loadReq = make(map[string]uint64)
+		p.mirMu.Unlock()
+		topics := make([]string, 0, len(reqs))
+		for t := range reqs {
+			topics = append(topics, t)
+		}
+		for len(topics) > 0 {
+			n := min(len(topics), maxBatch)
+			if err := p.loadBatch(topics[:n], reqs); err != nil {
+				// Keep the requests for the next attempt; a later
+				// subscribe confirmation may supersede them.
+				p.mirMu.Lock()
+				for _, t := range topics {
+					if m := p.mirrors[t]; m != nil && m.gen == reqs[t] {
+						if _, newer := p.loadReq[t]; !newer {
+							p.loadReq[t] = reqs[t]
+						}
+					}
+				}
+				p.mirMu.Unlock()
+				select {
+				case <-p.loadStop:
+					return
+				case <-time.After(downRetry):
+				}
+				select {
+				case p.loadKick <- struct{}{}:
+				default:
+				}
+				break
+			}
+			topics = topics[n:]
+		}
+	}
+}
+
+func (p *presence) loadBatch(topics []string, gens map[string]uint64) error {
+	ctx, cancel := context.WithTimeout(p.b.ctx, 2*time.Second)
+	defer cancel()
+	pipe := p.b.rdb.Pipeline()
+	cmds := make([]*redis.StringSliceCmd, len(topics))
+	for i, t := range topics {
+		cmds[i] = pipe.HKeys(ctx, p.prefix+"presence:"+t)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return err
+	}
+	p.mirMu.Lock()
+	defer p.mirMu.Unlock()
+	for i, t := range topics {
+		m := p.mirrors[t]
+		if m == nil || m.gen != gens[t] {
+			continue // unsubscribed, or a newer load is on its way
+		}
+		m.keys = make(map[string]map[string]struct{})
+		for _, f := range cmds[i].Val() {
+			if key, ref, ok := strings.Cut(f, "\x00"); ok {
+				m.do(op{true, key, ref})
+			}
+		}
+		for _, o := range m.pending {
+			m.do(o)
+		}
+		m.pending = nil
+		m.loaded, m.loading = true, false
+	}
+	return nil
+}
+
+// recovered is called when Redis comes back: reconcile soon.
+func (p *presence) recovered() {
+	p.dirty.Store(true)
+	select {
+	case p.beatKick <- struct{}{}:
+	default:
+	}
+}
+
+// loop heartbeats every PresenceTTL/3, reconciles this node's entries when
+// needed and sweeps dead nodes.
+func (p *presence) loop() {
+	defer p.b.wg.Done()
+	t := time.NewTicker(p.b.opts.PresenceTTL / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-p.b.ctx.Done():
+			return
+		case <-t.C:
+		case <-p.beatKick:
+		}
+		ctx, cancel := context.WithTimeout(p.b.ctx, p.b.opts.PresenceTTL/3)
+		err := p.heartbeat(ctx)
+		cancel()
+		if err != nil && p.b.ctx.Err() == nil {
+			p.b.setCmd(false, err)
+		}
+	}
+}
+
+// heartbeat runs one round: beat, reconcile if our node entry had vanished
+// (we were swept while alive, or Redis lost its data) or something failed,
+// then sweep the dead.
+func (p *presence) heartbeat(ctx context.Context) error {
+	ttl := p.b.opts.PresenceTTL.Milliseconds()
+	res, err := heartbeatScript.Run(ctx, p.b.rdb, []string{p.prefix + "nodes"}, p.b.opts.NodeID, ttl).Slice()
+	if err != nil {
+		return err
+	}
+	p.b.setCmd(true, nil)
+	if added, _ := res[0].(int64); added == 1 {
+		p.dirty.Store(true)
+	}
+	if p.dirty.Swap(false) {
+		if err := p.reconcile(ctx); err != nil {
+			p.dirty.Store(true)
+			return err
+		}
+	}
+	dead, _ := res[1].([]any)
+	for _, d := range dead {
+		if id, _ := d.(string); id != "" && id != p.b.opts.NodeID {
+			if err := p.sweep(ctx, id, false); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// reconcile makes Redis hold exactly this node's entries: those missing
+// are tracked again (and announced to chat clients as joins), those left
+// over are untracked.
+func (p *presence) reconcile(ctx context.Context) error {
+	p.reconcileMu.Lock()
+	defer p.reconcileMu.Unlock()
+	index := p.prefix + "node:" + p.b.opts.NodeID + ":presence"
+	inRedis, err := p.b.rdb.SMembers(ctx, index).Result()
+	if err != nil {
+		return err
+	}
+	have := make(map[string]bool, len(inRedis))
+	for _, m := range inRedis {
+		have[m] = true
+	}
+	p.ownMu.Lock()
+	var add []entry
+	for m, e := range p.own {
+		if !have[m] {
+			add = append(add, e)
+		}
+		delete(have, m)
+	}
+	p.ownMu.Unlock()
+	if len(add) == 0 && len(have) == 0 {
+		return nil
+	}
+	// EVALSHA in a pipeline does not fall back to EVAL: make sure a
+	// restarted Redis has the scripts.
+	for _, s := range scripts {
+		if err := s.Load(ctx, p.b.rdb).Err(); err != nil {
+			return err
+		}
+	}
+	pipe := p.b.rdb.Pipeline()
+	cmds := make([]*redis.Cmd, len(add))
+	for i, e := range add {
+		cmds[i] = trackScript.EvalSha(ctx, pipe, p.keys(e.topic, lobbyUser(e.topic)), p.args(e, true)...)
+	}
+	for m := range have {
+		parts := strings.SplitN(m, "\x00", 3)
+		if len(parts) != 3 {
+			pipe.SRem(ctx, index, m)
+			continue
+		}
+		e := entry{topic: parts[0], key: parts[1], ref: parts[2]}
+		untrackScript.EvalSha(ctx, pipe, p.keys(e.topic, lobbyUser(e.topic)), p.args(e, false)...)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return err
+	}
+	joins := map[string]map[string][][]byte{} // topic → key → metas
+	for i, e := range add {
+		if n, _ := cmds[i].Int64(); n == 1 && strings.HasPrefix(e.topic, "chat:") {
+			if joins[e.topic] == nil {
+				joins[e.topic] = map[string][][]byte{}
+			}
+			joins[e.topic][e.key] = append(joins[e.topic][e.key], e.meta)
+		}
+	}
+	for topic, keys := range joins {
+		p.b.broadcast(topic, "presence_diff", encodeJoins(keys))
+	}
+	p.b.log.Info("presence re-asserted", "restored", len(add), "removed", len(have))
+	return nil
+}
+
+// sweep removes every entry of node id; dead mode only if it is still
+// expired (self mode is Close's cleanup). The winner announces the leaves
+// to chat clients everywhere, this node's included.
+func (p *presence) sweep(ctx context.Context, id string, self bool) error {
+	mode := "dead"
+	if self {
+		mode = "self"
+	}
+	res, err := sweepScript.Run(ctx, p.b.rdb,
+		[]string{p.prefix + "nodes", p.prefix + "node:" + id + ":presence"},
+		id, p.prefix, p.b.opts.PresenceTTL.Milliseconds(), p.b.hdrPres, mode).Slice()
+	if err != nil {
+		return err
+	}
+	if len(res) == 0 {
+		return nil
+	}
+	leaves := map[string]map[string][]hub.Meta{}
+	for i := 0; i+2 < len(res); i += 3 {
+		topic, _ := res[i].(string)
+		key, _ := res[i+1].(string)
+		mj, _ := res[i+2].(string)
+		if !strings.HasPrefix(topic, "chat:") {
+			continue // only chats carry presence to clients, as in the hub
+		}
+		var m hub.Meta
+		if err := json.Unmarshal([]byte(mj), &m); err != nil {
+			continue
+		}
+		if leaves[topic] == nil {
+			leaves[topic] = map[string][]hub.Meta{}
+		}
+		leaves[topic][key] = append(leaves[topic][key], m)
+	}
+	for topic, left := range leaves {
+		frame := encodeBroadcast(topic, "presence_diff", hub.EncodeLeaves(left))
+		if self {
+			// Close: the publisher is stopped, publish directly.
+			msg := append(append([]byte(nil), p.b.hdrFrame...), frame...)
+			if err := p.b.rdb.Publish(ctx, p.b.chanPrefix+topic, msg).Err(); err != nil {
+				return err
+			}
+			continue
+		}
+		p.b.deliverLocal(topic, frame)
+		_ = p.b.Publish(topic, frame)
+	}
+	if !self {
+		p.b.log.Info("swept dead node's presence", "dead", id, "entries", len(res)/3, "topics", len(leaves))
+	}
+	return nil
+}
+
+// broadcast sends a frame built here to every subscriber of topic: the
+// local ones directly, the others through the bus, as the hub does.
+func (b *Bus) broadcast(topic, event string, payload []byte) {
+	frame := encodeBroadcast(topic, event, payload)
+	b.deliverLocal(topic, frame)
+	_ = b.Publish(topic, frame)
+}
+
+// encodeBroadcast builds a wire-ready broadcast frame exactly as the hub
+// does (same encoders), so clients cannot tell who built it.
+func encodeBroadcast(topic, event string, payload []byte) []byte {
+	buf := transport.Begin(make([]byte, 0, transport.MaxHeaderSize+len(topic)+len(event)+len(payload)+24))
+	return transport.Finish(phx.AppendBroadcast(buf, topic, event, payload))
+}
+
+// encodeJoins renders a joins-only presence_diff from stored meta JSON.
+func encodeJoins(keys map[string][][]byte) []byte {
+	b := []byte(`{"joins":{`)
+	first := true
+	for key, metas := range keys {
+		if !first {
+			b = append(b, ',')
+		}
+		first = false
+		b = phx.AppendString(b, key)
+		b = append(b, `:{"metas":[`...)
+		for i, m := range metas {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = append(b, m...)
+		}
+		b = append(b, `]}`...)
+	}
+	return append(b, `},"leaves":{}}`...)
+}
