@@ -12,6 +12,7 @@
 package main
 
 import (
+	"crypto/sha256"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -28,31 +29,35 @@ import (
 const benchSecret = "elchat-bench-secret-0123456789abcdef"
 
 type opts struct {
-	scenario  string
-	server    string
-	outDir    string
-	transport string
-	store     string
-	dbURL     string
-	conns     int
-	pairs     int
-	nodes     int
-	big       bool
-	rate      float64
-	perWorker int
-	hb        time.Duration
-	hold      time.Duration
-	msgRate   float64
-	duration  time.Duration
-	bodySize  int
-	connTO    time.Duration
-	maxRun    time.Duration
-	keepTmp   bool
-	args      []string
-	tmp       string
-	started   time.Time
-	noVerify  bool
-	settle    time.Duration
+	scenario   string
+	server     string
+	outDir     string
+	transport  string
+	store      string
+	dbURL      string
+	conns      int
+	pairs      int
+	nodes      int
+	big        bool
+	rate       float64
+	perWorker  int
+	hb         time.Duration
+	hold       time.Duration
+	msgRate    float64
+	duration   time.Duration
+	bodySize   int
+	connTO     time.Duration
+	maxRun     time.Duration
+	keepTmp    bool
+	args       []string
+	tmp        string
+	started    time.Time
+	noVerify   bool
+	settle     time.Duration
+	pprof      bool
+	src        string
+	resDir     string
+	serverInfo string
 }
 
 func main() {
@@ -90,6 +95,8 @@ func main() {
 	fs.DurationVar(&o.settle, "settle", 3*time.Second, "wait after the ramp before sampling the server")
 	fs.BoolVar(&o.keepTmp, "keep-tmp", false, "keep server logs and data (bench/results/tmp)")
 	fs.BoolVar(&o.noVerify, "no-verify", false, "chat: skip the history check of acknowledged ids")
+	fs.BoolVar(&o.pprof, "pprof", false, "build the server from --src with bench/pprof overlaid (net/http/pprof on a side port) and take CPU/heap profiles")
+	fs.StringVar(&o.src, "src", ".", "--pprof: module root to build cmd/elchat from")
 	fs.Parse(os.Args[2:])
 	if o.big && !flagSet(fs, "nodes") {
 		o.nodes = 12
@@ -111,6 +118,13 @@ func main() {
 	os.Chmod(o.tmp, 0o755)
 	if !o.keepTmp {
 		defer os.RemoveAll(o.tmp)
+	}
+	o.resDir = filepath.Join(o.outDir, o.started.UTC().Format("20060102-150405")+"-"+o.scenario)
+	if err := os.MkdirAll(o.resDir, 0o755); err != nil {
+		fatal(err)
+	}
+	if err := snapshotServer(o); err != nil {
+		fatal(err)
 	}
 	var res *result
 	switch o.scenario {
@@ -197,7 +211,7 @@ func machine() map[string]string {
 }
 
 func writeResults(o *opts, r *result) (string, error) {
-	dir := filepath.Join(o.outDir, o.started.UTC().Format("20060102-150405")+"-"+o.scenario)
+	dir := o.resDir
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", err
 	}
@@ -205,6 +219,7 @@ func writeResults(o *opts, r *result) (string, error) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# elchat-bench %s — %s\n\n", o.scenario, o.started.UTC().Format(time.RFC3339))
 	fmt.Fprintf(&b, "Command: `%s`\n\n", strings.Join(o.args, " "))
+	fmt.Fprintf(&b, "Server: %s\n\n", o.serverInfo)
 	fmt.Fprintf(&b, "Machine: nproc %s, memory %s, kernel %s, %s, CPU %s, nofile %s. Run took %.0f s.\n\n",
 		mach["nproc"], mach["memory"], mach["kernel"], mach["go"], mach["cpu"], mach["nofile"], time.Since(o.started).Seconds())
 	for _, s := range r.Sections {
@@ -224,6 +239,20 @@ func writeResults(o *opts, r *result) (string, error) {
 		}
 		b.WriteString("\n")
 	}
+	profs, _ := filepath.Glob(filepath.Join(dir, "*.pprof"))
+	if len(profs) > 0 {
+		b.WriteString("## Profiles (server built with the bench/pprof overlay)\n\n")
+		for _, p := range profs {
+			if strings.HasPrefix(filepath.Base(p), "heap-") {
+				pprofTop(o.server, p, "-sample_index=inuse_space")
+			} else {
+				pprofTop(o.server, p, "-cum")
+			}
+			t := strings.TrimSuffix(filepath.Base(p), ".pprof") + ".top.txt"
+			fmt.Fprintf(&b, "- `%s` → [%s](%s)\n", filepath.Base(p), t, t)
+		}
+		b.WriteString("\n")
+	}
 	if len(r.Plots) > 0 {
 		b.WriteString("## Plots\n\n")
 		for _, name := range sortedKeys(r.Plots) {
@@ -234,7 +263,7 @@ func writeResults(o *opts, r *result) (string, error) {
 	if err := os.WriteFile(filepath.Join(dir, "summary.md"), []byte(b.String()), 0o644); err != nil {
 		return "", err
 	}
-	raw := map[string]any{"scenario": r.Scenario, "command": o.args, "machine": mach, "sections": r.Sections, "notes": r.Notes, "data": r.Raw}
+	raw := map[string]any{"server": o.serverInfo, "scenario": r.Scenario, "command": o.args, "machine": mach, "sections": r.Sections, "notes": r.Notes, "data": r.Raw}
 	jb, _ := json.MarshalIndent(raw, "", "  ")
 	return dir, os.WriteFile(filepath.Join(dir, "figures.json"), jb, 0o644)
 }
@@ -257,4 +286,38 @@ func ratio(a, b float64) string {
 		return "n/a"
 	}
 	return fmt.Sprintf("%.2f×", a/b)
+}
+
+// snapshotServer copies (or, with --pprof, builds) the server binary into
+// the run's temp dir, so that a colleague rebuilding bin/elchat mid-run
+// cannot change what is measured; its sha256 goes into the summary.
+func snapshotServer(o *opts) error {
+	dst := filepath.Join(o.tmp, "elchat")
+	if o.pprof {
+		src, _ := filepath.Abs(o.src)
+		ov := map[string]any{"Replace": map[string]string{
+			filepath.Join(src, "cmd/elchat/zz_bench_pprof.go"): filepath.Join(src, "bench/pprof/pprof.go.txt")}}
+		ob, _ := json.Marshal(ov)
+		ovf := filepath.Join(o.tmp, "overlay.json")
+		os.WriteFile(ovf, ob, 0o644)
+		cmd := exec.Command("go", "build", "-overlay", ovf, "-o", dst, "./cmd/elchat")
+		cmd.Dir = src
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("build server with pprof overlay: %v: %s", err, out)
+		}
+	} else {
+		b, err := os.ReadFile(o.server)
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(dst, b, 0o755); err != nil {
+			return err
+		}
+	}
+	b, _ := os.ReadFile(dst)
+	sum := sha256.Sum256(b)
+	rev, _ := exec.Command("git", "-C", o.src, "log", "-1", "--format=%h %s").Output()
+	o.serverInfo = fmt.Sprintf("%s (sha256 %x, tree HEAD %s, pprof overlay %v)", o.server, sum[:6], strings.TrimSpace(string(rev)), o.pprof)
+	o.server = dst
+	return nil
 }

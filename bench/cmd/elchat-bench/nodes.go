@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -209,14 +210,16 @@ func startRedis(tmp string) (*proc, string, error) {
 // ---- ElChat nodes ----
 
 type nodeOpts struct {
+	pprof                                                 bool
 	bin, secret, transport, dbURL, redisURL, dataDir, tmp string
 	extraEnv                                              []string
 }
 
 type node struct {
-	idx  int
-	addr string
-	proc *proc
+	idx   int
+	addr  string
+	paddr string // net/http/pprof side port (--pprof), else ""
+	proc  *proc
 }
 
 func startNode(o nodeOpts, idx int) (*node, error) {
@@ -233,6 +236,8 @@ func startNode(o nodeOpts, idx int) (*node, error) {
 		"ELCHAT_MAX_HANDSHAKES=4096",
 		"ELCHAT_LOG_LEVEL=warn",
 		"ELCHAT_NODE_ID=bench-" + strconv.Itoa(idx),
+		// gctrace lines give the live heap when /metrics is not served.
+		"GODEBUG=gctrace=1",
 	}
 	if o.dbURL != "" {
 		env = append(env, "ELCHAT_DATABASE_URL="+o.dbURL)
@@ -244,12 +249,17 @@ func startNode(o nodeOpts, idx int) (*node, error) {
 	if o.redisURL != "" {
 		env = append(env, "ELCHAT_REDIS_URL="+o.redisURL)
 	}
+	paddr := ""
+	if o.pprof {
+		paddr = fmt.Sprintf("127.0.0.1:%d", freePort())
+		env = append(env, "ELCHAT_BENCH_PPROF="+paddr)
+	}
 	env = append(env, o.extraEnv...)
 	p, err := startProc(fmt.Sprintf("elchat-%d", idx), filepath.Join(o.tmp, fmt.Sprintf("elchat-%d.log", idx)), nil, env, o.bin, "serve")
 	if err != nil {
 		return nil, err
 	}
-	n := &node{idx: idx, addr: addr, proc: p}
+	n := &node{idx: idx, addr: addr, paddr: paddr, proc: p}
 	end := time.Now().Add(60 * time.Second)
 	for time.Now().Before(end) {
 		if !p.alive() {
@@ -407,18 +417,37 @@ func smapsRollup(pid int) map[string]int64 {
 	return out
 }
 
-// heapProfile fetches /debug/pprof/heap if the node serves it.
-func heapProfile(addr, path string) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+var gcLine = regexp.MustCompile(`gc \d+ @[0-9.]+s .*?(\d+)->(\d+)->(\d+) MB`)
+
+// liveHeapMB is the live heap after the last GC, from a gctrace=1 log.
+func liveHeapMB(logPath string) (float64, bool) {
+	b, err := os.ReadFile(logPath)
+	if err != nil {
+		return 0, false
+	}
+	m := gcLine.FindAllSubmatch(b, -1)
+	if len(m) == 0 {
+		return 0, false
+	}
+	v, _ := strconv.ParseFloat(string(m[len(m)-1][3]), 64)
+	return v, true
+}
+
+// fetchProfile saves http://addr/debug/pprof/<what> to path.
+func fetchProfile(addr, what, path string, timeout time.Duration) error {
+	if addr == "" {
+		return errors.New("no pprof endpoint (run with --pprof)")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+addr+"/debug/pprof/heap", nil)
+	req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+addr+"/debug/pprof/"+what, nil)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != 200 {
-		return fmt.Errorf("GET /debug/pprof/heap: %s", resp.Status)
+		return fmt.Errorf("GET /debug/pprof/%s: %s", what, resp.Status)
 	}
 	f, err := os.Create(path)
 	if err != nil {
@@ -427,4 +456,49 @@ func heapProfile(addr, path string) error {
 	defer f.Close()
 	_, err = io.Copy(f, resp.Body)
 	return err
+}
+
+// pprofTop writes `go tool pprof -top` of a profile next to it.
+func pprofTop(bin, prof string, extra ...string) {
+	args := append([]string{"tool", "pprof", "-top", "-nodecount=30"}, extra...)
+	args = append(args, bin, prof)
+	out, err := exec.Command("go", args...).CombinedOutput()
+	if err != nil {
+		out = append(out, []byte("\n"+err.Error())...)
+	}
+	name := strings.TrimSuffix(prof, ".pprof")
+	os.WriteFile(name+".top.txt", out, 0o644)
+}
+
+// goroutines reads the total from /debug/pprof/goroutine?debug=1.
+func goroutines(addr string) float64 {
+	if addr == "" {
+		return -1
+	}
+	cl := http.Client{Timeout: 10 * time.Second}
+	resp, err := cl.Get("http://" + addr + "/debug/pprof/goroutine?debug=1")
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	br := bufio.NewReader(resp.Body)
+	l, _ := br.ReadString('\n')
+	var n float64
+	if _, err := fmt.Sscanf(l, "goroutine profile: total %g", &n); err != nil {
+		return -1
+	}
+	return n
+}
+
+// slabKiB is the kernel slab total (socket, inode, epitem objects live there).
+func slabKiB() int64 {
+	b, _ := os.ReadFile("/proc/meminfo")
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.Fields(l)
+		if len(f) >= 2 && f[0] == "Slab:" {
+			v, _ := strconv.ParseInt(f[1], 10, 64)
+			return v
+		}
+	}
+	return 0
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -27,6 +28,9 @@ type nodeFig struct {
 	CPUusPerConn      float64          `json:"cpu_us_per_connect_join"`
 	Smaps             map[string]int64 `json:"smaps_rollup_kib,omitempty"`
 	Pprof             string           `json:"pprof,omitempty"`
+	HeapFromGCTrace   bool             `json:"heap_from_gctrace,omitempty"`
+	liveHeap0         float64
+	goroutines0       float64
 }
 
 type connectFig struct {
@@ -45,6 +49,7 @@ type connectFig struct {
 	Conn             latSummary     `json:"connect_join_latency"`
 	HB               latSummary     `json:"heartbeat_latency"`
 	SockMemPerConnKB float64        `json:"kernel_tcp_mem_per_pair_kib"`
+	SlabPerConnKB    float64        `json:"kernel_slab_per_pair_kib"`
 	Nodes            []nodeFig      `json:"nodes"`
 	Reasons          map[string]int `json:"failure_reasons"`
 	Timeline         []timelinePt   `json:"timeline"`
@@ -105,7 +110,7 @@ func stopNodes(ns []*node) {
 func startNodes(o *opts, k int, transport, dbURL, redisURL string) ([]*node, error) {
 	var ns []*node
 	for i := 0; i < k; i++ {
-		n, err := startNode(nodeOpts{bin: o.server, secret: benchSecret, transport: transport, dbURL: dbURL, redisURL: redisURL, tmp: o.tmp}, i)
+		n, err := startNode(nodeOpts{pprof: o.pprof, bin: o.server, secret: benchSecret, transport: transport, dbURL: dbURL, redisURL: redisURL, tmp: o.tmp}, i)
 		if err != nil {
 			stopNodes(ns)
 			return nil, err
@@ -138,12 +143,14 @@ func runConnect(o *opts, ns []*node, n int, label, transport string) (*connectFi
 	t0 := time.Now()
 	fig := &connectFig{Label: label, Transport: transport, Conns: n}
 	for _, nd := range ns {
-		fig.Nodes = append(fig.Nodes, nodeFig{Node: nd.idx, Before: takeSample(nd, t0)})
+		h0, _ := liveHeapMB(nd.proc.log)
+		fig.Nodes = append(fig.Nodes, nodeFig{Node: nd.idx, Before: takeSample(nd, t0), liveHeap0: h0, goroutines0: goroutines(nd.paddr)})
 	}
 	for u := 1; u <= n; u++ {
 		fig.Nodes[u%len(ns)].Conns++
 	}
 	_, memBefore := sockstat()
+	slab0 := slabKiB()
 	rss0 := int64(0)
 	for _, nf := range fig.Nodes {
 		rss0 += nf.Before.RSSKiB
@@ -162,8 +169,10 @@ func runConnect(o *opts, ns []*node, n int, label, transport string) (*connectFi
 		fig.Timeline = append(fig.Timeline, timelinePt{Up: a.Up, RSSKiB: rss - rss0, T: time.Since(t0).Seconds()})
 	}
 	rampStart := time.Now()
+	profDone := cpuProfile(o, ns, label+"-ramp", time.Duration(float64(n)/o.rate*float64(time.Second)))
 	ok := f.wait("ramped", o.maxRun/2, timeline)
 	fig.RampS = time.Since(rampStart).Seconds()
+	<-profDone
 	a := f.aggregate()
 	fig.Up = a.Up
 	fig.Rate = float64(a.Up) / fig.RampS
@@ -175,6 +184,7 @@ func runConnect(o *opts, ns []*node, n int, label, transport string) (*connectFi
 	timeline()
 	_, memAfter := sockstat()
 	fig.SockMemPerConnKB = float64(memAfter-memBefore) * 4096 / 1024 / float64(max(a.Up, 1))
+	fig.SlabPerConnKB = float64(slabKiB()-slab0) / float64(max(a.Up, 1))
 	for i, nd := range ns {
 		nf := &fig.Nodes[i]
 		nf.After = takeSample(nd, t0)
@@ -187,16 +197,23 @@ func runConnect(o *opts, ns []*node, n int, label, transport string) (*connectFi
 			g1, _ := metric(nf.After, "go_goroutines")
 			g0, _ := metric(nf.Before, "go_goroutines")
 			nf.GoroutinesPerConn = (g1 - g0) / c
+		} else if h1, ok := liveHeapMB(nd.proc.log); ok {
+			nf.HeapPerConnKiB = (h1 - nf.liveHeap0) * 1024 / c
+			nf.GoroutinesPerConn = nan()
+			nf.HeapFromGCTrace = true
 		} else {
 			nf.HeapPerConnKiB, nf.GoroutinesPerConn = nan(), nan()
 		}
 		nf.Smaps = smapsRollup(nd.proc.pid())
 		if len(ns) <= 3 {
-			pp := filepath.Join(o.tmp, fmt.Sprintf("heap-%s-%d.pprof", label, nd.idx))
-			if err := heapProfile(nd.addr, pp); err != nil {
+			pp := filepath.Join(o.resDir, fmt.Sprintf("heap-%s-node%d.pprof", label, nd.idx))
+			if err := fetchProfile(nd.paddr, "heap?gc=1", pp, 60*time.Second); err != nil {
 				nf.Pprof = err.Error()
 			} else {
 				nf.Pprof = pp
+			}
+			if g := goroutines(nd.paddr); g >= 0 && math.IsNaN(nf.GoroutinesPerConn) {
+				nf.GoroutinesPerConn = (g - nf.goroutines0) / c
 			}
 		}
 	}
@@ -212,6 +229,25 @@ func runConnect(o *opts, ns []*node, n int, label, transport string) (*connectFi
 	fig.HBSent, fig.HBOK, fig.HBFail = a.HBSent, a.HBOK, a.HBFail
 	fig.Conn, fig.HB, fig.Reasons, fig.connH = a.conn.summary(), a.hb.summary(), a.reasons, a.conn
 	return fig, aliveErr
+}
+
+// cpuProfile profiles the first (up to 3) nodes for about d in the background.
+func cpuProfile(o *opts, ns []*node, label string, d time.Duration) chan struct{} {
+	done := make(chan struct{})
+	if !o.pprof || len(ns) > 3 {
+		close(done)
+		return done
+	}
+	secs := int(math.Ceil(d.Seconds()))
+	secs = min(max(secs, 1), 60)
+	go func() {
+		defer close(done)
+		for _, nd := range ns[:1] {
+			pp := filepath.Join(o.resDir, fmt.Sprintf("cpu-%s-node%d.pprof", label, nd.idx))
+			fetchProfile(nd.paddr, fmt.Sprintf("profile?seconds=%d", secs), pp, time.Duration(secs+30)*time.Second)
+		}
+	}()
+	return done
 }
 
 func nan() float64 { var z float64; return z / z }
@@ -232,9 +268,11 @@ func runChat(o *opts, ns []*node, pairs int, label, transport string) (*chatFig,
 		before[i] = takeSample(nd, t0)
 	}
 	goAt := time.Now()
+	profDone := cpuProfile(o, ns, label+"-chat", o.duration)
 	f.send("go")
 	f.wait("sent", o.duration+time.Minute, nil)
 	fig.WindowS = time.Since(goAt).Seconds()
+	<-profDone
 	a := f.aggregate()
 	for i, nd := range ns {
 		after := takeSample(nd, t0)
@@ -304,7 +342,8 @@ func connectRows(figs []*connectFig) [][]string {
 	add("server CPU per connect+join (µs)", func(f *connectFig) string {
 		return f1(sum(f, func(n nodeFig) float64 { return n.CPUusPerConn }))
 	})
-	add("kernel TCP memory per connection pair (KiB)", func(f *connectFig) string { return f2(f.SockMemPerConnKB) })
+	add("kernel TCP buffer memory per connection pair (KiB, sockstat mem)", func(f *connectFig) string { return f2(f.SockMemPerConnKB) })
+	add("kernel slab per connection pair (KiB, meminfo Slab; box-wide)", func(f *connectFig) string { return f2(f.SlabPerConnKB) })
 	return rows
 }
 
@@ -400,7 +439,7 @@ func addNotes(r *result, o *opts, figs []*connectFig) {
 	for _, f := range figs {
 		for _, n := range f.Nodes {
 			if n.After.Metrics == nil {
-				r.note("%s node %d: /metrics not served (404 or error): Go heap and goroutine figures are n/a", f.Label, n.Node)
+				r.note("%s node %d: /metrics not served (404 or error): goroutines per connection n/a; Go heap per connection is the live heap after the last GC from GODEBUG=gctrace=1 (MB resolution)", f.Label, n.Node)
 			}
 			if n.Pprof != "" && !strings.HasPrefix(n.Pprof, "/") {
 				r.note("%s node %d: no heap profile: %s", f.Label, n.Node, n.Pprof)

@@ -114,7 +114,7 @@ type worker struct {
 	out   *bufio.Writer
 	cmds  chan string
 
-	started, inflight, up, nfail, drop  int
+	started, inflight, up, nfail, drop int
 	hbSent, hbOK, hbFail               uint64
 	sent, skipped, acked, ackErr, recv uint64
 	verChecked, verMissing, verPages   uint64
