@@ -152,14 +152,12 @@ func TestUnavailableAndRecovery(t *testing.T) {
 }
 
 func BenchmarkSave(b *testing.B) {
-	b.SetParallelism(32)
 	storetest.BenchmarkSave(b, open(b, testenv.Postgres(b), postgres.Options{}))
 }
 
 // BenchmarkSaveUnbatched is the baseline: one statement, one commit per
 // message, with as many concurrent writers as there are callers.
 func BenchmarkSaveUnbatched(b *testing.B) {
-	b.SetParallelism(32)
 	s := open(b, testenv.Postgres(b), postgres.Options{MaxConns: 80,
 		Batch: store.BatchConfig{MaxBatch: 1, Flushers: 64}})
 	storetest.BenchmarkSave(b, s)
