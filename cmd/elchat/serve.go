@@ -19,6 +19,7 @@ import (
 	"github.com/elchat/elchat/pkg/auth"
 	"github.com/elchat/elchat/pkg/demo"
 	"github.com/elchat/elchat/pkg/metrics"
+	"github.com/elchat/elchat/pkg/redisbus"
 	"github.com/elchat/elchat/pkg/hub"
 	"github.com/elchat/elchat/pkg/server"
 	"github.com/elchat/elchat/pkg/store"
@@ -128,7 +129,7 @@ func serve(args []string, stderr io.Writer) error {
 	}
 	defer st.Close()
 
-	h := hub.New(hub.Config{
+	hcfg := hub.Config{
 		Store:        st,
 		Metrics:      m,
 		Logger:       log,
@@ -136,10 +137,34 @@ func serve(args []string, stderr io.Writer) error {
 		MaxBodyBytes: cfg.maxBody,
 		PushRate:     cfg.pushRate,
 		PushBurst:    cfg.pushBurst,
-	})
+	}
+	var bus *redisbus.Bus
+	if cfg.redisURL != "" {
+		bus, err = redisbus.New(ctx, redisbus.Options{
+			URL: cfg.redisURL, Prefix: cfg.redisPrefix, NodeID: cfg.nodeID,
+			PresenceTTL: cfg.presenceTTL, Logger: log,
+		})
+		if err != nil {
+			return fmt.Errorf("redis: %w", err)
+		}
+		// Close after the drain: it withdraws this node's presence at once
+		// instead of leaving it to expire.
+		defer bus.Close()
+		hcfg.Bus, hcfg.Presence = bus, bus.Presence()
+	} else if cfg.cablePrefix != "" {
+		return errors.New("--actioncable-prefix needs --redis-url")
+	}
+	h := hub.New(hcfg)
 	hubCtx, stopHub := context.WithCancel(context.Background())
 	defer stopHub()
 	go h.Run(hubCtx) //nolint:errcheck // ends with hubCtx
+	if bus != nil && cfg.cablePrefix != "" {
+		go func() {
+			if err := bus.ListenActionCable(hubCtx, cfg.cablePrefix, nil); err != nil && hubCtx.Err() == nil {
+				log.Error("action cable listener stopped", "err", err)
+			}
+		}()
+	}
 
 	engine, err := transport.New(cfg.transport, transport.Options{
 		Workers:        cfg.workers,
@@ -207,6 +232,12 @@ func serve(args []string, stderr io.Writer) error {
 		if err := st.Ping(pctx); err != nil {
 			http.Error(w, "store: "+err.Error(), http.StatusServiceUnavailable)
 			return
+		}
+		if bus != nil {
+			if err := bus.Ready(); err != nil {
+				http.Error(w, "redis: "+err.Error(), http.StatusServiceUnavailable)
+				return
+			}
 		}
 		io.WriteString(w, "ready\n") //nolint:errcheck
 	})

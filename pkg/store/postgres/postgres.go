@@ -161,6 +161,9 @@ WHERE (user_id, client_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))`
 // flush is the batcher's FlushFunc. The INSERT is one statement and so one
 // transaction; the follow-up SELECT only reads rows that are already
 // committed (ON CONFLICT waited for them), so it needs no transaction.
+// insertLockKey names the advisory lock that orders message inserts.
+const insertLockKey int64 = 0x656c63686174 // "elchat"
+
 func (s *Store) flush(ctx context.Context, batch []store.NewMessage) ([]store.SaveResult, error) {
 	n := len(batch)
 	rooms, users, opps, bodies, cids := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
@@ -171,11 +174,23 @@ func (s *Store) flush(ctx context.Context, batch []store.NewMessage) ([]store.Sa
 	out := make([]store.SaveResult, n)
 	done := make([]bool, n)
 	err := retry(ctx, func() error {
-		rows, err := s.pool.Query(ctx, insertSQL, rooms, users, opps, bodies, cids)
+		// Ids must become visible in id order, or a reader catching up with
+		// Since(after) could pass over a lower id that commits later (two
+		// flushers, or two nodes). The transaction-scoped advisory lock makes
+		// id allocation and commit one critical section cluster-wide; group
+		// commit keeps that to one short section per batch.
+		tx, err := s.pool.Begin(ctx)
 		if err != nil {
 			return err
 		}
-		defer rows.Close()
+		defer tx.Rollback(context.Background()) //nolint:errcheck // no-op after Commit
+		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", insertLockKey); err != nil {
+			return err
+		}
+		rows, err := tx.Query(ctx, insertSQL, rooms, users, opps, bodies, cids)
+		if err != nil {
+			return err
+		}
 		for rows.Next() {
 			var (
 				ord    int64
@@ -193,7 +208,11 @@ func (s *Store) flush(ctx context.Context, batch []store.NewMessage) ([]store.Sa
 			}}
 			done[i] = true
 		}
-		return rows.Err()
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		return tx.Commit(ctx)
 	})
 	// The flush context is the batcher's own timeout, not a caller's: its
 	// expiry means the database is too slow, so it must not be reported as
