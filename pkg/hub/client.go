@@ -21,11 +21,11 @@ import (
 // Close codes. 1000 tells phoenix.js to stay away; every other code makes it
 // reconnect, which is what restarts and kicks want.
 const (
-	CloseNormal        = 1000
-	CloseGoingAway     = 1001
-	CloseUnsupported   = 1003
-	CloseInvalidData   = 1007
-	ClosePolicy        = 1008
+	CloseNormal         = 1000
+	CloseGoingAway      = 1001
+	CloseUnsupported    = 1003
+	CloseInvalidData    = 1007
+	ClosePolicy         = 1008
 	CloseServiceRestart = 1012
 )
 

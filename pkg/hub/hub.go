@@ -206,6 +206,14 @@ func (h *Hub) Broadcast(topic, event string, payload []byte) {
 	h.broadcast(topic, event, payload, nil)
 }
 
+// BroadcastLocal sends event to the subscribers of topic on this node
+// only. It serves messages every node receives anyway, such as host-app
+// publishes read from Redis by each node.
+func (h *Hub) BroadcastLocal(topic, event string, payload []byte) {
+	buf := transport.Begin(make([]byte, 0, transport.MaxHeaderSize+len(topic)+len(event)+len(payload)+24))
+	h.deliverLocal(topic, transport.Finish(phx.AppendBroadcast(buf, topic, event, payload)), nil)
+}
+
 func (h *Hub) broadcast(topic, event string, payload []byte, except *Client) {
 	buf := transport.Begin(make([]byte, 0, transport.MaxHeaderSize+len(topic)+len(event)+len(payload)+24))
 	frame := transport.Finish(phx.AppendBroadcast(buf, topic, event, payload))

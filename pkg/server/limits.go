@@ -8,9 +8,9 @@ type Limits struct {
 	PerUser int // 0: unlimited
 	PerIP   int // 0: unlimited
 
-	mu     sync.Mutex
-	users  map[string]int // guarded by mu
-	ips    map[string]int // guarded by mu
+	mu    sync.Mutex
+	users map[string]int // guarded by mu
+	ips   map[string]int // guarded by mu
 }
 
 func (l *Limits) acquire(user, ip string) (release func(), reason string) {

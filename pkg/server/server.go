@@ -45,8 +45,8 @@ type Config struct {
 	// backs off and retries) instead of starving live traffic. 0: no cap.
 	UpgradeRate  float64
 	UpgradeBurst int
-	Logger           *slog.Logger
-	Metrics          Metrics // nil: none
+	Logger       *slog.Logger
+	Metrics      Metrics // nil: none
 }
 
 // Metrics receives handshake outcomes.
@@ -308,7 +308,7 @@ type session struct {
 	release  func()
 	expiries *expiries
 	upgrades *rate.Limiter // nil: unlimited
-	slot     int64 // the expiry slot holding conn
+	slot     int64         // the expiry slot holding conn
 }
 
 func (s *session) Closed() {
