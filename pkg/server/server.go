@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -94,7 +95,16 @@ func New(cfg Config) *Server {
 	if h == nil {
 		h = http.NotFoundHandler()
 	}
-	s := &Server{cfg: cfg, slots: make(chan struct{}, cfg.MaxHandshakes), httpL: newChanListener(), expiries: newExpiries()}
+	var s *Server
+	inner := h
+	h = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == SocketPath {
+			s.ServeHTTP(w, r)
+			return
+		}
+		inner.ServeHTTP(w, r)
+	})
+	s = &Server{cfg: cfg, slots: make(chan struct{}, cfg.MaxHandshakes), httpL: newChanListener(), expiries: newExpiries()}
 	if cfg.UpgradeRate > 0 {
 		s.upgrades = rate.NewLimiter(rate.Limit(cfg.UpgradeRate), max(cfg.UpgradeBurst, 1))
 	}
@@ -218,7 +228,7 @@ func (s *Server) upgrade(nc net.Conn, br *bufio.Reader) {
 		OnHost:         hs.onHost,
 		ProtocolCustom: hs.protocols,
 		OnBeforeUpgrade: func() (ws.HandshakeHeader, error) {
-			reason, status := s.authorize(&hs, nc, &claims, &release)
+			reason, status := s.authorize(&hs, remoteIP(nc), &claims, &release)
 			if reason != "" {
 				s.cfg.Metrics.HandshakeRejected(reason)
 				s.cfg.Logger.Debug("handshake rejected", "reason", reason, "remote", nc.RemoteAddr().String())
@@ -248,7 +258,12 @@ func (s *Server) upgrade(nc net.Conn, br *bufio.Reader) {
 		return
 	}
 	_ = nc.SetDeadline(time.Time{})
-	_, err = s.cfg.Engine.Add(nc, func(c *transport.Conn) transport.Session {
+	s.attach(nc, claims, release)
+}
+
+// attach hands an upgraded connection to the engine and the hub.
+func (s *Server) attach(nc net.Conn, claims auth.Claims, release func()) {
+	_, err := s.cfg.Engine.Add(nc, func(c *transport.Conn) transport.Session {
 		cl := s.cfg.Hub.Connect(c, claims.UserID, claims.Name)
 		return &session{Client: cl, release: release, conn: c, expiries: s.expiries,
 			slot: s.expiries.add(c, claims.ExpiresAt)}
@@ -264,9 +279,50 @@ func (s *Server) upgrade(nc net.Conn, br *bufio.Reader) {
 	s.cfg.Metrics.Connected()
 }
 
+// ServeHTTP upgrades a socket request that reached net/http: one sent on a
+// kept-alive connection after a plain request (proxies with upstream
+// keepalive pools do this). It costs net/http's buffers during the
+// handshake only; the socket then lives on the engine like any other.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	hs := handshake{host: r.Host}
+	hs.onRequest([]byte(r.URL.RequestURI())) //nolint:errcheck // never fails
+	if o := r.Header.Get("Origin"); o != "" {
+		hs.origin, hs.hasOrig = o, true
+	}
+	hs.protocols([]byte(strings.Join(r.Header.Values("Sec-WebSocket-Protocol"), ",")))
+	var claims auth.Claims
+	var release func()
+	if reason, status := s.authorize(&hs, remoteIPOf(r.RemoteAddr), &claims, &release); reason != "" {
+		s.cfg.Metrics.HandshakeRejected(reason)
+		http.Error(w, reason, status)
+		return
+	}
+	u := ws.HTTPUpgrader{Protocol: func(p string) bool { return p == "phoenix" }}
+	nc, rw, _, err := u.Upgrade(r, w)
+	if err != nil {
+		if release != nil {
+			release()
+		}
+		return
+	}
+	// The engine needs the bare TCP connection (epoll polls its fd), and
+	// nothing may be left unread in the buffers we drop here.
+	if pc, ok := nc.(*peekedConn); ok && pc.r.Buffered() == 0 && rw.Reader.Buffered() == 0 {
+		nc = pc.Conn
+	} else if rw.Reader.Buffered() > 0 {
+		if release != nil {
+			release()
+		}
+		nc.Close()
+		return
+	}
+	_ = nc.SetDeadline(time.Time{})
+	s.attach(nc, claims, release)
+}
+
 // authorize applies the handshake rules; it returns a rejection reason and
 // HTTP status, or "" to accept.
-func (s *Server) authorize(hs *handshake, nc net.Conn, claims *auth.Claims, release *func()) (string, int) {
+func (s *Server) authorize(hs *handshake, ip string, claims *auth.Claims, release *func()) (string, int) {
 	if s.draining.Load() {
 		return "draining", http.StatusServiceUnavailable
 	}
@@ -292,7 +348,7 @@ func (s *Server) authorize(hs *handshake, nc net.Conn, claims *auth.Claims, rele
 	}
 	*claims = c
 	if s.cfg.Limits != nil {
-		r, reason := s.cfg.Limits.acquire(c.UserID, remoteIP(nc))
+		r, reason := s.cfg.Limits.acquire(c.UserID, ip)
 		if reason != "" {
 			return reason, http.StatusTooManyRequests
 		}
@@ -367,6 +423,13 @@ func remoteIP(nc net.Conn) string {
 	if a, ok := nc.RemoteAddr().(*net.TCPAddr); ok {
 		return a.IP.String()
 	}
-	host, _, _ := net.SplitHostPort(nc.RemoteAddr().String())
+	return remoteIPOf(nc.RemoteAddr().String())
+}
+
+func remoteIPOf(addr string) string {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
 	return host
 }
