@@ -191,7 +191,7 @@ func (f *fleet) progress() {
 // second it prints progress and calls tick.
 func (f *fleet) wait(kind string, d time.Duration, tick func()) bool {
 	end := time.Now().Add(d)
-	lastP := time.Time{}
+	lastP, lastTick := time.Time{}, time.Time{}
 	interval := time.Second
 	if !f.tty {
 		interval = 5 * time.Second
@@ -218,9 +218,10 @@ func (f *fleet) wait(kind string, d time.Duration, tick func()) bool {
 		if time.Since(lastP) >= interval {
 			lastP = time.Now()
 			f.progress()
-			if tick != nil {
-				tick()
-			}
+		}
+		if tick != nil && time.Since(lastTick) >= time.Second {
+			lastTick = time.Now()
+			tick()
 		}
 		if all && kind != "" {
 			f.progress()
@@ -264,4 +265,32 @@ func (a agg) reasonText() string {
 		parts = append(parts, fmt.Sprintf("%s ×%d", k, a.reasons[k]))
 	}
 	return strings.Join(parts, "; ")
+}
+
+// cpuTicks sums utime+stime of the worker processes.
+func (f *fleet) cpuTicks() int64 {
+	var t int64
+	for _, w := range f.ws {
+		if v := cpuTicks(w.cmd.Process.Pid); v > 0 {
+			t += v
+		}
+	}
+	return t
+}
+
+// boxTicks is the busy time of all CPUs (/proc/stat), in ticks.
+func boxTicks() int64 {
+	b, _ := os.ReadFile("/proc/stat")
+	l := strings.SplitN(string(b), "\n", 2)[0]
+	f := strings.Fields(l)
+	var t int64
+	for k, v := range f[1:] {
+		if k == 3 || k == 4 { // idle, iowait
+			continue
+		}
+		var x int64
+		fmt.Sscan(v, &x)
+		t += x
+	}
+	return t
 }

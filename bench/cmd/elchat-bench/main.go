@@ -264,25 +264,30 @@ func writeResults(o *opts, r *result) (string, error) {
 		return "", err
 	}
 	raw := map[string]any{"server": o.serverInfo, "scenario": r.Scenario, "command": o.args, "machine": mach, "sections": r.Sections, "notes": r.Notes, "data": r.Raw}
-	jb, _ := json.MarshalIndent(raw, "", "  ")
+	jb, err := json.MarshalIndent(raw, "", "  ")
+	if err != nil {
+		jb = []byte(fmt.Sprintf("{\"error\": %q}", err.Error()))
+	}
 	return dir, os.WriteFile(filepath.Join(dir, "figures.json"), jb, 0o644)
 }
 
+const naVal = -1
+
 func f1(v float64) string {
-	if math.IsNaN(v) || math.IsInf(v, 0) {
+	if v == naVal || math.IsNaN(v) || math.IsInf(v, 0) {
 		return "n/a"
 	}
 	return fmt.Sprintf("%.1f", v)
 }
 func f2(v float64) string {
-	if math.IsNaN(v) || math.IsInf(v, 0) {
+	if v == naVal || math.IsNaN(v) || math.IsInf(v, 0) {
 		return "n/a"
 	}
 	return fmt.Sprintf("%.2f", v)
 }
 
 func ratio(a, b float64) string {
-	if b == 0 || math.IsNaN(a) || math.IsNaN(b) {
+	if b == 0 || a == naVal || b == naVal || math.IsNaN(a) || math.IsNaN(b) {
 		return "n/a"
 	}
 	return fmt.Sprintf("%.2f×", a/b)

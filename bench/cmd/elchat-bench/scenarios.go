@@ -81,6 +81,8 @@ type chatFig struct {
 	HBFail     uint64         `json:"hb_unanswered"`
 	CPUPerMsg  []float64      `json:"server_cpu_us_per_msg_per_node"`
 	CPUPct     []float64      `json:"server_cpu_pct_per_node"`
+	GenCPUPct  float64        `json:"generator_cpu_pct"`
+	OtherCPU   float64        `json:"box_cpu_pct_other"`
 	Reasons    map[string]int `json:"failure_reasons"`
 	e2eH, ackH *hist
 }
@@ -212,7 +214,7 @@ func runConnect(o *opts, ns []*node, n int, label, transport string) (*connectFi
 			} else {
 				nf.Pprof = pp
 			}
-			if g := goroutines(nd.paddr); g >= 0 && math.IsNaN(nf.GoroutinesPerConn) {
+			if g := goroutines(nd.paddr); g >= 0 && nf.GoroutinesPerConn == naVal {
 				nf.GoroutinesPerConn = (g - nf.goroutines0) / c
 			}
 		}
@@ -250,7 +252,9 @@ func cpuProfile(o *opts, ns []*node, label string, d time.Duration) chan struct{
 	return done
 }
 
-func nan() float64 { var z float64; return z / z }
+// nan marks a figure that could not be measured (JSON cannot carry NaN);
+// f1/f2 print it as "n/a".
+func nan() float64 { return naVal }
 
 func runChat(o *opts, ns []*node, pairs int, label, transport string) (*chatFig, error) {
 	t0 := time.Now()
@@ -267,11 +271,14 @@ func runChat(o *opts, ns []*node, pairs int, label, transport string) (*chatFig,
 	for i, nd := range ns {
 		before[i] = takeSample(nd, t0)
 	}
+	gen0, box0 := f.cpuTicks(), boxTicks()
 	goAt := time.Now()
 	profDone := cpuProfile(o, ns, label+"-chat", o.duration)
 	f.send("go")
 	f.wait("sent", o.duration+time.Minute, nil)
 	fig.WindowS = time.Since(goAt).Seconds()
+	fig.GenCPUPct = float64(f.cpuTicks()-gen0) / fig.WindowS
+	boxPct := float64(boxTicks()-box0) / fig.WindowS
 	<-profDone
 	a := f.aggregate()
 	for i, nd := range ns {
@@ -279,6 +286,10 @@ func runChat(o *opts, ns []*node, pairs int, label, transport string) (*chatFig,
 		us := float64(after.CPUTicks-before[i].CPUTicks) * 1e4
 		fig.CPUPct = append(fig.CPUPct, us/1e6/fig.WindowS*100)
 		fig.CPUPerMsg = append(fig.CPUPerMsg, us/float64(max(a.Acked, 1)))
+	}
+	fig.OtherCPU = boxPct - fig.GenCPUPct
+	for _, v := range fig.CPUPct {
+		fig.OtherCPU -= v
 	}
 	if !o.noVerify {
 		f.send("verify")
@@ -400,6 +411,9 @@ func chatRows(figs []*chatFig) [][]string {
 		}
 		return strings.Join(s, ", ")
 	})
+	add("generator CPU % / rest of the box (PostgreSQL, Redis, colleagues) CPU %", func(f *chatFig) string {
+		return f1(f.GenCPUPct) + " / " + f1(f.OtherCPU)
+	})
 	return rows
 }
 
@@ -441,7 +455,7 @@ func addNotes(r *result, o *opts, figs []*connectFig) {
 			if n.After.Metrics == nil {
 				r.note("%s node %d: /metrics not served (404 or error): goroutines per connection n/a; Go heap per connection is the live heap after the last GC from GODEBUG=gctrace=1 (MB resolution)", f.Label, n.Node)
 			}
-			if n.Pprof != "" && !strings.HasPrefix(n.Pprof, "/") {
+			if n.Pprof != "" && !strings.HasSuffix(n.Pprof, ".pprof") {
 				r.note("%s node %d: no heap profile: %s", f.Label, n.Node, n.Pprof)
 			}
 			if n.Smaps != nil {

@@ -440,23 +440,86 @@ func unq(r json.RawMessage) string {
 	return ""
 }
 
+// fastFrame splits a server V2 frame without a JSON decoder: the first four
+// elements are null or escape-free strings (refs, topics and event names the
+// server writes), the payload is the rest. ok is false for anything else,
+// which then goes through encoding/json.
+func fastFrame(d []byte) (f [4][]byte, payload []byte, ok bool) {
+	if len(d) < 2 || d[0] != '[' || d[len(d)-1] != ']' {
+		return f, nil, false
+	}
+	p := 1
+	for k := 0; k < 4; k++ {
+		switch {
+		case bytes.HasPrefix(d[p:], []byte("null")):
+			p += 4
+		case p < len(d) && d[p] == '"':
+			e := bytes.IndexByte(d[p+1:], '"')
+			if e < 0 {
+				return f, nil, false
+			}
+			f[k] = d[p+1 : p+1+e]
+			if bytes.IndexByte(f[k], '\\') >= 0 {
+				return f, nil, false
+			}
+			p += e + 2
+		default:
+			return f, nil, false
+		}
+		if p >= len(d) || d[p] != ',' {
+			return f, nil, false
+		}
+		p++
+	}
+	return f, d[p : len(d)-1], true
+}
+
+// field returns the raw value after "key": in a JSON object (first match;
+// good enough for the flat shapes the server sends).
+func field(obj []byte, key string) []byte {
+	i := bytes.Index(obj, []byte(`"`+key+`":`))
+	if i < 0 {
+		return nil
+	}
+	v := obj[i+len(key)+3:]
+	if len(v) > 0 && v[0] == '"' {
+		e := bytes.IndexByte(v[1:], '"')
+		if e < 0 {
+			return nil
+		}
+		return v[1 : 1+e]
+	}
+	e := bytes.IndexAny(v, ",}]")
+	if e < 0 {
+		return v
+	}
+	return v[:e]
+}
+
 func (w *worker) text(i int, c *conn, data []byte) {
-	var f []json.RawMessage
-	if err := json.Unmarshal(data, &f); err != nil || len(f) < 5 {
-		w.reason("bad frame")
-		return
+	hdr, payload, ok := fastFrame(data)
+	if !ok {
+		var f []json.RawMessage
+		if err := json.Unmarshal(data, &f); err != nil || len(f) < 5 {
+			w.reason("bad frame")
+			return
+		}
+		for k := 0; k < 4; k++ {
+			hdr[k] = []byte(unq(f[k]))
+		}
+		payload = f[4]
 	}
 	now := w.now()
-	ref, event := unq(f[1]), unq(f[3])
+	ref, event := hdr[1], string(hdr[3])
 	switch event {
 	case "phx_reply":
-		var rep struct {
-			Status   string          `json:"status"`
-			Response json.RawMessage `json:"response"`
-		}
-		json.Unmarshal(f[4], &rep)
-		if ref == "" {
+		if len(ref) == 0 {
 			return
+		}
+		status := string(field(payload, "status"))
+		resp := payload
+		if k := bytes.Index(payload, []byte(`"response":`)); k >= 0 {
+			resp = payload[k+11 : len(payload)-1]
 		}
 		switch ref[0] {
 		case 'h':
@@ -466,8 +529,8 @@ func (w *worker) text(i int, c *conn, data []byte) {
 			}
 			w.hbOK++
 		case 'L':
-			if rep.Status != "ok" {
-				w.fail(c, "lobby join: "+rep.Status+" "+string(rep.Response))
+			if status != "ok" {
+				w.fail(c, "lobby join: "+status+" "+string(resp))
 				return
 			}
 			if w.cfg.Scenario == "chat" {
@@ -481,50 +544,43 @@ func (w *worker) text(i int, c *conn, data []byte) {
 			}
 			w.ready(c, now)
 		case 'C':
-			if rep.Status != "ok" {
-				w.fail(c, "chat join: "+rep.Status+" "+string(rep.Response))
+			if status != "ok" {
+				w.fail(c, "chat join: "+status+" "+string(resp))
 				return
 			}
 			w.ready(c, now)
 		case 'p':
-			seq, _ := strconv.Atoi(ref[1:])
-			if rep.Status != "ok" {
+			seq, _ := strconv.Atoi(string(ref[1:]))
+			if status != "ok" {
 				w.ackErr++
-				w.reason("push: " + rep.Status + " " + string(rep.Response))
+				w.reason("push: " + status + " " + string(resp))
 				return
 			}
-			var m struct {
-				ID int64 `json:"id"`
-			}
-			json.Unmarshal(rep.Response, &m)
+			id, _ := strconv.ParseInt(string(field(resp, "id")), 10, 64)
 			w.acked++
 			if seq >= 0 && seq < len(w.sendT) && w.sendT[seq] != 0 {
 				w.ackH.add(now - w.sendT[seq])
 			}
 			p := &w.pairs[i/2]
-			p.acked = append(p.acked, m.ID)
+			p.acked = append(p.acked, id)
 		case 'v':
-			w.verifyReply(i, rep.Status, rep.Response)
+			w.verifyReply(i, status, resp)
 		}
 	case "new_message":
-		var m struct {
-			UserID   string `json:"user_id"`
-			ClientID string `json:"client_id"`
-		}
-		json.Unmarshal(f[4], &m)
-		if m.UserID == strconv.FormatInt(c.user, 10) {
+		if string(field(payload, "user_id")) == strconv.FormatInt(c.user, 10) {
 			return // our own echo
 		}
 		w.recv++
+		cid := field(payload, "client_id")
 		pre := "w" + strconv.Itoa(w.cfg.ID) + "-"
-		if strings.HasPrefix(m.ClientID, pre) {
-			seq, err := strconv.Atoi(m.ClientID[len(pre):])
+		if bytes.HasPrefix(cid, []byte(pre)) {
+			seq, err := strconv.Atoi(string(cid[len(pre):]))
 			if err == nil && seq >= 0 && seq < len(w.sendT) && w.sendT[seq] != 0 {
 				w.e2eH.add(now - w.sendT[seq])
 			}
 		}
 	case "phx_error", "phx_close":
-		w.reason("server " + event + " on " + unq(f[2]))
+		w.reason("server " + event + " on " + string(hdr[2]))
 	}
 }
 
