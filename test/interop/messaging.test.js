@@ -55,7 +55,11 @@ serverTest("the recipient can reply: messages flow both ways", async (ctx) => {
   assert.ok(m2.id > m1.id, `ids must increase: ${m1.id} then ${m2.id}`);
 });
 
-serverTest("retrying new_message with the same client_id returns the same message and broadcasts once", async (ctx) => {
+// A retry is delivered again on purpose: the first attempt may have been
+// stored without ever being delivered (its ack timed out), so the retry is
+// the only chance to deliver it live. Every copy carries the same id, and
+// clients dedupe by id.
+serverTest("retrying new_message with the same client_id returns the same message, stored once", async (ctx) => {
   const { ca, bMsgs } = await pair(ctx);
   const first = await pushOk(ca, "new_message", { body: "once", client_id: "retry-1" });
   const second = await pushOk(ca, "new_message", { body: "once", client_id: "retry-1" });
@@ -63,7 +67,9 @@ serverTest("retrying new_message with the same client_id returns the same messag
   assert.equal(second.client_id, "retry-1");
   await bMsgs.waitFor((x) => x.client_id === "retry-1", "first broadcast");
   await sleep(QUIET_MS);
-  assert.equal(bMsgs.filter((x) => x.client_id === "retry-1").length, 1, `exactly one broadcast of a retried message: ${JSON.stringify(bMsgs.items)}`);
+  const copies = bMsgs.filter((x) => x.client_id === "retry-1");
+  assert.ok(copies.length >= 1 && copies.length <= 2, `one broadcast per attempt at most: ${JSON.stringify(bMsgs.items)}`);
+  assert.ok(copies.every((x) => x.id === first.id), `every copy has the stored id: ${JSON.stringify(copies)}`);
   // History holds one copy.
   const ctx2 = await ctx.connect(2);
   const hist = await joinOk(ctx2.channel(ROOM));
