@@ -263,13 +263,19 @@ func (s *Server) upgrade(nc net.Conn, br *bufio.Reader) {
 
 // attach hands an upgraded connection to the engine and the hub.
 func (s *Server) attach(nc net.Conn, claims auth.Claims, release func()) {
+	var sess *session
 	_, err := s.cfg.Engine.Add(nc, func(c *transport.Conn) transport.Session {
 		cl := s.cfg.Hub.Connect(c, claims.UserID, claims.Name)
-		return &session{Client: cl, release: release, conn: c, expiries: s.expiries,
+		sess = &session{Client: cl, release: release, conn: c, expiries: s.expiries,
 			slot: s.expiries.add(c, claims.ExpiresAt)}
+		return sess
 	})
 	if err != nil {
-		if release != nil {
+		// The engine never serves a connection it refused, so nothing will
+		// call Closed for it: undo the session here.
+		if sess != nil {
+			sess.Closed()
+		} else if release != nil {
 			release()
 		}
 		s.cfg.Logger.Warn("transport refused connection", "err", err)

@@ -1,0 +1,77 @@
+package hub
+
+import (
+	"fmt"
+	"testing"
+
+	"github.com/elchat/elchat/pkg/topic"
+)
+
+// discard is a Conn that drops frames: the benchmarks measure the hub, not
+// sockets.
+type discard struct{}
+
+func (discard) Send([]byte) error { return nil }
+func (discard) Close(int, string) {}
+
+var payload = []byte(`{"id":12345,"room":"chat:1:2","user_id":"1","opponent_id":"2","body":"hello there, how are you doing today?","client_id":"c-1","sent_at":"2026-11-27T10:00:00.123456Z","is_delivered":false}`)
+
+// BenchmarkBroadcast encodes a frame once and hands it to n local
+// subscribers: allocations must not grow with n.
+func BenchmarkBroadcast(b *testing.B) {
+	for _, n := range []int{1, 2, 100, 1000} {
+		b.Run(fmt.Sprintf("subscribers=%d", n), func(b *testing.B) {
+			h := New(Config{})
+			for i := range n {
+				h.subscribe("chat:1:2", &Client{hub: h, conn: discard{}, user: fmt.Sprint(i)})
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				h.Broadcast("chat:1:2", "new_message", payload)
+			}
+		})
+	}
+}
+
+// BenchmarkRoute is the path of a stored chat message from the sender to
+// the recipient (broadcast to the chat, presence check, lobby
+// notification when the recipient is elsewhere), the store excluded.
+func BenchmarkRoute(b *testing.B) {
+	for _, present := range []bool{true, false} {
+		b.Run(fmt.Sprintf("recipient_in_chat=%v", present), func(b *testing.B) {
+			h := New(Config{})
+			t, _ := topic.Parse("chat:1:2")
+			sender := &Client{hub: h, conn: discard{}, user: "1"}
+			recipient := &Client{hub: h, conn: discard{}, user: "2"}
+			h.subscribe("chat:1:2", sender)
+			h.subscribe("user:2", recipient)
+			if present {
+				h.subscribe("chat:1:2", recipient)
+				h.cfg.Presence.Track(b.Context(), "chat:1:2", "2", Meta{Ref: "r"}) //nolint:errcheck
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				h.deliver(t, "1", payload)
+			}
+		})
+	}
+}
+
+func BenchmarkPresenceDiff(b *testing.B) {
+	m := Meta{Ref: "GOviyct85Uyk0zNl", Name: "Alice", OnlineAt: 1795778232}
+	b.ReportAllocs()
+	for b.Loop() {
+		encodeDiff("1", m, true)
+	}
+}
+
+func BenchmarkPresenceState(b *testing.B) {
+	state := map[string][]Meta{
+		"1": {{Ref: "GOviyct85Uyk0zNl", Name: "Alice", OnlineAt: 1795778232}},
+		"2": {{Ref: "GOviyct85Uyk0zNm", Name: "Bob", OnlineAt: 1795778232}, {Ref: "GOviyct85Uyk0zNn", Name: "Bob", OnlineAt: 1795778233}},
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		encodeState(state)
+	}
+}
