@@ -1,0 +1,238 @@
+"use strict";
+// Faults under traffic, with real processes: kill -9 of a node behind nginx,
+// a Redis restart, a PostgreSQL stop. Every acknowledged message (ok reply)
+// must survive and reach the recipient (live or through last_id catch-up).
+const assert = require("node:assert/strict");
+const { clusterTest, joinOk, pushChannel, chatTopic, messageLog, presenceOf, waitUntil, httpStatus, sleep, NGINX, WAIT_MS } = require("./lib/env");
+
+const TTL_MS = 3000;
+const external = !!(process.env.ELCHAT_TEST_REDIS_URL || process.env.ELCHAT_TEST_DATABASE_URL);
+
+// steadySender pushes new_message on channel every intervalMs (one at a time,
+// like a user) until stop() and records every reply.
+function steadySender(channel, label, intervalMs = 100, maxCount = 3000) {
+  const s = { acked: new Map(), results: [], stopped: false, sent: 0 };
+  s.done = (async () => {
+    while (!s.stopped && s.sent < maxCount) {
+      const t0 = Date.now();
+      const cid = `${label}-${s.sent++}`;
+      const r = await pushChannel(channel, "new_message", { body: `${label} #${s.sent}`, client_id: cid }, 10000);
+      const rec = { cid, status: r.status, response: r.response, at: t0, took: Date.now() - t0 };
+      s.results.push(rec);
+      if (r.status === "ok") s.acked.set(r.response.id, r.response);
+      const wait = intervalMs - (Date.now() - t0);
+      if (wait > 0) await sleep(wait);
+    }
+  })();
+  s.stop = async () => {
+    s.stopped = true;
+    await s.done;
+  };
+  s.count = (status, since = 0) => s.results.filter((r) => r.status === status && r.at >= since).length;
+  return s;
+}
+
+// idsFrom collects message ids of a chat: live new_message events and every
+// (re)join reply of the channel.
+function trackIds(channel, log) {
+  const ids = new Set();
+  log.waiters.push(() => {
+    for (const m of log.items) ids.add(m.id);
+  });
+  channel.joinPush.receive("ok", (resp) => {
+    for (const m of (resp && resp.messages) || []) ids.add(m.id);
+    channel.rejoins = (channel.rejoins || 0) + 1;
+  });
+  return ids;
+}
+
+function missing(expected, got) {
+  return [...expected].filter((id) => !got.has(id)).sort((a, b) => a - b);
+}
+
+// historyIds reads the whole chat (last_id 0 catch-up) on a fresh socket.
+async function historyIds(c, node, user, room) {
+  const s = await c.connect(user, node);
+  const ch = s.channel(room, { last_id: 0 });
+  const r = await joinOk(ch);
+  assert.equal(r.has_more, false, "catch-up fits in one reply");
+  s.disconnect();
+  return new Set(r.messages.map((m) => m.id));
+}
+
+clusterTest(
+  "faults: kill -9 of a node under traffic: clients come back through nginx, catch up with last_id, ghost presence expires",
+  { nodes: 3, nginx: true, presenceTTL: "3s", timeout: 60000, skip: !NGINX && !process.env.CI && "nginx not installed" },
+  async (c) => {
+    const room = chatTopic(10, 11);
+    // The victim connects through nginx; find the node it landed on.
+    let maxSeen = 0;
+    const victim = await c.connect(11, "nginx", { name: "Victim" });
+    const vLobby = victim.channel("user:11");
+    await joinOk(vLobby);
+    const vChat = victim.channel(room, () => ({ last_id: maxSeen }));
+    const vLog = messageLog(vChat);
+    vChat.on("new_message", (m) => (maxSeen = Math.max(maxSeen, m.id)));
+    vChat.joinPush.receive("ok", (r) => {
+      for (const m of (r && r.messages) || []) maxSeen = Math.max(maxSeen, m.id);
+    });
+    await joinOk(vChat);
+    const vIds = trackIds(vChat, vLog);
+    const counts = await waitUntil(async () => {
+      const n = await c.clientsOn();
+      return n.filter((x) => x === 1).length === 1 ? n : null;
+    }, "the victim's node to show one client");
+    const vi = counts.indexOf(1);
+    const victimNode = c.nodes[vi];
+    const senderNode = c.nodes[(vi + 1) % 3];
+
+    const sender = await c.connect(10, senderNode, { name: "Sender" });
+    const sChat = sender.channel(room, {});
+    const sPres = presenceOf(sChat);
+    await joinOk(sChat);
+    const synced = await sPres.syncs.waitFor((l) => l.length === 2, "sender's Presence to list sender and victim", WAIT_MS);
+    const ghostRefs = synced.find((e) => e.id === "11").refs;
+    assert.equal(ghostRefs.length, 1);
+
+    const s = steadySender(sChat, "k9", 100);
+    await waitUntil(() => s.acked.size >= 10, "10 acked messages before the kill");
+    const killAt = Date.now();
+    await victimNode.stop("SIGKILL");
+
+    // The victim's socket drops, phoenix.js reconnects through nginx to a
+    // surviving node and rejoins the chat with last_id.
+    await victim.closes.waitFor((e) => e.at >= killAt, "victim socket to close", WAIT_MS);
+    await waitUntil(() => vChat.rejoins >= 2 && vChat.state === "joined", "victim to rejoin the chat on another node", 15000);
+    const rejoinedAt = Date.now();
+    const after = await c.clientsOn();
+    assert.equal(after[vi], null, "killed node is down");
+
+    // Ghost presence: the killed node's meta leaves the sender's Presence
+    // within the TTL (+1s heartbeat, +2s margin); the victim's new meta stays.
+    const leave = await sPres.leaves.waitFor((l) => l.id === "11" && l.refs.includes(ghostRefs[0]), "onLeave of the dead node's meta", TTL_MS + 1000 + 2000 + 3000);
+    const ghostMs = leave.at - killAt;
+    assert.ok(ghostMs <= TTL_MS + 1000 + 2000, `ghost presence lived ${ghostMs}ms > TTL ${TTL_MS}ms + 3s`);
+    const cur = await sPres.syncs.waitFor((l) => {
+      const v = l.find((e) => e.id === "11");
+      return v && !v.refs.includes(ghostRefs[0]) && v.refs.length >= 1;
+    }, "presence to list the victim's new meta only", WAIT_MS);
+    assert.ok(cur);
+
+    // Keep traffic going after the rejoin, then stop.
+    const n0 = s.acked.size;
+    await waitUntil(() => s.acked.size >= n0 + 10, "10 more acked messages after the rejoin", 10000);
+    await s.stop();
+    assert.equal(s.count("timeout"), 0, `no push timed out: ${JSON.stringify(s.results.filter((r) => r.status !== "ok"))}`);
+    const acked = new Set(s.acked.keys());
+    await waitUntil(() => missing(acked, vIds).length === 0, `victim to have every acked message (missing ${missing(acked, vIds).slice(0, 20)})`, 10000);
+
+    const hist = await historyIds(c, c.nodes[(vi + 2) % 3], 10, room);
+    assert.deepEqual(missing(acked, hist), [], "every acked message is in history");
+    assert.deepEqual(missing(hist, vIds), [], "victim saw every stored message (no gaps)");
+    process.stdout.write(`# kill -9: ${acked.size} acked, ghost presence gone after ${ghostMs}ms (TTL ${TTL_MS}ms), rejoin ${rejoinedAt - killAt}ms after kill\n`);
+  }
+);
+
+clusterTest(
+  "faults: Redis restart under traffic: /readyz 503 then 200, cross-node delivery resumes, last_id catch-up has every acked message",
+  { nodes: 2, presenceTTL: "3s", timeout: 60000, skip: external && "uses its own Redis" },
+  async (c) => {
+    const [A, B] = c.nodes;
+    const room = chatTopic(20, 21);
+    const sender = await c.connect(20, A);
+    const recv = await c.connect(21, B);
+    const sChat = sender.channel(room, {});
+    await joinOk(sChat);
+    const rChat = recv.channel(room, {});
+    const rLog = messageLog(rChat);
+    await joinOk(rChat);
+    const rIds = trackIds(rChat, rLog);
+    for (const n of [A, B]) assert.equal(await httpStatus(`${n.httpUrl}/readyz`), 200);
+
+    const s = steadySender(sChat, "rr", 100);
+    await waitUntil(() => rLog.items.length >= 5, "5 messages across nodes before the outage");
+    const lastBefore = Math.max(...rLog.items.map((m) => m.id));
+    const stopAt = Date.now();
+    await c.redis.stop("SIGKILL");
+    for (const n of [A, B]) await waitUntil(async () => (await httpStatus(`${n.httpUrl}/readyz`)) === 503, `node ${n.index} /readyz 503 while Redis is down`, 5000, 100);
+    await sleep(Math.max(0, 2000 - (Date.now() - stopAt)));
+    for (const n of [A, B]) assert.equal(await httpStatus(`${n.httpUrl}/readyz`), 503, `node ${n.index} still not ready during the outage`);
+    const outageAcked = s.count("ok", stopAt);
+    assert.ok(outageAcked >= 5, `PostgreSQL is up, so sends keep being acked during the Redis outage (${outageAcked})`);
+
+    await c.redis.restart();
+    const upAt = Date.now();
+    for (const n of [A, B]) await waitUntil(async () => (await httpStatus(`${n.httpUrl}/readyz`)) === 200, `node ${n.index} /readyz 200 after Redis is back`, 15000, 100);
+    const readyMs = Date.now() - upAt;
+    // Delivery resumes by itself: a message acked after recovery arrives live on B.
+    const maxAckedAtUp = Math.max(...s.acked.keys());
+    const resumed = await rLog.waitFor((m) => m.id > maxAckedAtUp, "live cross-node delivery to resume after the Redis restart", 15000);
+    const resumeMs = resumed._at ? Date.now() - upAt : null;
+    // Presence is re-asserted in the new (empty) Redis.
+    await waitUntil(async () => {
+      const out = await c.redis.rawCmd(["HLEN", `${c.prefix}presence:${room}`]);
+      return Number(out.trim()) === 2;
+    }, "both chat presences re-asserted in the restarted Redis", 10000, 100);
+
+    const n0 = s.acked.size;
+    await waitUntil(() => s.acked.size >= n0 + 5, "5 more acked messages", 10000);
+    await s.stop();
+    assert.equal(s.count("timeout") + s.count("error"), 0, `no push failed: ${JSON.stringify(s.results.filter((r) => r.status !== "ok"))}`);
+    const acked = new Set(s.acked.keys());
+    // Rejoin with the last id the client had when Redis went away.
+    const again = recv.channel(room, { last_id: lastBefore });
+    const resp = await joinOk(again);
+    for (const m of resp.messages) rIds.add(m.id);
+    await waitUntil(() => missing(acked, rIds).length === 0, `recipient to have every acked message after rejoin (missing ${missing(acked, rIds).slice(0, 20)})`, 5000);
+    const lostLive = missing(acked, new Set(rLog.items.map((m) => m.id))).length;
+    process.stdout.write(`# redis restart: ${acked.size} acked, ${lostLive} missed live (recovered by last_id), ready ${readyMs}ms after restart, live delivery back after ~${resumeMs}ms\n`);
+  }
+);
+
+clusterTest(
+  "faults: PostgreSQL stop under traffic: error replies (no timeouts), nothing acked lost, service resumes",
+  { nodes: 2, presenceTTL: "3s", timeout: 90000, skip: external && "uses its own PostgreSQL" },
+  async (c) => {
+    const [A, B] = c.nodes;
+    const room = chatTopic(30, 31);
+    const sender = await c.connect(30, A);
+    const recv = await c.connect(31, B);
+    const sChat = sender.channel(room, {});
+    await joinOk(sChat);
+    const rChat = recv.channel(room, {});
+    const rLog = messageLog(rChat);
+    await joinOk(rChat);
+
+    const s = steadySender(sChat, "pg", 100);
+    await waitUntil(() => s.acked.size >= 5, "5 acked messages before the outage");
+    const stopAt = Date.now();
+    await c.pg.stop("SIGINT");
+    const stoppedAt = Date.now();
+    await waitUntil(() => s.count("error", stoppedAt) >= 3, "3 error replies while PostgreSQL is down", 20000, 100);
+    assert.equal(await httpStatus(`${A.httpUrl}/readyz`), 503, "/readyz is 503 while the store is down");
+    const errs = s.results.filter((r) => r.status === "error");
+    for (const e of errs) assert.equal(e.response.reason, "store unavailable", JSON.stringify(e));
+    const slowest = Math.max(...errs.map((e) => e.took));
+
+    await c.pg.restart();
+    const upAt = Date.now();
+    await waitUntil(() => s.results.some((r) => r.status === "ok" && r.at >= upAt), "a message sent after PostgreSQL is back to be acked", 20000, 100);
+    const resumeMs = s.results.find((r) => r.status === "ok" && r.at >= upAt).at + s.results.find((r) => r.status === "ok" && r.at >= upAt).took - upAt;
+    const n0 = s.acked.size;
+    await waitUntil(() => s.acked.size >= n0 + 5, "5 more acked messages", 10000);
+    await s.stop();
+    assert.equal(s.count("timeout"), 0, `no push timed out: ${JSON.stringify(s.results.filter((r) => r.status === "timeout"))}`);
+    assert.equal(await httpStatus(`${A.httpUrl}/readyz`), 200);
+
+    const acked = new Set(s.acked.keys());
+    await waitUntil(() => missing(acked, new Set(rLog.items.map((m) => m.id))).length === 0, "recipient to get every acked message live", 5000);
+    const hist = await historyIds(c, B, 31, room);
+    assert.deepEqual(missing(acked, hist), [], "every acked message is in history");
+    // A failed send is not half-stored: history holds exactly the acked ones
+    // (each client_id was sent once).
+    assert.deepEqual(missing(hist, acked), [], "no message stored without an ack");
+    process.stdout.write(
+      `# postgres stop: ${acked.size} acked, ${errs.length} error replies (slowest ${slowest}ms, ${stoppedAt - stopAt}ms to stop), first ack ${resumeMs}ms after restart\n`
+    );
+  }
+);
