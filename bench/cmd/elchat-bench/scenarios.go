@@ -91,7 +91,7 @@ func (o *opts) deadline() time.Time { return o.started.Add(o.maxRun) }
 
 func (o *opts) spec(scn string, addrs []string, total int) fleetSpec {
 	return fleetSpec{scenario: scn, addrs: addrs, total: total, perWorker: o.perWorker, rate: o.rate, hb: o.hb,
-		hbTO: 10 * time.Second, connTO: o.connTO, msgRate: o.msgRate, duration: o.duration, bodySize: o.bodySize,
+		hbTO: o.hb, // phoenix.js closes the socket when a heartbeat is unanswered at the next one connTO: o.connTO, msgRate: o.msgRate, duration: o.duration, bodySize: o.bodySize,
 		deadline: o.deadline(), firstUser: 1, firstIPByte: 2}
 }
 
@@ -337,6 +337,9 @@ func connectRows(figs []*connectFig) [][]string {
 	add("connect+join latency p50 / p99 (ms)", func(f *connectFig) string { return f1(f.Conn.P50) + " / " + f1(f.Conn.P99) })
 	add("heartbeats answered / sent (unanswered)", func(f *connectFig) string {
 		return fmt.Sprintf("%d / %d (%d)", f.HBOK, f.HBSent, f.HBFail)
+	})
+	add("heartbeat reply latency p50 / p99 / max (ms)", func(f *connectFig) string {
+		return f1(f.HB.P50) + " / " + f1(f.HB.P99) + " / " + f1(f.HB.Max)
 	})
 	add("server RSS per connection, after ramp (KiB)", func(f *connectFig) string {
 		return f2(sum(f, func(n nodeFig) float64 { return n.RSSPerConnKiB }))
