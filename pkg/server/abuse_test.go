@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -474,6 +475,7 @@ func TestAbuseEarlyFrames(t *testing.T) {
 	n := phxtest.StartNode(t, phxtest.NodeOptions{DatabaseURL: db})
 	ref := newRefPair(t, n.Addr)
 	frame, _ := ws.CompileFrame(ws.MaskFrame(ws.NewTextFrame([]byte(`["1","1","user:bad-e","phx_join",{}]`))))
+	var bugs []string
 	for _, trailing := range [][]byte{frame, frame[:3], []byte("garbage")} {
 		badInputs.Add(1)
 		before := connects(t, n)
@@ -491,12 +493,12 @@ func TestAbuseEarlyFrames(t *testing.T) {
 				hbErr := c.Heartbeat(wait)
 				c.Close()
 				after := connects(t, n)
-				phxtest.KnownBug(t, "upgrade request followed by %d early bytes in the same TCP write: "+
+				bugs = append(bugs, fmt.Sprintf("upgrade request followed by %d early bytes in the same TCP write: "+
 					"expected close 1008 \"frame sent before the handshake completed\" and no session; "+
 					"got 101, no close (%v), the early bytes silently discarded (pushes %d), a session created "+
-					"(connects %v -> %v) that answers heartbeats (err %v). Cause: ws.Upgrader reads the request "+
-					"through its own pooled bufio.Reader, so server.upgrade's br.Buffered() check never sees them",
-					len(trailing), err, len(c.Pushes), before, after, hbErr)
+					"(connects %v -> %v) that answers heartbeats (err %v)",
+					len(trailing), err, len(c.Pushes), before, after, hbErr))
+				continue
 			}
 			c.Close()
 			if ce.Code != 1008 || ce.Reason == "" {
@@ -511,10 +513,15 @@ func TestAbuseEarlyFrames(t *testing.T) {
 			t.Fatalf("a session was created: connects %v -> %v", before, after)
 		}
 	}
+	ref.check()
+	if len(bugs) > 0 {
+		phxtest.KnownBug(t, "%s. Cause: ws.Upgrader reads the request through its own pooled bufio.Reader, "+
+			"so server.upgrade's br.Buffered() check never sees bytes that followed the request",
+			strings.Join(bugs, "; "))
+	}
 	if n.Hub.Clients() != 2 {
 		t.Fatalf("clients = %d, want 2", n.Hub.Clients())
 	}
-	ref.check()
 }
 
 // TestAbuseKeepAliveUpgrade: an upgrade on a kept-alive connection after a
