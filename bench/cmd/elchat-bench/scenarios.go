@@ -91,7 +91,8 @@ func (o *opts) deadline() time.Time { return o.started.Add(o.maxRun) }
 
 func (o *opts) spec(scn string, addrs []string, total int) fleetSpec {
 	return fleetSpec{scenario: scn, addrs: addrs, total: total, perWorker: o.perWorker, rate: o.rate, hb: o.hb,
-		hbTO: o.hb, // phoenix.js closes the socket when a heartbeat is unanswered at the next one connTO: o.connTO, msgRate: o.msgRate, duration: o.duration, bodySize: o.bodySize,
+		// phoenix.js closes the socket when a heartbeat is still unanswered at the next one
+		hbTO: o.hb, connTO: o.connTO, msgRate: o.msgRate, duration: o.duration, bodySize: o.bodySize,
 		deadline: o.deadline(), firstUser: 1, firstIPByte: 2}
 }
 

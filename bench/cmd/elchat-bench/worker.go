@@ -135,6 +135,13 @@ func runWorker() error {
 	if err := json.Unmarshal([]byte(os.Getenv("ELCHAT_BENCH_WORKER")), &cfg); err != nil {
 		return fmt.Errorf("worker config: %w", err)
 	}
+	// Guards: a zero timeout would fail every socket still in its handshake.
+	if cfg.ConnTimeout <= 0 {
+		cfg.ConnTimeout = 20 * time.Second
+	}
+	if cfg.HBTimeout <= 0 {
+		cfg.HBTimeout = cfg.HB
+	}
 	w := &worker{cfg: cfg, base: time.Now(), buf: make([]byte, 256<<10), reasons: map[string]int{},
 		out: bufio.NewWriterSize(os.Stdout, 64<<10), cmds: make(chan string, 8), mask: uint32(cfg.ID*7919 + 1)}
 	n := cfg.Count
