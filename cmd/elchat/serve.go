@@ -139,10 +139,19 @@ func serve(args []string, stderr io.Writer) error {
 		PushBurst:    cfg.pushBurst,
 	}
 	var bus *redisbus.Bus
+	var h *hub.Hub
 	if cfg.redisURL != "" {
 		bus, err = redisbus.New(ctx, redisbus.Options{
 			URL: cfg.redisURL, Prefix: cfg.redisPrefix, NodeID: cfg.nodeID,
 			PresenceTTL: cfg.presenceTTL, Logger: log,
+			// Frames published while Redis is away are lost; the hub makes
+			// clients rejoin afterwards and catch up from a watermark taken
+			// before the outage.
+			OnDown: func() { h.BusDown() },
+			OnRecover: func() {
+				n := h.BusUp(context.Background(), 2*time.Second, 5*time.Second)
+				log.Info("clients asked to rejoin after the redis outage", "topics", n)
+			},
 		})
 		if err != nil {
 			return fmt.Errorf("redis: %w", err)
@@ -154,10 +163,13 @@ func serve(args []string, stderr io.Writer) error {
 	} else if cfg.cablePrefix != "" {
 		return errors.New("--actioncable-prefix needs --redis-url")
 	}
-	h := hub.New(hcfg)
+	h = hub.New(hcfg)
 	hubCtx, stopHub := context.WithCancel(context.Background())
 	defer stopHub()
 	go h.Run(hubCtx) //nolint:errcheck // ends with hubCtx
+	if bus != nil {
+		go h.TrackWatermark(hubCtx, 5*time.Second)
+	}
 	if bus != nil && cfg.cablePrefix != "" {
 		go func() {
 			if err := bus.ListenActionCable(hubCtx, cfg.cablePrefix, nil); err != nil && hubCtx.Err() == nil {

@@ -232,7 +232,7 @@ func (c *Client) chatJoin(t topic.Topic, lastID *int64) ([]byte, error) {
 	var err error
 	if lastID != nil {
 		lim := c.hub.cfg.CatchUpLimit
-		msgs, err = c.hub.cfg.Store.Since(ctx, t.String(), *lastID, lim+1)
+		msgs, err = c.hub.cfg.Store.Since(ctx, t.String(), c.hub.catchUpFrom(*lastID), lim+1)
 		if len(msgs) > lim {
 			msgs, more = msgs[:lim], true
 		}

@@ -12,6 +12,7 @@ import (
 	"encoding/binary"
 	"hash/maphash"
 	"log/slog"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -86,6 +87,11 @@ type Hub struct {
 	refBase [4]byte       // immutable: random per node, keeps phx_refs unique across nodes
 	refSeq  atomic.Uint32 // counter part of phx_refs
 	clients atomic.Int64  // connected clients on this node
+
+	// Catch-up after lost fanout (see BusDown). All atomic.
+	safeID      atomic.Int64 // a store LastID sample at least one sampling period old
+	resyncFrom  atomic.Int64 // joins with a later last_id catch up from here instead
+	resyncUntil atomic.Int64 // unix nanoseconds; math.MaxInt64 while the bus is down
 
 	usersMu sync.Mutex
 	users   map[string]int // guarded by usersMu: connections per user on this node
@@ -204,6 +210,100 @@ func (h *Hub) deliverLocal(topic string, frame []byte, except *Client) int {
 // of topic on every node, encoding the frame once.
 func (h *Hub) Broadcast(topic, event string, payload []byte) {
 	h.broadcast(topic, event, payload, nil)
+}
+
+// TrackWatermark samples the store's last message id every period until
+// ctx ends. A node whose bus can lose frames runs it, so that BusDown knows
+// an id that every frame published before the outage is older than.
+func (h *Hub) TrackWatermark(ctx context.Context, period time.Duration) {
+	t := time.NewTicker(period)
+	defer t.Stop()
+	var prev int64
+	for {
+		c, cancel := h.ctx()
+		id, err := h.cfg.Store.LastID(c)
+		cancel()
+		if err == nil {
+			// Publish the previous sample: it is at least one period old, so
+			// messages up to it were published before any outage that
+			// starts now.
+			h.safeID.Store(prev)
+			prev = id
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// BusDown records that cross-node frames are being lost from about now:
+// until the resync after BusUp ends, a chat join whose last_id is newer
+// than the last safe watermark catches up from the watermark instead, so
+// a rejoin fills the gap even though the client saw later messages.
+func (h *Hub) BusDown() {
+	if h.resyncUntil.Swap(math.MaxInt64) == math.MaxInt64 {
+		return // already down
+	}
+	h.resyncFrom.Store(h.safeID.Load())
+}
+
+// BusUp ends an outage: after delay (other nodes reconnect too), every
+// local client is asked to rejoin (Resync over spread), and joins keep
+// catching up from the watermark for a while longer.
+func (h *Hub) BusUp(ctx context.Context, delay, spread time.Duration) int {
+	h.resyncUntil.Store(time.Now().Add(delay + spread + 2*time.Minute).UnixNano())
+	select {
+	case <-ctx.Done():
+		return 0
+	case <-time.After(delay):
+	}
+	return h.Resync(ctx, spread)
+}
+
+// catchUpFrom returns where a join asking for messages after lastID must
+// start: lastID itself, or the watermark while fanout may have lost frames.
+func (h *Hub) catchUpFrom(lastID int64) int64 {
+	if time.Now().UnixNano() < h.resyncUntil.Load() {
+		if from := h.resyncFrom.Load(); from < lastID {
+			return from
+		}
+	}
+	return lastID
+}
+
+// Resync makes every client of this node rejoin its channels, spread over
+// spread: each local topic gets a phx_error broadcast (null join_ref, so
+// phoenix.js applies it to the current join), and phoenix.js rejoins after
+// its rejoin backoff with its join params, whose last_id fetches whatever
+// the client missed. The node calls it when the bus may have lost frames.
+func (h *Hub) Resync(ctx context.Context, spread time.Duration) int {
+	var topics []string
+	for i := range h.shards {
+		s := &h.shards[i]
+		s.mu.RLock()
+		for t := range s.topics {
+			topics = append(topics, t)
+		}
+		s.mu.RUnlock()
+	}
+	const tick = 100 * time.Millisecond
+	batches := max(int(spread/tick), 1)
+	per := max((len(topics)+batches-1)/batches, 1)
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	for i, name := range topics {
+		if i > 0 && i%per == 0 {
+			select {
+			case <-ctx.Done():
+				return i
+			case <-t.C:
+			}
+		}
+		h.BroadcastLocal(name, "phx_error", []byte(`{"reason":"resync"}`))
+	}
+	return len(topics)
 }
 
 // BroadcastLocal sends event to the subscribers of topic on this node

@@ -449,3 +449,18 @@ func TestPushRateLimit(t *testing.T) {
 	ref := a.send("", "phoenix", "heartbeat", map[string]any{})
 	a.replyTo(ref, "ok")
 }
+
+func TestResyncAsksEveryChannelToRejoin(t *testing.T) {
+	e := newEnv(t)
+	a := e.connect("1")
+	a.join("user:1", nil)
+	a.join("chat:1:2", nil)
+	a.rec.take()
+	if n := e.hub.Resync(t.Context(), 0); n != 2 {
+		t.Fatalf("resync covered %d topics, want 2", n)
+	}
+	errs := events(a.rec.take(), "phx_error")
+	if len(errs) != 2 || errs[0].JoinRef != "" || errs[1].JoinRef != "" {
+		t.Fatalf("phx_error frames: %+v", errs)
+	}
+}

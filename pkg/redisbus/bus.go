@@ -36,6 +36,13 @@ type Options struct {
 	PublishQueue int
 	// Logger receives state changes (default slog.Default()).
 	Logger *slog.Logger
+	// OnRecover, when set, runs (on its own goroutine) each time Redis is
+	// reachable again after an outage. Frames published during the outage
+	// are lost, so the node uses it to make its clients rejoin and catch up.
+	OnRecover func()
+	// OnDown, when set, runs (on its own goroutine) each time Redis is
+	// found unreachable.
+	OnDown func()
 }
 
 // Errors returned by Publish. The hub counts and logs them; neither is
@@ -573,8 +580,14 @@ func (b *Bus) healthChanged(err error) {
 	if now {
 		b.log.Info("redis connection recovered")
 		b.pres.recovered()
+		if b.opts.OnRecover != nil {
+			go b.opts.OnRecover()
+		}
 	} else {
 		b.log.Warn("redis connection lost; publishing is dropped until it returns", "err", err)
+		if b.opts.OnDown != nil {
+			go b.opts.OnDown()
+		}
 	}
 }
 

@@ -63,6 +63,10 @@ type Store interface {
 	// Unread lists the rooms where userID has undelivered messages, newest
 	// activity first.
 	Unread(ctx context.Context, userID string) ([]UnreadChat, error)
+	// LastID returns the highest message id stored so far (0 when empty).
+	// A node notes it periodically so that after losing cluster fanout it
+	// knows from where clients must catch up.
+	LastID(ctx context.Context) (int64, error)
 	// Ping reports whether the database answers.
 	Ping(ctx context.Context) error
 	// Close flushes pending batches and releases the database.

@@ -389,6 +389,15 @@ func (s *Store) Unread(ctx context.Context, userID string) ([]store.UnreadChat, 
 	return out, nil
 }
 
+// LastID implements store.Store.
+func (s *Store) LastID(ctx context.Context) (int64, error) {
+	var id int64
+	if err := s.pool.QueryRow(ctx, `SELECT COALESCE(MAX(id), 0) FROM messages`).Scan(&id); err != nil {
+		return 0, classify(ctx, err)
+	}
+	return id, nil
+}
+
 // Ping implements store.Store.
 func (s *Store) Ping(ctx context.Context) error {
 	if err := s.pool.Ping(ctx); err != nil {

@@ -49,6 +49,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"ContextCancel", testContextCancel},
 		{"CloseThenSave", testCloseThenSave},
 		{"Ping", testPing},
+		{"LastID", testLastID},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -644,6 +645,24 @@ func testCloseThenSave(t *testing.T, s store.Store) {
 	}
 	if err := s.Close(); err != nil {
 		t.Errorf("second Close: %v", err)
+	}
+}
+
+func testLastID(t *testing.T, s store.Store) {
+	ctx := ctxT(t)
+	if id, err := s.LastID(ctx); err != nil || id != 0 {
+		t.Fatalf("LastID of an empty store = %d, %v; want 0", id, err)
+	}
+	var last int64
+	for i := range 3 {
+		m, _, err := s.Save(ctx, store.NewMessage{Room: "chat:1:2", UserID: "1", OpponentID: "2", Body: fmt.Sprint("m", i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = m.ID
+	}
+	if id, err := s.LastID(ctx); err != nil || id != last {
+		t.Fatalf("LastID = %d, %v; want %d", id, err, last)
 	}
 }
 
