@@ -392,6 +392,8 @@ func (h *Hub) validateBody(body string) string {
 		return fmt.Sprintf("body longer than %d bytes", h.cfg.MaxBodyBytes)
 	case !utf8.ValidString(body):
 		return "body is not valid UTF-8"
+	case strings.IndexByte(body, 0) >= 0:
+		return "body contains a NUL character"
 	}
 	return ""
 }

@@ -515,9 +515,7 @@ func TestAbuseEarlyFrames(t *testing.T) {
 	}
 	ref.check()
 	if len(bugs) > 0 {
-		phxtest.KnownBug(t, "%s. Cause: ws.Upgrader reads the request through its own pooled bufio.Reader, "+
-			"so server.upgrade's br.Buffered() check never sees bytes that followed the request",
-			strings.Join(bugs, "; "))
+		t.Fatal(strings.Join(bugs, "; "))
 	}
 	if n.Hub.Clients() != 2 {
 		t.Fatalf("clients = %d, want 2", n.Hub.Clients())

@@ -172,15 +172,21 @@ func (s *Server) Close(ctx context.Context) error {
 	return s.http.Shutdown(ctx)
 }
 
-var readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4096) }}
+// readerPool lends handshake buffers; a request's headers must fit (a
+// token in the query may take 8 KiB on its own).
+var readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 16<<10) }}
 
 func (s *Server) handle(nc net.Conn) {
 	defer func() { <-s.slots }()
 	_ = nc.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	br := readerPool.Get().(*bufio.Reader)
 	br.Reset(nc)
-	path, err := peekPath(br)
+	path, headLen, err := peekHead(br)
 	if err != nil {
+		if errors.Is(err, errHeadTooLarge) {
+			s.cfg.Metrics.HandshakeRejected("headers too large")
+			io.WriteString(nc, "HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n") //nolint:errcheck
+		}
 		br.Reset(nil)
 		readerPool.Put(br)
 		nc.Close()
@@ -192,33 +198,41 @@ func (s *Server) handle(nc net.Conn) {
 		s.httpL.push(&peekedConn{Conn: nc, r: br})
 		return
 	}
-	s.upgrade(nc, br)
+	s.upgrade(nc, br, headLen)
 }
 
-// peekPath returns the request target's path without consuming anything.
-func peekPath(br *bufio.Reader) (string, error) {
+var errHeadTooLarge = errors.New("request head too large")
+
+// peekHead returns the request target's path and the length of the request
+// head (request line and headers, up to the blank line) without consuming
+// anything, so the upgrader can be given exactly the head and whatever a
+// client sent after it is still in br.
+func peekHead(br *bufio.Reader) (path string, headLen int, err error) {
 	for n := 1; ; n = br.Buffered() + 1 {
 		if n > br.Size() {
-			return "", errors.New("request line too long")
+			return "", 0, errHeadTooLarge
 		}
 		if _, err := br.Peek(n); err != nil {
-			return "", err
+			return "", 0, err
 		}
 		// Look at everything buffered so far, not just the n bytes asked
 		// for: asking for more than the client sent would block.
 		b, _ := br.Peek(br.Buffered())
-		if i := bytes.IndexByte(b, '\n'); i >= 0 {
-			fields := bytes.Fields(b[:i])
-			if len(fields) < 2 {
-				return "", errors.New("malformed request line")
-			}
-			path, _, _ := bytes.Cut(fields[1], []byte{'?'})
-			return string(path), nil
+		end := bytes.Index(b, []byte("\r\n\r\n"))
+		if end < 0 {
+			continue
 		}
+		line, _, _ := bytes.Cut(b, []byte{'\n'})
+		fields := bytes.Fields(line)
+		if len(fields) < 2 {
+			return "", 0, errors.New("malformed request line")
+		}
+		p, _, _ := bytes.Cut(fields[1], []byte{'?'})
+		return string(p), end + 4, nil
 	}
 }
 
-func (s *Server) upgrade(nc net.Conn, br *bufio.Reader) {
+func (s *Server) upgrade(nc net.Conn, br *bufio.Reader, headLen int) {
 	var hs handshake
 	var claims auth.Claims
 	var release func()
@@ -237,10 +251,12 @@ func (s *Server) upgrade(nc net.Conn, br *bufio.Reader) {
 			return nil, nil
 		},
 	}
+	// The upgrader buffers what it reads: give it the head and nothing
+	// more, so bytes sent behind it stay in br where we can see them.
 	_, err := u.Upgrade(struct {
 		io.Reader
 		io.Writer
-	}{br, nc})
+	}{io.LimitReader(br, int64(headLen)), nc})
 	// Frames sent before the 101 arrived break the protocol; and a reader
 	// that still holds bytes cannot go back to the pool with them.
 	early := br.Buffered() > 0
