@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -137,7 +136,6 @@ func Connect(t testing.TB, addr, user string) *Client {
 	t.Cleanup(func() { c.Close() })
 	return c
 }
-
 
 // WaitFor polls cond every 20ms until it holds or timeout passes.
 func WaitFor(timeout time.Duration, cond func() bool) bool {
