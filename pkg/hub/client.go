@@ -52,16 +52,12 @@ type channel struct {
 	topic    topic.Topic
 	joinRef  string
 	metaRef  string // presence meta of this connection in the topic
-	lastSeen int64
 }
 
 // Connect registers an authenticated connection for user (display name
 // name) and returns the session the transport feeds its frames to.
 func (h *Hub) Connect(conn Conn, user, name string) *Client {
 	h.clients.Add(1)
-	h.usersMu.Lock()
-	h.users[user]++
-	h.usersMu.Unlock()
 	return &Client{hub: h, conn: conn, user: user, name: name}
 }
 
@@ -325,13 +321,6 @@ func (c *Client) Closed() {
 	}
 	h := c.hub
 	h.clients.Add(-1)
-	h.usersMu.Lock()
-	if h.users[c.user] <= 1 {
-		delete(h.users, c.user)
-	} else {
-		h.users[c.user]--
-	}
-	h.usersMu.Unlock()
 }
 
 func (c *Client) event(ch *channel, f phx.Frame) {

@@ -92,9 +92,6 @@ type Hub struct {
 	safeID      atomic.Int64 // a store LastID sample at least one sampling period old
 	resyncFrom  atomic.Int64 // joins with a later last_id catch up from here instead
 	resyncUntil atomic.Int64 // unix nanoseconds; math.MaxInt64 while the bus is down
-
-	usersMu sync.Mutex
-	users   map[string]int // guarded by usersMu: connections per user on this node
 }
 
 // shard holds the local subscribers of the topics that hash to it. Holding
@@ -108,7 +105,7 @@ type shard struct {
 // from other nodes.
 func New(cfg Config) *Hub {
 	cfg.setDefaults()
-	h := &Hub{cfg: cfg, seed: maphash.MakeSeed(), users: make(map[string]int)}
+	h := &Hub{cfg: cfg, seed: maphash.MakeSeed()}
 	for i := range h.shards {
 		h.shards[i].topics = make(map[string][]*Client)
 	}
@@ -128,13 +125,6 @@ func (h *Hub) Run(ctx context.Context) error {
 
 // Clients reports how many clients are connected to this node.
 func (h *Hub) Clients() int64 { return h.clients.Load() }
-
-// UserConnections reports how many connections user has on this node.
-func (h *Hub) UserConnections(user string) int {
-	h.usersMu.Lock()
-	defer h.usersMu.Unlock()
-	return h.users[user]
-}
 
 // Presence exposes the presence table (for the HTTP API).
 func (h *Hub) Presence() Presence { return h.cfg.Presence }

@@ -84,27 +84,45 @@ func (n *localNode) Run(ctx context.Context, deliver func(topic string, frame []
 
 // MemoryPresence is the in-process Presence. Share one value between hubs
 // to give them a common view, as a Redis-backed Presence does across nodes.
+//
+// Every connected user is tracked in their lobby, so a topic's entry is a
+// short slice rather than a map: one key (a lobby) or two (a chat) is the
+// common case, and idle memory per connection matters.
 type MemoryPresence struct {
 	mu     sync.RWMutex
-	topics map[string]map[string][]Meta // guarded by mu: topic → key → metas
+	topics map[string][]presenceKey // guarded by mu
+}
+
+type presenceKey struct {
+	key   string
+	metas []Meta
 }
 
 // NewMemoryPresence returns an empty presence table.
 func NewMemoryPresence() *MemoryPresence {
-	return &MemoryPresence{topics: make(map[string]map[string][]Meta)}
+	return &MemoryPresence{topics: make(map[string][]presenceKey)}
 }
 
 var _ Presence = (*MemoryPresence)(nil)
+
+func findKey(keys []presenceKey, key string) int {
+	for i := range keys {
+		if keys[i].key == key {
+			return i
+		}
+	}
+	return -1
+}
 
 func (p *MemoryPresence) Track(_ context.Context, topic, key string, meta Meta) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	keys := p.topics[topic]
-	if keys == nil {
-		keys = make(map[string][]Meta, 2)
-		p.topics[topic] = keys
+	if i := findKey(keys, key); i >= 0 {
+		keys[i].metas = append(keys[i].metas, meta)
+		return nil
 	}
-	keys[key] = append(keys[key], meta)
+	p.topics[topic] = append(keys, presenceKey{key: key, metas: []Meta{meta}})
 	return nil
 }
 
@@ -112,21 +130,27 @@ func (p *MemoryPresence) Untrack(_ context.Context, topic, key, ref string) erro
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	keys := p.topics[topic]
-	metas := keys[key]
-	for i, m := range metas {
+	i := findKey(keys, key)
+	if i < 0 {
+		return nil
+	}
+	metas := keys[i].metas
+	for j, m := range metas {
 		if m.Ref == ref {
-			metas = append(metas[:i:i], metas[i+1:]...)
+			metas = append(metas[:j:j], metas[j+1:]...)
 			break
 		}
 	}
-	if len(metas) == 0 {
-		delete(keys, key)
-		if len(keys) == 0 {
-			delete(p.topics, topic)
-		}
+	if len(metas) > 0 {
+		keys[i].metas = metas
 		return nil
 	}
-	keys[key] = metas
+	keys = append(keys[:i:i], keys[i+1:]...)
+	if len(keys) == 0 {
+		delete(p.topics, topic)
+	} else {
+		p.topics[topic] = keys
+	}
 	return nil
 }
 
@@ -135,8 +159,8 @@ func (p *MemoryPresence) List(_ context.Context, topic string) (map[string][]Met
 	defer p.mu.RUnlock()
 	keys := p.topics[topic]
 	out := make(map[string][]Meta, len(keys))
-	for k, metas := range keys {
-		out[k] = append([]Meta(nil), metas...)
+	for _, k := range keys {
+		out[k.key] = append([]Meta(nil), k.metas...)
 	}
 	return out, nil
 }
@@ -144,5 +168,5 @@ func (p *MemoryPresence) List(_ context.Context, topic string) (map[string][]Met
 func (p *MemoryPresence) Present(_ context.Context, topic, key string) (bool, error) {
 	p.mu.RLock()
 	defer p.mu.RUnlock()
-	return len(p.topics[topic][key]) > 0, nil
+	return findKey(p.topics[topic], key) >= 0, nil
 }

@@ -25,15 +25,25 @@ func (l *Limits) acquire(user, ip string) (release func(), reason string) {
 	if l.PerIP > 0 && l.ips[ip] >= l.PerIP {
 		return nil, "too many connections from address"
 	}
-	l.users[user]++
-	l.ips[ip]++
+	// Count only what is limited: an idle connection should not pay for
+	// map entries nobody reads.
+	if l.PerUser > 0 {
+		l.users[user]++
+	}
+	if l.PerIP > 0 {
+		l.ips[ip]++
+	}
 	var once sync.Once
 	return func() {
 		once.Do(func() {
 			l.mu.Lock()
 			defer l.mu.Unlock()
-			dec(l.users, user)
-			dec(l.ips, ip)
+			if l.PerUser > 0 {
+				dec(l.users, user)
+			}
+			if l.PerIP > 0 {
+				dec(l.ips, ip)
+			}
 		})
 	}, ""
 }
