@@ -48,10 +48,10 @@ type Client struct {
 }
 
 type channel struct {
-	name     string
-	topic    topic.Topic
-	joinRef  string
-	metaRef  string // presence meta of this connection in the topic
+	name    string
+	topic   topic.Topic
+	joinRef string
+	metaRef string // presence meta of this connection in the topic
 }
 
 // Connect registers an authenticated connection for user (display name
