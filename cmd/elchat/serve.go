@@ -143,7 +143,7 @@ func serve(args []string, stderr io.Writer) error {
 	if cfg.redisURL != "" {
 		bus, err = redisbus.New(ctx, redisbus.Options{
 			URL: cfg.redisURL, Prefix: cfg.redisPrefix, NodeID: cfg.nodeID,
-			PresenceTTL: cfg.presenceTTL, Logger: log,
+			PresenceTTL: cfg.presenceTTL, Logger: log, OnPublish: m.BusPublished,
 			// Frames published while Redis is away are lost; the hub makes
 			// clients rejoin afterwards and catch up from a watermark taken
 			// before the outage.
@@ -218,6 +218,11 @@ func serve(args []string, stderr io.Writer) error {
 	m.CounterFunc("elchat_ws_frames_out_total", "WebSocket frames written.", func() float64 { return float64(engine.Stats().FramesOut) })
 	m.CounterFunc("elchat_ws_bytes_in_total", "WebSocket bytes received.", func() float64 { return float64(engine.Stats().BytesIn) })
 	m.CounterFunc("elchat_ws_bytes_out_total", "WebSocket bytes written.", func() float64 { return float64(engine.Stats().BytesOut) })
+	if bus != nil {
+		m.CounterFunc("elchat_bus_published_total", "Frames published to Redis.", func() float64 { return float64(bus.Stats().Published) })
+		m.CounterFunc("elchat_bus_lost_total", "Frames dropped or failed on the way to Redis (outage or full queue).",
+			func() float64 { st := bus.Stats(); return float64(st.Dropped + st.Failed) })
+	}
 	mux.Handle("GET /metrics", m.Handler())
 	mux.Handle("/api/v1/", api.New(cfg.apiKey, h))
 	if cfg.dev {

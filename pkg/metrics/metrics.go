@@ -26,6 +26,8 @@ type Metrics struct {
 	rejected                       *prometheus.CounterVec
 	batchSize                      prometheus.Histogram
 	batchLatency                   prometheus.Histogram
+	busLag                         prometheus.Histogram
+	busBatch                       prometheus.Histogram
 }
 
 // New registers every ElChat metric plus the Go and process collectors.
@@ -67,6 +69,16 @@ func New() *Metrics {
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
 		}),
 	}
+	m.busLag = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "elchat_bus_publish_lag_seconds", Help: "Time from a broadcast being handed to the bus to Redis acknowledging its PUBLISH.",
+		Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
+	})
+	m.busBatch = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "elchat_bus_publish_batch_size", Help: "PUBLISHes per pipelined round trip to Redis.",
+		Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128, 256},
+	})
+	f(m.busLag)
+	f(m.busBatch)
 	f(joins)
 	f(m.messagesIn)
 	f(m.framesOut)
@@ -119,6 +131,13 @@ func (m *Metrics) Connected()      { m.connects.Inc() }
 // HandshakeRejected counts a refused upgrade. Reasons form a small fixed
 // set (see server.authorize), so the label stays bounded.
 func (m *Metrics) HandshakeRejected(reason string) { m.rejected.WithLabelValues(reason).Inc() }
+
+// BusPublished records one pipelined publish batch; pass it as the Redis
+// bus's OnPublish.
+func (m *Metrics) BusPublished(frames int, lag time.Duration) {
+	m.busBatch.Observe(float64(frames))
+	m.busLag.Observe(lag.Seconds())
+}
 
 // StoreBatch records one group commit; pass it as the store's observer.
 func (m *Metrics) StoreBatch(size int, d time.Duration) {

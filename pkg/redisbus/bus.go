@@ -40,6 +40,10 @@ type Options struct {
 	// reachable again after an outage. Frames published during the outage
 	// are lost, so the node uses it to make its clients rejoin and catch up.
 	OnRecover func()
+	// OnPublish, when set, is called after each pipelined batch of
+	// PUBLISHes with its size and the lag of its oldest frame (queueing plus
+	// the round trip). It runs on the publishing goroutine: keep it cheap.
+	OnPublish func(frames int, lag time.Duration)
 	// OnDown, when set, runs (on its own goroutine) each time Redis is
 	// found unreachable.
 	OnDown func()
@@ -116,6 +120,7 @@ type Bus struct {
 type pubItem struct {
 	channel string
 	msg     []byte
+	at      time.Time // when Publish queued it, for the lag observer
 }
 
 // New connects to Redis and starts the node: its pub/sub connection, its
@@ -228,7 +233,7 @@ func (b *Bus) Publish(topic string, frame []byte) error {
 	msg := make([]byte, 0, len(b.hdrFrame)+len(frame))
 	msg = append(append(msg, b.hdrFrame...), frame...)
 	select {
-	case b.pubq <- pubItem{b.chanPrefix + topic, msg}:
+	case b.pubq <- pubItem{b.chanPrefix + topic, msg, time.Now()}:
 		return nil
 	default:
 		b.stats.dropped.Add(1)
@@ -269,6 +274,9 @@ func (b *Bus) pubLoop() {
 		}
 		_, err := pipe.Exec(ctx)
 		cancel()
+		if err == nil && b.opts.OnPublish != nil {
+			b.opts.OnPublish(len(batch), time.Since(batch[0].at))
+		}
 		clear(batch) // let the frames go
 		if err != nil {
 			if b.ctx.Err() != nil {
