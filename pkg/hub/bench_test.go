@@ -51,7 +51,7 @@ func BenchmarkRoute(b *testing.B) {
 			}
 			b.ReportAllocs()
 			for b.Loop() {
-				h.deliver(t, "1", payload)
+				h.deliver(t, "1", payload, sender)
 			}
 		})
 	}

@@ -73,10 +73,20 @@ func (c *Client) find(name string) int {
 	return -1
 }
 
-// send encodes one frame for this connection only.
+// send encodes one frame for this connection only. It runs in the
+// connection's handler, so the frame may wait for the end of the turn.
 func (c *Client) send(encode func([]byte) []byte) {
 	buf := transport.Begin(make([]byte, 0, 256))
-	_ = c.conn.Send(transport.Finish(encode(buf)))
+	c.sendOwn(transport.Finish(encode(buf)))
+}
+
+// sendOwn writes a frame caused by this connection's own request.
+func (c *Client) sendOwn(frame []byte) {
+	if l, ok := c.conn.(laterSender); ok {
+		_ = l.SendLater(frame)
+		return
+	}
+	_ = c.conn.Send(frame)
 }
 
 func (c *Client) reply(joinRef, ref, topicName, status string, response []byte) {
@@ -271,7 +281,7 @@ func (c *Client) track(ch *channel) string {
 		state = map[string][]Meta{c.user: {meta}}
 	}
 	c.push(ch.joinRef, ch.name, "presence_state", encodeState(state))
-	h.broadcast(ch.name, "presence_diff", encodeDiff(c.user, meta, true), nil)
+	h.broadcastFrom(ch.name, "presence_diff", encodeDiff(c.user, meta, true), c, nil)
 	return meta.Ref
 }
 
@@ -284,7 +294,7 @@ func (c *Client) untrack(ch *channel) {
 	}
 	if ch.topic.Kind == topic.Chat {
 		meta := Meta{Ref: ch.metaRef, Name: c.name}
-		h.broadcast(ch.name, "presence_diff", encodeDiff(c.user, meta, false), nil)
+		h.broadcastFrom(ch.name, "presence_diff", encodeDiff(c.user, meta, false), c, nil)
 	}
 }
 
@@ -370,7 +380,7 @@ func (c *Client) newMessage(ch *channel, f phx.Frame) {
 		return
 	}
 	c.reply(ch.joinRef, f.Ref, f.Topic, "ok", msg)
-	c.hub.deliver(ch.topic, c.user, msg)
+	c.hub.deliver(ch.topic, c.user, msg, c)
 }
 
 func (h *Hub) validateBody(body string) string {
@@ -407,9 +417,9 @@ func (h *Hub) Post(user string, t topic.Topic, body, clientID string, _ *Client)
 // is not in the chat anywhere in the cluster, notifies their lobby. A
 // retried message is delivered again: the first delivery may never have
 // happened, and clients dedupe by id.
-func (h *Hub) deliver(t topic.Topic, sender string, msg []byte) {
+func (h *Hub) deliver(t topic.Topic, sender string, msg []byte, origin *Client) {
 	room := t.String()
-	h.broadcast(room, "new_message", msg, nil)
+	h.broadcastFrom(room, "new_message", msg, origin, nil)
 	other := t.Other(sender)
 	ctx, cancel := h.ctx()
 	defer cancel()
@@ -439,7 +449,7 @@ func (h *Hub) PostAndDeliver(user string, t topic.Topic, body, clientID string) 
 	if err != nil {
 		return nil, err
 	}
-	h.deliver(t, user, msg)
+	h.deliver(t, user, msg, nil)
 	return msg, nil
 }
 
@@ -473,7 +483,7 @@ func (c *Client) read(ch *channel, f phx.Frame) {
 		UserID string `json:"user_id"`
 		LastID int64  `json:"last_id"`
 	}{c.user, lastID})
-	c.hub.broadcast(ch.name, "read", payload, nil)
+	c.hub.broadcastFrom(ch.name, "read", payload, c, nil)
 }
 
 func (c *Client) historyPage(ch *channel, f phx.Frame) {

@@ -182,14 +182,25 @@ func (h *Hub) unsubscribe(topic string, c *Client) {
 // deliverLocal sends frame to every local subscriber of topic except
 // except. It allocates nothing per recipient.
 func (h *Hub) deliverLocal(topic string, frame []byte, except *Client) int {
+	return h.deliverFrom(topic, frame, nil, except)
+}
+
+// deliverFrom is deliverLocal for a frame caused by origin's request:
+// origin's copy joins the frames of its handler's turn (see sendOwn).
+func (h *Hub) deliverFrom(topic string, frame []byte, origin, except *Client) int {
 	s := h.shard(topic)
 	s.mu.RLock()
 	n := 0
 	for _, c := range s.topics[topic] {
-		if c != except {
+		switch c {
+		case except:
+			continue
+		case origin:
+			c.sendOwn(frame)
+		default:
 			_ = c.conn.Send(frame)
-			n++
 		}
+		n++
 	}
 	s.mu.RUnlock()
 	h.cfg.Metrics.FramesOut(n)
@@ -305,9 +316,14 @@ func (h *Hub) BroadcastLocal(topic, event string, payload []byte) {
 }
 
 func (h *Hub) broadcast(topic, event string, payload []byte, except *Client) {
+	h.broadcastFrom(topic, event, payload, nil, except)
+}
+
+// broadcastFrom is broadcast for an event caused by origin's request.
+func (h *Hub) broadcastFrom(topic, event string, payload []byte, origin, except *Client) {
 	buf := transport.Begin(make([]byte, 0, transport.MaxHeaderSize+len(topic)+len(event)+len(payload)+24))
 	frame := transport.Finish(phx.AppendBroadcast(buf, topic, event, payload))
-	h.deliverLocal(topic, frame, except)
+	h.deliverFrom(topic, frame, origin, except)
 	if err := h.cfg.Bus.Publish(topic, frame); err != nil {
 		h.cfg.Metrics.BusError()
 		h.cfg.Logger.Warn("bus publish failed", "topic", topic, "err", err)

@@ -15,6 +15,13 @@ type Conn interface {
 	Close(code int, reason string)
 }
 
+// laterSender is an optional ability of a Conn: SendLater queues a frame
+// that answers what the connection's own handler is processing, to be
+// written together with the others of the same turn.
+type laterSender interface {
+	SendLater(frame []byte) error
+}
+
 // Bus fans frames out to the other nodes of a cluster. The hub always
 // delivers to its own subscribers itself; a Bus only carries frames between
 // nodes, so the single-node bus does nothing and costs nothing.

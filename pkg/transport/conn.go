@@ -82,7 +82,16 @@ func (c *Conn) RemoteAddr() net.Addr { return c.nc.RemoteAddr() }
 // never blocks. Frames leave in the order of the Send calls. If the queue
 // would exceed its bounds, the queue is dropped, the connection is torn
 // down and ErrSlowConsumer is returned.
-func (c *Conn) Send(frame []byte) error {
+func (c *Conn) Send(frame []byte) error { return c.send(frame, false) }
+
+// SendLater is Send for frames that answer what the connection's own
+// handler is processing: while an epoll worker holds the connection, the
+// frame is only queued, and the worker writes everything queued in one
+// writev when its turn ends, so a reply and the broadcasts it caused
+// leave in one system call. Called from anywhere else it is Send.
+func (c *Conn) SendLater(frame []byte) error { return c.send(frame, true) }
+
+func (c *Conn) send(frame []byte, later bool) error {
 	c.mu.Lock()
 	if c.flags.Load()&(fClosing|fDead|fClosed) != 0 {
 		c.mu.Unlock()
@@ -96,7 +105,9 @@ func (c *Conn) Send(frame []byte) error {
 		return ErrSlowConsumer
 	}
 	c.enqueueLocked(frame)
-	c.b.drv.flushLocked(c)
+	if !later || c.flags.Load()&fInWorker == 0 {
+		c.b.drv.flushLocked(c)
+	}
 	c.mu.Unlock()
 	return nil
 }

@@ -224,6 +224,9 @@ func (w *worker) handle(c *Conn) {
 		c.teardown()
 		return
 	}
+	if c.pendingLocked() > 0 && c.flags.Load()&fWantWrite == 0 {
+		e.flushLocked(c) // what SendLater queued during this turn
+	}
 	c.clearLocked(fInWorker)
 	e.rearmLocked(c)
 	c.mu.Unlock()

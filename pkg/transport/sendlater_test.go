@@ -1,0 +1,88 @@
+package transport
+
+import (
+	"fmt"
+	"net/url"
+	"testing"
+	"time"
+
+	"github.com/gobwas/ws"
+)
+
+// laterEcho answers each message with three frames through SendLater, as
+// the hub answers a chat message (reply, then broadcasts).
+type laterEcho struct {
+	c      *Conn
+	closed chan struct{}
+}
+
+func (l *laterEcho) HandleText(d []byte) {
+	for i := range 3 {
+		_ = l.c.SendLater(TextFrame(fmt.Appendf(nil, "%s-%d", d, i)))
+	}
+}
+func (l *laterEcho) HandleBinary([]byte) {}
+func (l *laterEcho) Closed()             { close(l.closed) }
+
+// Frames queued with SendLater during a handler's turn all arrive, in
+// order, once the turn ends; and interleave correctly with Send from other
+// goroutines.
+func TestSendLater(t *testing.T) {
+	forEngines(t, func(t *testing.T, kind string) {
+		eng, err := New(kind, Options{Workers: 2})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer eng.Shutdown(t.Context()) //nolint:errcheck
+		srv, cli := tcpPair(t)
+		defer cli.Close() // before Shutdown: it waits for the peer's close
+		up := make(chan error, 1)
+		go func() { _, err := ws.Upgrade(srv); up <- err }()
+		if _, _, err := ws.DefaultDialer.Upgrade(cli, mustURL(t, "ws://"+srv.LocalAddr().String()+"/")); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-up; err != nil {
+			t.Fatal(err)
+		}
+		var conn *Conn
+		if _, err := eng.Add(srv, func(c *Conn) Session {
+			conn = c
+			return &laterEcho{c: c, closed: make(chan struct{})}
+		}); err != nil {
+			t.Fatal(err)
+		}
+		for round := range 50 {
+			msg := fmt.Sprint("m", round)
+			if err := ws.WriteFrame(cli, ws.MaskFrame(ws.NewTextFrame([]byte(msg)))); err != nil {
+				t.Fatal(err)
+			}
+			if round%10 == 0 {
+				_ = conn.SendLater(TextFrame([]byte("outside"))) // not in the handler: written at once
+			}
+			_ = cli.SetReadDeadline(time.Now().Add(5 * time.Second))
+			var got []string
+			for len(got) < 3 {
+				f, err := ws.ReadFrame(cli)
+				if err != nil {
+					t.Fatalf("round %d: %v after %v", round, err, got)
+				}
+				if p := string(f.Payload); p != "outside" {
+					got = append(got, p)
+				}
+			}
+			for i, p := range got {
+				if want := fmt.Sprintf("%s-%d", msg, i); p != want {
+					t.Fatalf("round %d: frame %d = %q, want %q", round, i, p, want)
+				}
+			}
+		}
+	})
+}
+
+func mustURL(t testing.TB, s string) *url.URL {
+	u, err := url.Parse(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
+}
