@@ -73,9 +73,13 @@ type Claims struct {
 
 // Verifier checks tokens against one secret. It is safe for concurrent use.
 type Verifier struct {
-	secret []byte
-	leeway time.Duration
-	now    func() time.Time
+	// All fields are set by NewVerifier and immutable afterwards, so one
+	// Verifier serves every handshake concurrently.
+	secret  []byte
+	leeway  time.Duration
+	now     func() time.Time
+	parser  *jwt.Parser
+	keyFunc jwt.Keyfunc
 }
 
 // Option configures a Verifier.
@@ -98,6 +102,15 @@ func NewVerifier(secret []byte, opts ...Option) *Verifier {
 	for _, o := range opts {
 		o(v)
 	}
+	// Built once: a parser only reads its options, and building one per
+	// handshake showed up in connect profiles.
+	v.parser = jwt.NewParser(
+		jwt.WithValidMethods([]string{hs256}),
+		jwt.WithExpirationRequired(),
+		jwt.WithLeeway(v.leeway),
+		jwt.WithTimeFunc(func() time.Time { return v.now() }),
+	)
+	v.keyFunc = func(*jwt.Token) (any, error) { return v.secret, nil }
 	return v
 }
 
@@ -109,14 +122,8 @@ func (v *Verifier) Verify(token string) (Claims, error) {
 	if len(token) > MaxTokenLen {
 		return Claims{}, fmt.Errorf("%w: longer than %d bytes", ErrMalformed, MaxTokenLen)
 	}
-	p := jwt.NewParser(
-		jwt.WithValidMethods([]string{hs256}),
-		jwt.WithExpirationRequired(),
-		jwt.WithLeeway(v.leeway),
-		jwt.WithTimeFunc(v.now),
-	)
 	mc := jwt.MapClaims{}
-	tok, err := p.ParseWithClaims(token, mc, func(*jwt.Token) (any, error) { return v.secret, nil })
+	tok, err := v.parser.ParseWithClaims(token, mc, v.keyFunc)
 	if err != nil {
 		return Claims{}, classify(tok, err)
 	}
