@@ -265,6 +265,16 @@ func serve(args []string, stderr io.Writer) error {
 	}
 	log.Info("elchat listening", "addr", ln.Addr().String(), "transport", cfg.transport,
 		"store", storeKind(&cfg), "socket", "ws://"+ln.Addr().String()+server.SocketPath)
+	if cfg.dev {
+		host, port, _ := net.SplitHostPort(ln.Addr().String())
+		if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() {
+			host = "localhost"
+		}
+		base := "http://" + net.JoinHostPort(host, port)
+		log.Info("demo page: open two browser tabs as two users", "alice", base+"/?user=1", "bob", base+"/?user=2")
+		log.Info("or mint a token for your own client", "command", "elchat token --dev --user 42 --name Ann",
+			"connect", "ws://"+net.JoinHostPort(host, port)+server.SocketPath+"?vsn=2.0.0&token=TOKEN")
+	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 
