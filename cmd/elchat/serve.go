@@ -91,7 +91,7 @@ func (c *config) flags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.drainTimeout, "drain-timeout", 20*time.Second, "on SIGTERM, spread socket closes (1012) over this long")
 	fs.Float64Var(&c.upgradeRate, "upgrade-rate", 2000, "WebSocket upgrades accepted per second on this node (0: no cap)")
 	fs.IntVar(&c.upgradeBurst, "upgrade-burst", 4000, "burst above --upgrade-rate")
-	fs.Float64Var(&c.pushRate, "push-rate", 20, "channel events per second per connection (token bucket; heartbeats exempt)")
+	fs.Float64Var(&c.pushRate, "push-rate", 20, "channel events and joins per second per connection (token bucket; heartbeats and leaves exempt)")
 	fs.IntVar(&c.pushBurst, "push-burst", 40, "burst above --push-rate")
 	fs.StringVar(&c.apiKey, "api-key", "", "bearer key of the server-to-server HTTP API under /api/v1/ (empty: API off)")
 	fs.StringVar(&c.redisURL, "redis-url", "", "Redis URL (redis://...); set on every node of a cluster, empty: single node")

@@ -124,6 +124,11 @@ func (c *Client) HandleText(data []byte) {
 			c.replyError("", f.Ref, f.Topic, "unmatched topic")
 		}
 	case f.Event == "phx_join":
+		// Joins read the store, so they draw on the same bucket as events.
+		if !c.allow() {
+			c.replyError(f.JoinRef, f.Ref, f.Topic, "rate limited")
+			return
+		}
 		c.join(f)
 	case f.Event == "phx_leave":
 		c.leave(f)
@@ -138,15 +143,20 @@ func (c *Client) HandleText(data []byte) {
 			return // a frame for an earlier join of this topic: Phoenix drops it
 		}
 		c.hub.cfg.Metrics.MessageIn()
-		if c.limiter == nil {
-			c.limiter = rate.NewLimiter(rate.Limit(c.hub.cfg.PushRate), c.hub.cfg.PushBurst)
-		}
-		if !c.limiter.Allow() {
+		if !c.allow() {
 			c.replyError(ch.joinRef, f.Ref, f.Topic, "rate limited")
 			return
 		}
 		c.event(ch, f)
 	}
+}
+
+// allow takes a token from the connection's bucket.
+func (c *Client) allow() bool {
+	if c.limiter == nil {
+		c.limiter = rate.NewLimiter(rate.Limit(c.hub.cfg.PushRate), c.hub.cfg.PushBurst)
+	}
+	return c.limiter.Allow()
 }
 
 func (c *Client) join(f phx.Frame) {

@@ -464,3 +464,47 @@ func TestResyncAsksEveryChannelToRejoin(t *testing.T) {
 		t.Fatalf("phx_error frames: %+v", errs)
 	}
 }
+
+func TestJoinsAreRateLimited(t *testing.T) {
+	st, err := sqlite.Open(t.Context(), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	e := &env{t: t, store: st, hub: hub.New(hub.Config{Store: st, PushRate: 1, PushBurst: 5})}
+	a := e.connect("1")
+	limited := 0
+	for range 20 {
+		ref := a.send("=", "user:1", "phx_join", map[string]any{})
+		for _, f := range a.rec.take() {
+			if f.Ref == ref && strings.Contains(string(f.Payload), "rate limited") {
+				limited++
+			}
+		}
+	}
+	if limited < 10 {
+		t.Fatalf("%d of 20 joins rate limited with burst 5", limited)
+	}
+}
+
+func TestChannelLimit(t *testing.T) {
+	st, err := sqlite.Open(t.Context(), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	e := &env{t: t, store: st, hub: hub.New(hub.Config{Store: st, MaxChannels: 3, PushRate: 1e6, PushBurst: 1e6})}
+	a := e.connect("1")
+	for _, topic := range []string{"user:1", "chat:1:2", "chat:1:3"} {
+		a.join(topic, nil)
+	}
+	ref := a.send("=", "chat:1:4", "phx_join", map[string]any{})
+	if r := a.replyTo(ref, "error"); r["reason"] != "too many channels joined" {
+		t.Fatalf("fourth join: %v", r)
+	}
+	// Rejoining a joined topic replaces it and does not count twice.
+	a.join("chat:1:3", nil)
+	// Leaving frees a slot.
+	a.send("", "chat:1:2", "phx_leave", map[string]any{})
+	a.join("chat:1:4", nil)
+}
