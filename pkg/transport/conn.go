@@ -68,6 +68,9 @@ type Conn struct {
 	qhead  int32         // guarded by mu
 	qoff   int32         // guarded by mu; bytes of queue[qhead] already written
 	qbytes int           // guarded by mu; unwritten bytes in queue
+	// closeAfter is a close frame that Close left for the end of the
+	// worker's turn; guarded by mu.
+	closeAfter *[]byte
 }
 
 func (c *Conn) setLocked(f uint32)   { c.flags.Store(c.flags.Load() | f) }
@@ -117,10 +120,29 @@ func (c *Conn) send(frame []byte, later bool) error {
 // connection down once the peer answers, hangs up, or a grace period
 // (5s, enforced by the reaper) passes. Safe from any goroutine; only the
 // first call has an effect.
+//
+// If an epoll worker is handling the connection's frames right now, the
+// close waits for the end of that turn, so that replies to what the
+// client sent (a message being stored, say) still go out before the close
+// frame: a draining node answers what it accepted.
 func (c *Conn) Close(code int, reason string) {
+	f := CloseFrame(code, reason)
 	c.mu.Lock()
-	c.closeLocked(CloseFrame(code, reason))
+	if c.flags.Load()&fInWorker != 0 && c.closeAfter == nil {
+		c.closeAfter = &f
+	} else {
+		c.closeLocked(f)
+	}
 	c.mu.Unlock()
+}
+
+// endTurnLocked runs when a worker's turn on c ends: the close that waited
+// for it, if any.
+func (c *Conn) endTurnLocked() {
+	if f := c.closeAfter; f != nil {
+		c.closeAfter = nil
+		c.closeLocked(*f)
+	}
 }
 
 func (c *Conn) closeLocked(frame []byte) {

@@ -228,6 +228,7 @@ func (w *worker) handle(c *Conn) {
 		e.flushLocked(c) // what SendLater queued during this turn
 	}
 	c.clearLocked(fInWorker)
+	c.endTurnLocked()
 	e.rearmLocked(c)
 	c.mu.Unlock()
 }

@@ -86,3 +86,61 @@ func mustURL(t testing.TB, s string) *url.URL {
 	}
 	return u
 }
+
+// slowReply answers after Close was called from elsewhere mid-turn.
+type slowReply struct {
+	c       *Conn
+	inside  chan struct{}
+	proceed chan struct{}
+}
+
+func (s *slowReply) HandleText(d []byte) {
+	close(s.inside)
+	<-s.proceed
+	_ = s.c.SendLater(TextFrame(append([]byte("ack:"), d...)))
+}
+func (s *slowReply) HandleBinary([]byte) {}
+func (s *slowReply) Closed()             {}
+
+// A close requested while the epoll worker handles a frame waits for the
+// end of the turn: the reply to that frame still reaches the client.
+func TestCloseWaitsForTurn(t *testing.T) {
+	eng, err := New("epoll", Options{Workers: 2})
+	if err != nil {
+		t.Skip(err)
+	}
+	defer eng.Shutdown(t.Context()) //nolint:errcheck
+	srv, cli := tcpPair(t)
+	defer cli.Close()
+	up := make(chan error, 1)
+	go func() { _, err := ws.Upgrade(srv); up <- err }()
+	if _, _, err := ws.DefaultDialer.Upgrade(cli, mustURL(t, "ws://"+srv.LocalAddr().String()+"/")); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-up; err != nil {
+		t.Fatal(err)
+	}
+	sess := &slowReply{inside: make(chan struct{}), proceed: make(chan struct{})}
+	conn, err := eng.Add(srv, func(c *Conn) Session { sess.c = c; return sess })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ws.WriteFrame(cli, ws.MaskFrame(ws.NewTextFrame([]byte("m1")))); err != nil {
+		t.Fatal(err)
+	}
+	<-sess.inside
+	conn.Close(1012, "restart")
+	close(sess.proceed)
+	_ = cli.SetReadDeadline(time.Now().Add(5 * time.Second))
+	f, err := ws.ReadFrame(cli)
+	if err != nil || string(f.Payload) != "ack:m1" {
+		t.Fatalf("first frame %q %v, want the reply", f.Payload, err)
+	}
+	f, err = ws.ReadFrame(cli)
+	if err != nil || f.Header.OpCode != ws.OpClose {
+		t.Fatalf("second frame %v %v, want the close", f.Header.OpCode, err)
+	}
+	if code, reason := ws.ParseCloseFrameData(f.Payload); code != 1012 || reason != "restart" {
+		t.Fatalf("close %d %q", code, reason)
+	}
+}
