@@ -431,9 +431,11 @@ func (h *Hub) deliver(t topic.Topic, sender string, msg []byte, origin *Client) 
 	room := t.String()
 	h.broadcastFrom(room, "new_message", msg, origin, nil)
 	other := t.Other(sender)
-	ctx, cancel := h.ctx()
-	defer cancel()
-	present, err := h.cfg.Presence.Present(ctx, room, other)
+	// No deadline of our own: Present answers from memory (in-process, or
+	// the Redis bus's mirror of subscribed topics), and its rare Redis
+	// fallback is bounded by the client's read timeout. A context per
+	// message would be the routing path's largest allocation.
+	present, err := h.cfg.Presence.Present(context.Background(), room, other)
 	if err != nil {
 		h.cfg.Logger.Warn("presence lookup failed; notifying lobby", "topic", room, "err", err)
 	}
