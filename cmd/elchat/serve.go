@@ -151,6 +151,19 @@ func serve(args []string, stderr io.Writer) error {
 			OnRecover: func() {
 				n := h.BusUp(context.Background(), 2*time.Second, 5*time.Second)
 				log.Info("clients asked to rejoin after the redis outage", "topics", n)
+				// If only this node lost Redis, the others' clients missed
+				// its frames without noticing anything: tell them.
+				actx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				if err := bus.AnnounceResync(actx, h.Watermark()); err != nil {
+					log.Warn("could not announce the resync to the other nodes", "err", err)
+				}
+			},
+			OnResync: func(watermark int64, node string) {
+				n := h.ResyncRequested(context.Background(), watermark, time.Second, 5*time.Second)
+				if n > 0 {
+					log.Info("clients asked to rejoin: another node lost frames", "node", node, "topics", n)
+				}
 			},
 		})
 		if err != nil {

@@ -244,10 +244,16 @@ func (h *Hub) TrackWatermark(ctx context.Context, period time.Duration) {
 // than the last safe watermark catches up from the watermark instead, so
 // a rejoin fills the gap even though the client saw later messages.
 func (h *Hub) BusDown() {
-	if h.resyncUntil.Swap(math.MaxInt64) == math.MaxInt64 {
+	prev := h.resyncUntil.Swap(math.MaxInt64)
+	if prev == math.MaxInt64 {
 		return // already down
 	}
-	h.resyncFrom.Store(h.safeID.Load())
+	w := h.safeID.Load()
+	if prev > time.Now().UnixNano() {
+		// A resync is still under way: keep the older of the watermarks.
+		w = min(w, h.resyncFrom.Load())
+	}
+	h.resyncFrom.Store(w)
 }
 
 // BusUp ends an outage: after delay (other nodes reconnect too), every
@@ -255,6 +261,37 @@ func (h *Hub) BusDown() {
 // catching up from the watermark for a while longer.
 func (h *Hub) BusUp(ctx context.Context, delay, spread time.Duration) int {
 	h.resyncUntil.Store(time.Now().Add(delay + spread + 2*time.Minute).UnixNano())
+	select {
+	case <-ctx.Done():
+		return 0
+	case <-time.After(delay):
+	}
+	return h.Resync(ctx, spread)
+}
+
+// Watermark returns the id from which this node's clients catch up after
+// its last bus outage (see BusDown); other nodes use it when the node
+// announces that its frames were lost.
+func (h *Hub) Watermark() int64 { return h.resyncFrom.Load() }
+
+// ResyncRequested handles another node's announcement that frames it
+// published since watermark were lost: unless this node is resyncing
+// already (a shared outage, where its own watermark serves just as well),
+// its clients rejoin and catch up from watermark, after delay and spread
+// over spread like BusUp.
+func (h *Hub) ResyncRequested(ctx context.Context, watermark int64, delay, spread time.Duration) int {
+	now := time.Now().UnixNano()
+	until := time.Now().Add(delay + spread + 2*time.Minute).UnixNano()
+	for {
+		cur := h.resyncUntil.Load()
+		if cur > now {
+			return 0
+		}
+		if h.resyncUntil.CompareAndSwap(cur, until) {
+			break
+		}
+	}
+	h.resyncFrom.Store(watermark)
 	select {
 	case <-ctx.Done():
 		return 0

@@ -508,3 +508,33 @@ func TestChannelLimit(t *testing.T) {
 	a.send("", "chat:1:2", "phx_leave", map[string]any{})
 	a.join("chat:1:4", nil)
 }
+
+// Another node's lost frames: this node's clients rejoin and catch up from
+// the announced watermark, once per outage.
+func TestResyncRequested(t *testing.T) {
+	e := newEnv(t)
+	a := e.connect("1")
+	jr, _ := a.join("chat:1:2", nil)
+	var ids []float64
+	for i := range 5 {
+		ref := a.send(jr, "chat:1:2", "new_message", map[string]any{"body": fmt.Sprint("m", i)})
+		ids = append(ids, a.replyTo(ref, "ok")["id"].(float64))
+	}
+	a.rec.take()
+	if n := e.hub.ResyncRequested(t.Context(), int64(ids[1]), 0, 0); n != 1 {
+		t.Fatalf("resync covered %d topics, want 1", n)
+	}
+	if errs := events(a.rec.take(), "phx_error"); len(errs) != 1 {
+		t.Fatalf("phx_error frames: %+v", errs)
+	}
+	// The rejoin asks for what came after the newest message it has, and
+	// gets everything after the watermark instead.
+	_, resp := a.join("chat:1:2", map[string]any{"last_id": ids[4]})
+	if got := resp["messages"].([]any); len(got) != 3 || got[0].(map[string]any)["id"] != ids[2] {
+		t.Fatalf("catch-up after resync: %v", got)
+	}
+	// A second announcement while the first resync runs changes nothing.
+	if n := e.hub.ResyncRequested(t.Context(), 0, 0, 0); n != 0 {
+		t.Fatalf("second resync covered %d topics", n)
+	}
+}

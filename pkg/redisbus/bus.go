@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -44,6 +45,9 @@ type Options struct {
 	// PUBLISHes with its size and the lag of its oldest frame (queueing plus
 	// the round trip). It runs on the publishing goroutine: keep it cheap.
 	OnPublish func(frames int, lag time.Duration)
+	// OnResync, when set, is called when another node announces (with
+	// AnnounceResync) that frames it published since watermark were lost.
+	OnResync func(watermark int64, node string)
 	// OnDown, when set, runs (on its own goroutine) each time Redis is
 	// found unreachable.
 	OnDown func()
@@ -61,6 +65,7 @@ var (
 const (
 	kindFrame    = 'F' // a wire-ready frame for the topic's subscribers
 	kindPresence = 'P' // presence changes, for the nodes' Present mirrors
+	kindResync   = 'R' // on the control channel: a node lost frames, see AnnounceResync
 )
 
 const (
@@ -80,6 +85,7 @@ type Bus struct {
 	ps         *redis.PubSub // the node's one pub/sub connection, see subLoop and recvLoop
 	chanPrefix string        // prefix + "t:"
 	pubChan    string        // prefix + "publish"
+	ctlChan    string        // prefix + "control"
 	hdrFrame   []byte        // kindFrame, len(NodeID), NodeID
 	hdrPres    []byte        // kindPresence, len(NodeID), NodeID
 	pingEvery  time.Duration
@@ -175,6 +181,7 @@ func New(ctx context.Context, opts Options) (*Bus, error) {
 		rdb:        rdb,
 		chanPrefix: opts.Prefix + "t:",
 		pubChan:    opts.Prefix + "publish",
+		ctlChan:    opts.Prefix + "control",
 		hdrFrame:   header(kindFrame, opts.NodeID),
 		hdrPres:    header(kindPresence, opts.NodeID),
 		pingEvery:  min(max(opts.PresenceTTL/3, 100*time.Millisecond), 5*time.Second),
@@ -195,7 +202,7 @@ func New(ctx context.Context, opts Options) (*Bus, error) {
 	// The plain publish channel is always subscribed: it is an ingress,
 	// and it gives the connection a subscription whose confirmation
 	// proves the connection live even when the hub has no topics.
-	b.ps = rdb.Subscribe(ctx, b.pubChan)
+	b.ps = rdb.Subscribe(ctx, b.pubChan, b.ctlChan)
 	if err := b.pres.heartbeat(ctx); err != nil {
 		b.ps.Close()
 		rdb.Close()
@@ -504,6 +511,8 @@ func (b *Bus) handle(m *redis.Message) {
 		b.handleActionCable(m)
 	case m.Channel == b.pubChan:
 		b.handlePlain(m.Payload)
+	case m.Channel == b.ctlChan:
+		b.handleControl(m.Payload)
 	default:
 		topic, ok := strings.CutPrefix(m.Channel, b.chanPrefix)
 		p := m.Payload
@@ -521,6 +530,33 @@ func (b *Bus) handle(m *redis.Message) {
 			b.pres.apply(topic, body)
 		}
 	}
+}
+
+// AnnounceResync tells every other node that frames this node published
+// may have been lost and that their clients must catch up from watermark,
+// a message id older than the loss. A node whose own link to Redis broke
+// while the others' did not calls it once it is back: the others saw no
+// outage and would not otherwise know.
+func (b *Bus) AnnounceResync(ctx context.Context, watermark int64) error {
+	msg := append(header(kindResync, b.opts.NodeID), strconv.FormatInt(watermark, 10)...)
+	return b.rdb.Publish(ctx, b.ctlChan, msg).Err()
+}
+
+func (b *Bus) handleControl(p string) {
+	if len(p) < 2 || len(p) < 2+int(p[1]) || p[0] != kindResync {
+		return
+	}
+	node, body := p[2:2+int(p[1])], p[2+int(p[1]):]
+	if node == b.opts.NodeID || b.opts.OnResync == nil {
+		return
+	}
+	w, err := strconv.ParseInt(body, 10, 64)
+	if err != nil {
+		b.log.Warn("malformed resync announcement", "from", node)
+		return
+	}
+	b.log.Info("node announced lost frames; resyncing clients", "from", node, "watermark", w)
+	go b.opts.OnResync(w, node)
 }
 
 // deliverLocal hands frame to the hub's local subscribers of topic, through

@@ -19,6 +19,11 @@
 //	                 "+key\0ref\0" or "-key\0ref\0" repeated, published by
 //	                 the presence scripts for the Present mirrors.
 //	P publish        plain ingress for host apps (see below).
+//	P control        node to node: kind 'R' (header as above), body a
+//	                 decimal message id. A node that lost its link to Redis
+//	                 alone announces with it that the frames it published
+//	                 since that id may be lost (AnnounceResync); the others
+//	                 resync their clients from it (Options.OnResync).
 //	<AC prefix>:user:*, <AC prefix>:chat:*
 //	                 Action Cable ingress, pattern-subscribed by
 //	                 ListenActionCable.

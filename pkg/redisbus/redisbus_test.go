@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"io"
 	"log/slog"
 	"strings"
@@ -536,5 +537,47 @@ func TestSubscribeDoesNotBlock(t *testing.T) {
 	}
 	if d := time.Since(start); d > 500*time.Millisecond {
 		t.Fatalf("1000 Subscribe/Unsubscribe pairs with Redis down took %v", d)
+	}
+}
+
+// TestAnnounceResync: a node's announcement reaches the other nodes with
+// its watermark, and not the node itself.
+func TestAnnounceResync(t *testing.T) {
+	c := cluster{url: testenv.Redis(t), prefix: prefix(t), ttl: 30 * time.Second}
+	mk := func(heard chan string) *Bus {
+		b, err := New(context.Background(), Options{
+			URL: c.url, Prefix: c.prefix, PresenceTTL: c.ttl, Logger: testLogger(t),
+			OnResync: func(w int64, node string) { heard <- fmt.Sprint(w, " from ", node) },
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(b.Close)
+		return b
+	}
+	heardA, heardB := make(chan string, 100), make(chan string, 100)
+	a := mk(heardA)
+	mk(heardB)
+	// The control channel is subscribed in New but confirmed
+	// asynchronously: announce until the other node hears it.
+	want := fmt.Sprint(42, " from ", a.NodeID())
+	deadline := time.Now().Add(5 * time.Second)
+	for got := ""; got == ""; {
+		must(t, a.AnnounceResync(context.Background(), 42))
+		select {
+		case got = <-heardB:
+			if got != want {
+				t.Fatalf("b heard %q, want %q", got, want)
+			}
+		case <-time.After(100 * time.Millisecond):
+			if time.Now().After(deadline) {
+				t.Fatal("announcement never arrived")
+			}
+		}
+	}
+	select {
+	case got := <-heardA:
+		t.Fatalf("the announcing node heard itself: %q", got)
+	case <-time.After(200 * time.Millisecond):
 	}
 }

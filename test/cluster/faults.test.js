@@ -3,6 +3,7 @@
 // a Redis restart, a PostgreSQL stop. Every acknowledged message (ok reply)
 // must survive and reach the recipient (live or through last_id catch-up).
 const assert = require("node:assert/strict");
+const net = require("node:net");
 const { clusterTest, joinOk, pushChannel, chatTopic, messageLog, presenceOf, waitUntil, httpStatus, sleep, NGINX, WAIT_MS } = require("./lib/env");
 
 const TTL_MS = 3000;
@@ -188,6 +189,98 @@ clusterTest(
     assert.ok(rChat.rejoins >= 2, `the open channel rejoined after the outage (joins: ${rChat.rejoins})`);
     const lostLive = missing(acked, new Set(rLog.items.map((m) => m.id))).length;
     process.stdout.write(`# redis restart: ${acked.size} acked, ${lostLive} missed live (recovered by the resync rejoin), ready ${readyMs}ms after restart, live delivery back after ~${resumeMs}ms\n`);
+  }
+);
+
+// cuttableProxy forwards TCP to target until cut(): then it drops every
+// connection and refuses new ones until restore(). It stands for a network
+// fault between one node and Redis while the other nodes keep theirs.
+async function cuttableProxy(targetUrl) {
+  const target = new URL(targetUrl);
+  const socks = new Set();
+  let cut = false;
+  const server = net.createServer((client) => {
+    if (cut) return client.destroy();
+    const up = net.connect(Number(target.port), target.hostname);
+    for (const s of [client, up]) {
+      socks.add(s);
+      s.on("close", () => socks.delete(s));
+      s.on("error", () => {});
+    }
+    client.pipe(up);
+    up.pipe(client);
+    client.on("close", () => up.destroy());
+    up.on("close", () => client.destroy());
+  });
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return {
+    url: `redis://127.0.0.1:${server.address().port}${target.pathname}`,
+    cut() {
+      cut = true;
+      for (const s of socks) s.destroy();
+    },
+    restore() {
+      cut = false;
+    },
+    close() {
+      this.cut();
+      server.close();
+    },
+  };
+}
+
+clusterTest(
+  "faults: one node loses Redis while the others keep it: once it is back, the other nodes' clients catch up on what it published meanwhile",
+  {
+    nodes: 2,
+    presenceTTL: "30s",
+    timeout: 60000,
+    skip: external && "uses its own Redis",
+    nodeEnv: async (i, c) => {
+      if (i !== 0) return {};
+      c.proxy = await cuttableProxy(c.redis.url);
+      return { ELCHAT_REDIS_URL: c.proxy.url };
+    },
+  },
+  async (c) => {
+    const [A, B] = c.nodes; // A reaches Redis through the proxy
+    try {
+      const room = chatTopic(30, 31);
+      const sender = await c.connect(30, A);
+      const recv = await c.connect(31, B);
+      const sChat = sender.channel(room, {});
+      await joinOk(sChat);
+      let rIds = new Set();
+      const rChat = recv.channel(room, () => (rIds.size ? { last_id: Math.max(...rIds) } : {}));
+      const rLog = messageLog(rChat);
+      await joinOk(rChat);
+      rIds = trackIds(rChat, rLog);
+
+      const s = steadySender(sChat, "pp", 100);
+      await waitUntil(() => rLog.items.length >= 5, "5 messages across nodes before the cut");
+      const cutAt = Date.now();
+      c.proxy.cut();
+      await waitUntil(async () => (await httpStatus(`${A.httpUrl}/readyz`)) === 503, "node A not ready while its Redis link is cut", 10000, 100);
+      assert.equal(await httpStatus(`${B.httpUrl}/readyz`), 200, "node B keeps its Redis");
+      await waitUntil(() => s.count("ok", cutAt) >= 10, "A keeps acknowledging (PostgreSQL is up) while its frames are lost", 10000);
+      c.proxy.restore();
+      await waitUntil(async () => (await httpStatus(`${A.httpUrl}/readyz`)) === 200, "node A ready again", 15000, 100);
+      const n0 = s.acked.size;
+      await waitUntil(() => s.acked.size >= n0 + 5, "5 more acked messages after the link is back", 10000);
+      await s.stop();
+      const acked = new Set(s.acked.keys());
+      const lostLive = missing(acked, new Set(rLog.items.map((m) => m.id))).length;
+      assert.ok(lostLive > 0, "the cut made B's client miss some of A's messages live (else this test proves nothing)");
+      await waitUntil(
+        () => missing(acked, rIds).length === 0,
+        `B's client to have every acked message after A's resync announcement (missing ${missing(acked, rIds).slice(0, 20)}, joins ${rChat.rejoins})`,
+        20000
+      );
+      assert.ok(rChat.rejoins >= 2, `B's open channel rejoined (joins: ${rChat.rejoins})`);
+      process.stdout.write(`# partial outage: ${acked.size} acked, ${lostLive} missed live on B, all recovered by the announced resync\n`);
+    } finally {
+      c.proxy.close();
+    }
   }
 );
 

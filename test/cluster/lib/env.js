@@ -323,7 +323,10 @@ class Cluster {
     };
   }
   async startNode(i) {
-    const s = await this.ctx.startServer({ secret: this.secret, env: this.nodeEnv(i) });
+    // opts.nodeEnv(i, cluster) may override a node's environment, e.g. to
+    // put a cuttable proxy between one node and Redis.
+    const extra = this.opts.nodeEnv ? await this.opts.nodeEnv(i, this) : {};
+    const s = await this.ctx.startServer({ secret: this.secret, env: { ...this.nodeEnv(i), ...extra } });
     s.index = i;
     return s;
   }
