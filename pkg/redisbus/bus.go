@@ -339,10 +339,19 @@ func (b *Bus) Subscribe(topic string) error {
 	b.topics[topic] = struct{}{}
 	b.dirty[topic] = struct{}{}
 	b.mu.Unlock()
-	b.pres.mirror(topic)
+	if mirrorable(topic) {
+		b.pres.mirror(topic)
+	}
 	b.kick()
 	return nil
 }
+
+// mirrorable reports whether Present on topic is answered from memory. Only
+// chats: the hub asks Present of a chat on every message, while a lobby is
+// asked about only by the HTTP API, and every connected user has one, so a
+// lobby mirror would be idle memory per connection and a Redis read per
+// connect for nothing.
+func mirrorable(topic string) bool { return strings.HasPrefix(topic, "chat:") }
 
 // Unsubscribe records that this node has no subscribers left for topic.
 func (b *Bus) Unsubscribe(topic string) error {

@@ -465,18 +465,19 @@ func TestPlainPublish(t *testing.T) {
 	c := cluster{url: testenv.Redis(t), prefix: prefix(t), ttl: 30 * time.Second}
 	a, b := c.node(t), c.node(t)
 	recA, recB := run(t, a), run(t, b)
-	must(t, a.Subscribe("user:7"))
-	must(t, b.Subscribe("user:7"))
+	must(t, a.Subscribe("chat:7:8"))
+	must(t, b.Subscribe("chat:7:8"))
 	ctx := context.Background()
 	// The ingress channel is subscribed in New; wait until the topic is
-	// (deliver is local-only and skips topics without subscribers).
-	eventually(t, 5*time.Second, "subscribed", func() bool { return mirrored(a, "user:7") && mirrored(b, "user:7") })
-	must(t, a.rdb.Publish(ctx, c.prefix+"publish", `{"topic":"user:7","event":"note","payload":{"x":"y"}}`).Err())
+	// (deliver is local-only and skips topics without subscribers). A chat,
+	// whose mirror loading tells when the subscription is confirmed.
+	eventually(t, 5*time.Second, "subscribed", func() bool { return mirrored(a, "chat:7:8") && mirrored(b, "chat:7:8") })
+	must(t, a.rdb.Publish(ctx, c.prefix+"publish", `{"topic":"chat:7:8","event":"note","payload":{"x":"y"}}`).Err())
 	must(t, a.rdb.Publish(ctx, c.prefix+"publish", `{"topic":"room:7","event":"note","payload":{}}`).Err())
-	must(t, a.rdb.Publish(ctx, c.prefix+"publish", `{"topic":"user:7","event":"fence","payload":{}}`).Err())
-	want := string(encodeBroadcast("user:7", "note", []byte(`{"x":"y"}`)))
+	must(t, a.rdb.Publish(ctx, c.prefix+"publish", `{"topic":"chat:7:8","event":"fence","payload":{}}`).Err())
+	want := string(encodeBroadcast("chat:7:8", "note", []byte(`{"x":"y"}`)))
 	for _, r := range []*recorder{recA, recB} {
-		r.wait(t, 2*time.Second, contains("user:7", "fence"))
+		r.wait(t, 2*time.Second, contains("chat:7:8", "fence"))
 		if n := r.count(func(_, f string) bool { return f == want }); n != 1 {
 			t.Fatalf("note delivered %d times on a node, want 1", n)
 		}
