@@ -384,7 +384,7 @@ func (c *Client) newMessage(ch *channel, f phx.Frame) {
 		c.replyError(ch.joinRef, f.Ref, f.Topic, "client_id longer than 128 bytes")
 		return
 	}
-	msg, err := c.hub.Post(c.user, ch.topic, *p.Body, p.ClientID, c)
+	msg, err := c.hub.save(c.user, ch.topic, *p.Body, p.ClientID)
 	if err != nil {
 		c.replyError(ch.joinRef, f.Ref, f.Topic, storeReason(err))
 		return
@@ -407,11 +407,11 @@ func (h *Hub) validateBody(body string) string {
 	return ""
 }
 
-// Post stores a message from user in chat t and returns it encoded. It is
+// save stores a message from user in chat t and returns it encoded. It is
 // acknowledged (returned) only once stored; delivery is the caller's next
 // step (see deliver), so an acknowledgement always precedes the broadcast
 // on the sender's connection.
-func (h *Hub) Post(user string, t topic.Topic, body, clientID string, _ *Client) ([]byte, error) {
+func (h *Hub) save(user string, t topic.Topic, body, clientID string) ([]byte, error) {
 	ctx, cancel := h.ctx()
 	defer cancel()
 	msg, _, err := h.cfg.Store.Save(ctx, store.NewMessage{
@@ -457,7 +457,7 @@ func (h *Hub) PostAndDeliver(user string, t topic.Topic, body, clientID string) 
 	if reason := h.validateBody(body); reason != "" {
 		return nil, &InputError{reason}
 	}
-	msg, err := h.Post(user, t, body, clientID, nil)
+	msg, err := h.save(user, t, body, clientID)
 	if err != nil {
 		return nil, err
 	}
