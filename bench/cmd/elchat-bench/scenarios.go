@@ -415,7 +415,7 @@ func chatRows(figs []*chatFig) [][]string {
 		}
 		return strings.Join(s, ", ")
 	})
-	add("generator CPU % / rest of the box (PostgreSQL, Redis, colleagues) CPU %", func(f *chatFig) string {
+	add("generator CPU % / rest of the box (PostgreSQL, Redis, other processes) CPU %", func(f *chatFig) string {
 		return f1(f.GenCPUPct) + " / " + f1(f.OtherCPU)
 	})
 	return rows
