@@ -294,7 +294,7 @@ func ratio(a, b float64) string {
 }
 
 // snapshotServer copies (or, with --pprof, builds) the server binary into
-// the run's temp dir, so that a colleague rebuilding bin/elchat mid-run
+// the run's temp dir, so that rebuilding bin/elchat during a run
 // cannot change what is measured; its sha256 goes into the summary.
 func snapshotServer(o *opts) error {
 	dst := filepath.Join(o.tmp, "elchat")
