@@ -63,12 +63,13 @@ func (nopMetrics) Connected()               {}
 
 // Server is one ElChat node's listener.
 type Server struct {
-	cfg   Config // immutable after New
-	slots chan struct{}
-	http  *http.Server
-	httpL *chanListener
-
-	expiries *expiries
+	// Set by New and immutable afterwards; the values they point to are
+	// safe for concurrent use.
+	cfg      Config
+	slots    chan struct{} // one token per upgrade in progress
+	http     *http.Server  // serves every path but sockets
+	httpL    *chanListener // feeds http the connections handle looked at
+	expiries *expiries     // closes sockets whose token ran out
 	upgrades *rate.Limiter // nil: unlimited
 	stop     context.CancelFunc
 
