@@ -81,12 +81,12 @@ const shardCount = 64
 // Hub routes frames between the connections of this node and, through the
 // Bus, the other nodes of the cluster.
 type Hub struct {
-	cfg     Config // immutable after New
-	seed    maphash.Seed
-	shards  [shardCount]shard
-	refBase [4]byte       // immutable: random per node, keeps phx_refs unique across nodes
-	refSeq  atomic.Uint32 // counter part of phx_refs
-	clients atomic.Int64  // connected clients on this node
+	cfg     Config            // immutable after New
+	seed    maphash.Seed      // immutable: picks a topic's shard
+	shards  [shardCount]shard // each guarded by its own lock
+	refBase [4]byte           // immutable: random per node, keeps phx_refs unique across nodes
+	refSeq  atomic.Uint32     // counter part of phx_refs
+	clients atomic.Int64      // connected clients on this node
 
 	// Catch-up after lost fanout (see BusDown). All atomic.
 	safeID      atomic.Int64 // a store LastID sample at least one sampling period old
