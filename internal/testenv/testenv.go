@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package testenv gives tests real, throwaway PostgreSQL and Redis servers.
 // Nothing here is a mock, and nothing touches services already running on
 // the machine: each test binary starts its own servers on free loopback

@@ -1,3 +1,5 @@
+//go:build linux
+
 package main
 
 // The coordinator side of the workers: spawn (re-exec with the worker

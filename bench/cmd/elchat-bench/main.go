@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command elchat-bench is ElChat's load generator and report writer.
 //
 //	elchat-bench connect  [flags]   N idle authenticated sockets on one node

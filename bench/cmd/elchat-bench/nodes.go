@@ -1,3 +1,5 @@
+//go:build linux
+
 package main
 
 // Starting what the bench measures: ElChat nodes (so their pids are known),

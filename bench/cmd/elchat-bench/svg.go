@@ -1,3 +1,5 @@
+//go:build linux
+
 package main
 
 // A tiny SVG plotter: line plots (optionally log-x) and bar charts.

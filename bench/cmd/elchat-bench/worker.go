@@ -1,3 +1,5 @@
+//go:build linux
+
 package main
 
 // The worker: one process holding up to ~15,000 client sockets on a single
