@@ -2,6 +2,7 @@ package transport
 
 import (
 	"encoding/binary"
+	"unicode/utf8"
 
 	"github.com/gobwas/ws"
 )
@@ -73,7 +74,12 @@ func CloseFrame(code int, reason string) []byte {
 		return []byte{0x80 | byte(ws.OpClose), 0}
 	}
 	if len(reason) > 123 {
-		reason = reason[:123]
+		// A close reason must be valid UTF-8: cut on a rune boundary.
+		n := 123
+		for n > 0 && !utf8.RuneStart(reason[n]) {
+			n--
+		}
+		reason = reason[:n]
 	}
 	b := make([]byte, 4+len(reason))
 	b[0] = 0x80 | byte(ws.OpClose)

@@ -3,8 +3,10 @@ package transport
 import (
 	"fmt"
 	"net/url"
+	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/gobwas/ws"
 )
@@ -142,5 +144,13 @@ func TestCloseWaitsForTurn(t *testing.T) {
 	}
 	if code, reason := ws.ParseCloseFrameData(f.Payload); code != 1012 || reason != "restart" {
 		t.Fatalf("close %d %q", code, reason)
+	}
+}
+
+func TestCloseFrameReasonStaysUTF8(t *testing.T) {
+	f := CloseFrame(1008, strings.Repeat("é", 100)) // 200 bytes
+	code, reason := ws.ParseCloseFrameData(f[2:])
+	if code != 1008 || len(reason) > 123 || !utf8.ValidString(reason) {
+		t.Fatalf("close %d, reason of %d bytes, valid UTF-8 %v", code, len(reason), utf8.ValidString(reason))
 	}
 }
