@@ -27,14 +27,11 @@ var pgBinGlobs = []string{"/usr/lib/postgresql/*/bin/%s", "/usr/local/pgsql/bin/
 // shared server, by the test binary). Stop, Start and Kill let fault tests
 // take it away and bring it back on the same port with the same data.
 type PGServer struct {
-	dir, data, sock, log string
-	port                 int
-	postgres             string
-	cred                 *syscall.Credential // nil unless we run as root
-
-	mu     sync.Mutex // guards cmd and exited
-	cmd    *exec.Cmd  // nil while stopped
-	exited chan struct{}
+	process
+	dir, data, sock string
+	port            int
+	postgres        string
+	cred            *syscall.Credential // nil unless we run as root
 }
 
 // StartPostgresServer starts a dedicated cluster for t, stopped and deleted
@@ -94,8 +91,8 @@ func newPGServer() (*PGServer, error) {
 		os.RemoveAll(dir)
 		return nil, err
 	}
-	s := &PGServer{dir: dir, data: filepath.Join(dir, "data"), sock: dir,
-		log: filepath.Join(dir, "postgres.log"), port: port, postgres: postgres}
+	s := &PGServer{dir: dir, data: filepath.Join(dir, "data"), sock: dir, port: port, postgres: postgres,
+		process: process{name: "postgres", log: filepath.Join(dir, "postgres.log")}}
 
 	// PostgreSQL refuses to run as root; as root we hand the directory to
 	// the postgres OS user and run the binaries under its credentials.
@@ -155,57 +152,23 @@ func (s *PGServer) Start() error {
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// SIGQUIT is PostgreSQL's immediate shutdown: the backends go with the
 	// postmaster if the test binary dies.
-	if err := spawn(cmd, syscall.SIGQUIT); err != nil {
-		return fmt.Errorf("start postgres: %w", err)
-	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
-	s.cmd, s.exited = cmd, exited
-
-	deadline := time.Now().Add(60 * time.Second)
-	for {
+	return s.launchLocked(cmd, syscall.SIGQUIT, 60*time.Second, 50*time.Millisecond, func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
 		conn, err := pgx.Connect(ctx, s.dbURL("postgres"))
 		if err == nil {
 			conn.Close(ctx)
-			cancel()
-			return nil
 		}
-		cancel()
-		select {
-		case <-exited:
-			s.cmd = nil
-			return fmt.Errorf("postgres exited during start: %s", tail(s.log, 2000))
-		case <-time.After(50 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("postgres not ready after 60s: %v\n%s", err, tail(s.log, 2000))
-		}
-	}
+		return err
+	})
 }
 
 // Stop shuts the server down cleanly (fast shutdown) and waits for it.
-func (s *PGServer) Stop() { s.signal(syscall.SIGINT) }
+func (s *PGServer) Stop() { s.signal(syscall.SIGINT, 30*time.Second) }
 
 // Kill stops the server the way a crash would (immediate shutdown, WAL
 // recovery on the next Start) and waits for it.
-func (s *PGServer) Kill() { s.signal(syscall.SIGQUIT) }
-
-func (s *PGServer) signal(sig syscall.Signal) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.cmd == nil {
-		return
-	}
-	s.cmd.Process.Signal(sig)
-	select {
-	case <-s.exited:
-	case <-time.After(30 * time.Second):
-		s.cmd.Process.Kill()
-		<-s.exited
-	}
-	s.cmd = nil
-}
+func (s *PGServer) Kill() { s.signal(syscall.SIGQUIT, 30*time.Second) }
 
 func (s *PGServer) destroy() {
 	s.Stop()

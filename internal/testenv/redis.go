@@ -26,12 +26,9 @@ const redisDBs = 1024
 // and Kill let fault tests take it away and bring it back on the same port
 // (empty: nothing is saved).
 type RedisServer struct {
-	bin, dir, log string
-	port          int
-
-	mu     sync.Mutex // guards cmd and exited
-	cmd    *exec.Cmd  // nil while stopped
-	exited chan struct{}
+	process
+	bin, dir string
+	port     int
 }
 
 // StartRedisServer starts a dedicated server for t, killed in t.Cleanup.
@@ -65,7 +62,7 @@ func newRedisServer() (*RedisServer, error) {
 		os.RemoveAll(dir)
 		return nil, err
 	}
-	s := &RedisServer{bin: bin, dir: dir, log: dir + "/redis.log", port: port}
+	s := &RedisServer{bin: bin, dir: dir, port: port, process: process{name: "redis", log: dir + "/redis.log"}}
 	if err := s.Start(); err != nil {
 		s.destroy()
 		return nil, err
@@ -83,52 +80,16 @@ func (s *RedisServer) Start() error {
 	cmd := exec.Command(s.bin, "--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
 		"--save", "", "--appendonly", "no", "--databases", strconv.Itoa(redisDBs),
 		"--dir", s.dir, "--logfile", s.log, "--daemonize", "no")
-	if err := spawn(cmd, syscall.SIGKILL); err != nil {
-		return fmt.Errorf("start redis: %w", err)
-	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
-	s.cmd, s.exited = cmd, exited
-
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		err := redisDo(s.Addr(), "PING")
-		if err == nil {
-			return nil
-		}
-		select {
-		case <-exited:
-			s.cmd = nil
-			return fmt.Errorf("redis exited during start: %s", tail(s.log, 2000))
-		case <-time.After(20 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("redis not ready after 30s: %v\n%s", err, tail(s.log, 2000))
-		}
-	}
+	return s.launchLocked(cmd, syscall.SIGKILL, 30*time.Second, 20*time.Millisecond, func() error {
+		return redisDo(s.Addr(), "PING")
+	})
 }
 
 // Stop shuts the server down gracefully and waits for it.
-func (s *RedisServer) Stop() { s.signal(syscall.SIGTERM) }
+func (s *RedisServer) Stop() { s.signal(syscall.SIGTERM, 10*time.Second) }
 
 // Kill kills the server abruptly, like a crash, and waits for it.
-func (s *RedisServer) Kill() { s.signal(syscall.SIGKILL) }
-
-func (s *RedisServer) signal(sig syscall.Signal) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.cmd == nil {
-		return
-	}
-	s.cmd.Process.Signal(sig)
-	select {
-	case <-s.exited:
-	case <-time.After(10 * time.Second):
-		s.cmd.Process.Kill()
-		<-s.exited
-	}
-	s.cmd = nil
-}
+func (s *RedisServer) Kill() { s.signal(syscall.SIGKILL, 10*time.Second) }
 
 func (s *RedisServer) destroy() {
 	s.Kill()
