@@ -502,17 +502,26 @@ func withStore(o *opts) (dbURL string, cleanup func(), err error) {
 	return pg.url(), cleanup, nil
 }
 
-func scenarioConnect(o *opts) (*result, error) {
+// oneNode starts the store o asks for and one node on it; stop undoes both.
+func oneNode(o *opts) (ns []*node, stop func(), err error) {
 	db, cleanup, err := withStore(o)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	defer cleanup()
-	ns, err := startNodes(o, 1, o.transport, db, "")
+	ns, err = startNodes(o, 1, o.transport, db, "")
+	if err != nil {
+		cleanup()
+		return nil, nil, err
+	}
+	return ns, func() { stopNodes(ns); cleanup() }, nil
+}
+
+func scenarioConnect(o *opts) (*result, error) {
+	ns, stop, err := oneNode(o)
 	if err != nil {
 		return nil, err
 	}
-	defer stopNodes(ns)
+	defer stop()
 	fig, err := runConnect(o, ns, o.conns, o.transport, o.transport)
 	r := &result{Scenario: "connect", Raw: map[string]any{"connect": fig}, Plots: map[string]string{}}
 	if fig != nil {
@@ -528,16 +537,11 @@ func scenarioConnect(o *opts) (*result, error) {
 }
 
 func scenarioChat(o *opts) (*result, error) {
-	db, cleanup, err := withStore(o)
+	ns, stop, err := oneNode(o)
 	if err != nil {
 		return nil, err
 	}
-	defer cleanup()
-	ns, err := startNodes(o, 1, o.transport, db, "")
-	if err != nil {
-		return nil, err
-	}
-	defer stopNodes(ns)
+	defer stop()
 	fig, err := runChat(o, ns, o.pairs, o.transport, o.transport)
 	r := &result{Scenario: "chat", Raw: map[string]any{"chat": fig}, Plots: map[string]string{}}
 	if fig != nil {
