@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/elchat/elchat/internal/pace"
 	"github.com/elchat/elchat/pkg/phx"
 	"github.com/elchat/elchat/pkg/store"
 	"github.com/elchat/elchat/pkg/transport"
@@ -326,22 +327,9 @@ func (h *Hub) Resync(ctx context.Context, spread time.Duration) int {
 		}
 		s.mu.RUnlock()
 	}
-	const tick = 100 * time.Millisecond
-	batches := max(int(spread/tick), 1)
-	per := max((len(topics)+batches-1)/batches, 1)
-	t := time.NewTicker(tick)
-	defer t.Stop()
-	for i, name := range topics {
-		if i > 0 && i%per == 0 {
-			select {
-			case <-ctx.Done():
-				return i
-			case <-t.C:
-			}
-		}
-		h.BroadcastLocal(name, "phx_error", []byte(`{"reason":"resync"}`))
-	}
-	return len(topics)
+	return pace.Spread(ctx, len(topics), spread, func(i int) {
+		h.BroadcastLocal(topics[i], "phx_error", []byte(`{"reason":"resync"}`))
+	})
 }
 
 // BroadcastLocal sends event to the subscribers of topic on this node

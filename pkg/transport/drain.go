@@ -3,6 +3,8 @@ package transport
 import (
 	"context"
 	"time"
+
+	"github.com/elchat/elchat/internal/pace"
 )
 
 // Drain closes every connection of e with code and reason in batches
@@ -16,23 +18,11 @@ func Drain(ctx context.Context, e Engine, code int, reason string, spread time.D
 		return
 	}
 	conns := b.snapshot(nil)
-	const tick = 100 * time.Millisecond
-	batches := max(int(spread/tick), 1)
-	per := (len(conns) + batches - 1) / batches
-	t := time.NewTicker(tick)
-	defer t.Stop()
-	for len(conns) > 0 {
-		n := min(per, len(conns))
-		for _, c := range conns[:n] {
-			c.Close(code, reason)
-		}
-		conns = conns[n:]
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	if pace.Spread(ctx, len(conns), spread, func(i int) { conns[i].Close(code, reason) }) < len(conns) {
+		return
 	}
+	t := time.NewTicker(pace.Tick)
+	defer t.Stop()
 	for _, c := range b.snapshot(nil) {
 		c.Close(code, reason)
 	}
