@@ -113,7 +113,8 @@ func (c *Client) HandleText(data []byte) {
 	}
 	f, err := phx.Decode(data)
 	if err != nil {
-		c.conn.Close(CloseInvalidData, truncate("malformed frame: "+err.Error(), 120))
+		// The transport cuts the reason to what a close frame holds.
+		c.conn.Close(CloseInvalidData, "malformed frame: "+err.Error())
 		return
 	}
 	switch {
@@ -550,14 +551,4 @@ func storeReason(err error) string {
 		return "store unavailable"
 	}
 	return "store error"
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	for n > 0 && !utf8.RuneStart(s[n]) {
-		n--
-	}
-	return s[:n]
 }
