@@ -56,17 +56,23 @@ func (m NewMessage) Validate() error {
 	return nil
 }
 
-// SaveResult is what a FlushFunc reports for one message of a batch.
+// SaveResult is the outcome of saving one message of a batch.
 type SaveResult struct {
 	Msg     Message
 	Created bool
+	// Err, when set, refuses this one message (ErrClientIDReused) while the
+	// rest of the batch is stored; Msg and Created are then zero. A
+	// FlushFunc leaves it nil: SaveBatch and the Batcher fill it in.
+	Err error
 }
 
 // FlushFunc writes batch in one transaction and returns one result per
 // message, in order. The batch never holds two messages with the same
-// non-empty (UserID, ClientID): the batcher folds those beforehand. An error
-// fails the whole batch; it should already wrap ErrUnavailable when the
-// database is to blame.
+// non-empty (UserID, Room, ClientID): the batcher folds those beforehand. A
+// message whose key is already stored gets that stored message with Created
+// false, whatever its Body; the caller compares the bodies. An error fails
+// the whole batch; it should already wrap ErrUnavailable when the database
+// is to blame.
 type FlushFunc func(ctx context.Context, batch []NewMessage) ([]SaveResult, error)
 
 // BatchConfig tunes group commit. The zero value picks the defaults.
@@ -217,13 +223,23 @@ func (b *Batcher) run() {
 	}
 }
 
-type dedupKey struct{ user, client string }
+// IdempotencyKey is what makes two messages one: the same sender, chat and
+// non-empty ClientID.
+type IdempotencyKey struct{ User, Room, Client string }
 
-// SaveBatch folds messages sharing a non-empty (UserID, ClientID) into one,
-// writes the distinct ones with flush, and returns one result per input
-// message. A folded duplicate is a retry of the first: it gets the same
-// message with Created false. Implementations expose it for bulk imports and
-// benchmarks; Save goes through it too.
+// Key returns m's idempotency key; ok is false when m has no ClientID and so
+// is never folded with another message.
+func (m NewMessage) Key() (k IdempotencyKey, ok bool) {
+	return IdempotencyKey{m.UserID, m.Room, m.ClientID}, m.ClientID != ""
+}
+
+// SaveBatch folds messages sharing a non-empty (UserID, Room, ClientID) into
+// one, writes the distinct ones with flush, and returns one result per input
+// message. A folded duplicate with the first one's Body is a retry of it: it
+// gets the same message with Created false; one with another Body gets
+// ErrClientIDReused in its result. The same holds against messages stored
+// earlier. Implementations expose it for bulk imports and benchmarks; Save
+// goes through it too.
 func SaveBatch(ctx context.Context, flush FlushFunc, batch []NewMessage) ([]SaveResult, error) {
 	for _, m := range batch {
 		if err := m.Validate(); err != nil {
@@ -241,7 +257,7 @@ func SaveBatch(ctx context.Context, flush FlushFunc, batch []NewMessage) ([]Save
 	if len(res) != len(msgs) {
 		return nil, fmt.Errorf("store: flush returned %d results for %d messages", len(res), len(msgs))
 	}
-	return expand(res, slot), nil
+	return expand(batch, res, slot), nil
 }
 
 // dedup returns the distinct messages of batch and, for each input index,
@@ -249,13 +265,12 @@ func SaveBatch(ctx context.Context, flush FlushFunc, batch []NewMessage) ([]Save
 func dedup(batch []NewMessage) (msgs []NewMessage, slot []int) {
 	msgs = make([]NewMessage, 0, len(batch))
 	slot = make([]int, len(batch))
-	var seen map[dedupKey]int
+	var seen map[IdempotencyKey]int
 	for i, m := range batch {
-		if m.ClientID != "" {
+		if k, ok := m.Key(); ok {
 			if seen == nil {
-				seen = make(map[dedupKey]int)
+				seen = make(map[IdempotencyKey]int)
 			}
-			k := dedupKey{m.UserID, m.ClientID}
 			if j, dup := seen[k]; dup {
 				slot[i] = j
 				continue
@@ -268,7 +283,10 @@ func dedup(batch []NewMessage) (msgs []NewMessage, slot []int) {
 	return msgs, slot
 }
 
-func expand(res []SaveResult, slot []int) []SaveResult {
+// expand answers every message of batch from the results of its distinct
+// messages. An answer that is not a fresh insert is a retry, and a retry is
+// only honoured when it carries the stored Body.
+func expand(batch []NewMessage, res []SaveResult, slot []int) []SaveResult {
 	out := make([]SaveResult, len(slot))
 	answered := make([]bool, len(res))
 	for i, j := range slot {
@@ -277,6 +295,9 @@ func expand(res []SaveResult, slot []int) []SaveResult {
 			out[i].Created = false
 		}
 		answered[j] = true
+		if out[i].Err == nil && !out[i].Created && out[i].Msg.Body != batch[i].Body {
+			out[i] = SaveResult{Err: ErrClientIDReused}
+		}
 	}
 	return out
 }
@@ -315,7 +336,7 @@ func (b *Batcher) write(batch []*saveRequest) {
 		}
 		return
 	}
-	for i, out := range expand(res, slot) {
-		live[i].done <- saveReply{res: out}
+	for i, out := range expand(in, res, slot) {
+		live[i].done <- saveReply{res: out, err: out.Err}
 	}
 }

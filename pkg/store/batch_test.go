@@ -255,3 +255,52 @@ func TestSaveBatchValidatesAll(t *testing.T) {
 		t.Errorf("ClampLimit(5000) = %d", got)
 	}
 }
+
+// Duplicates folded inside one batch follow the same rule as retries of
+// stored messages: the first wins, a later one with another body is refused,
+// and the same client id in another room is another message.
+func TestBatcherFoldsPerRoomAndBody(t *testing.T) {
+	rec := &recorder{gate: make(chan struct{}), entered: make(chan struct{}, 10)}
+	b := NewBatcher(BatchConfig{Flushers: 1}, rec.flush)
+	defer b.Close()
+
+	first := saveAsync(b, context.Background(), nm("u0", ""))
+	<-rec.entered
+	orig := NewMessage{Room: "r", UserID: "alice", OpponentID: "bob", Body: "original", ClientID: "x"}
+	winner := saveAsync(b, context.Background(), orig)
+	waitQueued(t, b, 1)
+	reused := orig
+	reused.Body = "changed"
+	loser := saveAsync(b, context.Background(), reused)
+	retry := saveAsync(b, context.Background(), orig)
+	elsewhere := orig
+	elsewhere.Room = "r2"
+	other := saveAsync(b, context.Background(), elsewhere)
+	waitQueued(t, b, 4)
+	rec.gate <- struct{}{}
+	<-rec.entered
+	rec.gate <- struct{}{}
+
+	if r := <-first; r.err != nil {
+		t.Fatal(r.err)
+	}
+	w, l, rt, o := <-winner, <-loser, <-retry, <-other
+	if w.err != nil || !w.created || w.msg.Body != "original" {
+		t.Errorf("first of the key = %+v", w)
+	}
+	if !errors.Is(l.err, ErrClientIDReused) || !errors.Is(l.err, ErrInvalid) || errors.Is(l.err, ErrUnavailable) ||
+		l.created || l.msg != (Message{}) {
+		t.Errorf("same key, other body = %+v; want ErrClientIDReused alone", l)
+	}
+	if rt.err != nil || rt.created || rt.msg != w.msg {
+		t.Errorf("same key, same body = %+v; want %+v, not created", rt, w.msg)
+	}
+	if o.err != nil || !o.created || o.msg.ID == w.msg.ID || o.msg.Room != "r2" {
+		t.Errorf("same client id in another room = %+v", o)
+	}
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if len(rec.batches) != 2 || len(rec.batches[1]) != 2 {
+		t.Errorf("batches = %v, want [1 message] then [2 distinct]", rec.batches)
+	}
+}

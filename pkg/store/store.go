@@ -1,17 +1,26 @@
-// Package store keeps chat history. Two implementations satisfy Store and
+// Package store keeps chat history. Three implementations satisfy Store and
 // pass the same suite (storetest): an embedded SQLite file for development
-// and small installs, and PostgreSQL for clusters.
+// and small installs, PostgreSQL for clusters, and memstore, which keeps
+// nothing across restarts and exists so tests need no database.
 package store
 
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 )
 
 // ErrUnavailable wraps every failure caused by the database being
 // unreachable or refusing work, so callers can tell it apart from bad input.
 var ErrUnavailable = errors.New("store unavailable")
+
+// ErrClientIDReused refuses a Save whose (UserID, Room, ClientID) is already
+// taken by a message with a different Body: that is not a retry but a client
+// reusing an id, and handing back the stored message would answer it with
+// someone else's content. It wraps ErrInvalid, not ErrUnavailable: the same
+// message can never succeed, so callers must not retry it.
+var ErrClientIDReused = fmt.Errorf("%w: client_id already used for a different message", ErrInvalid)
 
 // Message is a stored chat message. ID is assigned by the store, grows with
 // time within a room, and is the cursor for paging, catch-up and read marks.
@@ -27,8 +36,10 @@ type Message struct {
 }
 
 // NewMessage is a message to store. ClientID, when set, makes Save
-// idempotent per sender: a second Save with the same (UserID, ClientID)
-// returns the first stored message and stores nothing.
+// idempotent per sender and chat: a second Save with the same
+// (UserID, Room, ClientID) and the same Body returns the first stored message
+// and stores nothing; with a different Body it fails with ErrClientIDReused
+// and stores nothing. The same ClientID in another Room is another message.
 type NewMessage struct {
 	Room       string
 	UserID     string
@@ -49,8 +60,10 @@ type UnreadChat struct {
 // use. Errors caused by the database (not by arguments) wrap ErrUnavailable.
 type Store interface {
 	// Save stores m durably before returning. Concurrent calls are group
-	// committed: many callers share one transaction. On a ClientID retry it
-	// returns the original message with created == false.
+	// committed: many callers share one transaction. On a ClientID retry
+	// (same UserID, Room, ClientID and Body) it returns the original message
+	// with created == false; a retry with another Body gets
+	// ErrClientIDReused. Invalid messages get ErrInvalid.
 	Save(ctx context.Context, m NewMessage) (msg Message, created bool, err error)
 	// History returns up to limit messages of room with ID < before (before
 	// <= 0 means the newest), oldest first.

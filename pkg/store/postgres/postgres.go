@@ -150,13 +150,14 @@ const insertSQL = `WITH input AS (
 ), ins AS (
 	INSERT INTO messages (id, room, user_id, opponent_id, body, client_id)
 	SELECT id, room, user_id, opponent_id, body, client_id FROM input ORDER BY ord
-	ON CONFLICT (user_id, client_id) WHERE client_id IS NOT NULL DO NOTHING
+	ON CONFLICT (user_id, room, client_id) WHERE client_id IS NOT NULL DO NOTHING
 	RETURNING id, sent_at
 )
 SELECT input.ord, ins.id, ins.sent_at FROM ins JOIN input USING (id)`
 
 const existingSQL = `SELECT ` + cols + ` FROM messages
-WHERE (user_id, client_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))`
+WHERE client_id IS NOT NULL
+	AND (user_id, room, client_id) IN (SELECT * FROM unnest($1::text[], $2::text[], $3::text[]))`
 
 // flush is the batcher's FlushFunc. The INSERT is one statement and so one
 // transaction; the follow-up SELECT only reads rows that are already
@@ -221,25 +222,24 @@ func (s *Store) flush(ctx context.Context, batch []store.NewMessage) ([]store.Sa
 		return nil, classify(context.Background(), err)
 	}
 
-	var cu, cc []string
+	var cu, cr, cc []string
 	for i, ok := range done {
 		if !ok {
-			cu, cc = append(cu, users[i]), append(cc, cids[i])
+			cu, cr, cc = append(cu, users[i]), append(cr, rooms[i]), append(cc, cids[i])
 		}
 	}
 	if len(cu) == 0 {
 		return out, nil
 	}
-	type key struct{ user, client string }
-	existing := make(map[key]store.Message, len(cu))
+	existing := make(map[store.IdempotencyKey]store.Message, len(cu))
 	err = retry(ctx, func() error {
-		rows, err := s.pool.Query(ctx, existingSQL, cu, cc)
+		rows, err := s.pool.Query(ctx, existingSQL, cu, cr, cc)
 		if err != nil {
 			return err
 		}
 		msgs, err := pgx.CollectRows(rows, scanMessage)
 		for _, m := range msgs {
-			existing[key{m.UserID, m.ClientID}] = m
+			existing[store.IdempotencyKey{User: m.UserID, Room: m.Room, Client: m.ClientID}] = m
 		}
 		return err
 	})
@@ -250,9 +250,10 @@ func (s *Store) flush(ctx context.Context, batch []store.NewMessage) ([]store.Sa
 		if ok {
 			continue
 		}
-		m, found := existing[key{users[i], cids[i]}]
+		k, _ := batch[i].Key()
+		m, found := existing[k]
 		if !found {
-			return nil, fmt.Errorf("%w: message %s/%s neither inserted nor found", store.ErrUnavailable, users[i], cids[i])
+			return nil, fmt.Errorf("%w: message %s/%s/%s neither inserted nor found", store.ErrUnavailable, users[i], rooms[i], cids[i])
 		}
 		out[i] = store.SaveResult{Msg: m}
 	}

@@ -2,11 +2,15 @@ package postgres_test
 
 import (
 	"context"
+	"database/sql"
 	"errors"
+	"os"
 	"strconv"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/pressly/goose/v3"
 
 	"github.com/elchat/elchat/internal/testenv"
 	"github.com/elchat/elchat/pkg/store"
@@ -61,6 +65,37 @@ func TestMigrateConcurrentAndRepeated(t *testing.T) {
 	if _, _, err := s.Save(context.Background(), store.NewMessage{Room: "r", UserID: "a", OpponentID: "b", Body: "x"}); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// A database created before client ids were scoped to the room upgrades in
+// place and keeps honouring the retries of what it holds.
+func TestMigrateClientIDPerRoom(t *testing.T) {
+	url := testenv.Postgres(t)
+	ctx := context.Background()
+	db, err := sql.Open("pgx", url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	p, err := goose.NewProvider(goose.DialectPostgres, db, os.DirFS("migrations"), goose.WithDisableGlobalRegistry(true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.UpTo(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	old := store.Message{Room: "chat:1:2", UserID: "1", OpponentID: "2", Body: "private note", ClientID: "c-1"}
+	if err := db.QueryRowContext(ctx, `INSERT INTO messages (room, user_id, opponent_id, body, client_id)
+VALUES ($1, $2, $3, $4, $5) RETURNING id, sent_at`, old.Room, old.UserID, old.OpponentID, old.Body, old.ClientID).Scan(&old.ID, &old.SentAt); err != nil {
+		t.Fatal(err)
+	}
+	old.SentAt = old.SentAt.UTC()
+	s, err := postgres.Open(ctx, url, postgres.Options{Migrate: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	storetest.CheckUpgradedClientID(t, s, old)
 }
 
 func TestOpenUnreachable(t *testing.T) {

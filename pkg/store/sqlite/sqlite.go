@@ -172,10 +172,10 @@ const (
 
 	insertSQL = `INSERT INTO messages (room, user_id, opponent_id, body, client_id, sent_at)
 VALUES (?, ?, ?, ?, ?, ?)
-ON CONFLICT (user_id, client_id) WHERE client_id IS NOT NULL DO NOTHING
+ON CONFLICT (user_id, room, client_id) WHERE client_id IS NOT NULL DO NOTHING
 RETURNING id`
 
-	existingSQL = `SELECT ` + cols + ` FROM messages WHERE user_id = ? AND client_id = ?`
+	existingSQL = `SELECT ` + cols + ` FROM messages WHERE user_id = ? AND room = ? AND client_id = ?`
 )
 
 // flush is the batcher's FlushFunc: one IMMEDIATE transaction, one fsync.
@@ -209,9 +209,10 @@ func (s *Store) flush(ctx context.Context, batch []store.NewMessage) (_ []store.
 				Body: m.Body, ClientID: m.ClientID, SentAt: now,
 			}}
 		case errors.Is(err, sql.ErrNoRows):
-			// DO NOTHING fired: a committed message already has this
-			// client id, and the retry gets that one.
-			prev, err := scanMessage(tx.QueryRowContext(ctx, existingSQL, m.UserID, m.ClientID))
+			// DO NOTHING fired: a committed message of this sender in
+			// this room already has this client id, and the retry gets
+			// that one (store.SaveBatch refuses it if the bodies differ).
+			prev, err := scanMessage(tx.QueryRowContext(ctx, existingSQL, m.UserID, m.Room, m.ClientID))
 			if err != nil {
 				return nil, unavailable(err)
 			}

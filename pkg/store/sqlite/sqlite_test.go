@@ -2,12 +2,15 @@ package sqlite_test
 
 import (
 	"context"
+	"database/sql"
 	"os"
 	"path/filepath"
 	"strconv"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/pressly/goose/v3"
 
 	"github.com/elchat/elchat/pkg/store"
 	"github.com/elchat/elchat/pkg/store/sqlite"
@@ -69,10 +72,43 @@ func TestReopenKeepsData(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	got, created, err := s.Save(ctx, store.NewMessage{Room: "r", UserID: "a", OpponentID: "b", Body: "again", ClientID: "k"})
+	got, created, err := s.Save(ctx, store.NewMessage{Room: "r", UserID: "a", OpponentID: "b", Body: "kept", ClientID: "k"})
 	if err != nil || created || got != m {
 		t.Errorf("retry after reopen = %+v, %v, %v; want %+v", got, created, err, m)
 	}
+}
+
+// A database created before client ids were scoped to the room upgrades in
+// place and keeps honouring the retries of what it holds.
+func TestMigrateClientIDPerRoom(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	db, err := sql.Open("sqlite", sqlite.Path(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := goose.NewProvider(goose.DialectSQLite3, db, os.DirFS("migrations"), goose.WithDisableGlobalRegistry(true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.UpTo(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	old := store.Message{ID: 1, Room: "chat:1:2", UserID: "1", OpponentID: "2", Body: "private note",
+		ClientID: "c-1", SentAt: time.UnixMicro(1700000000123456).UTC()}
+	if _, err := db.ExecContext(ctx, `INSERT INTO messages (id, room, user_id, opponent_id, body, client_id, sent_at)
+VALUES (?, ?, ?, ?, ?, ?, ?)`, old.ID, old.Room, old.UserID, old.OpponentID, old.Body, old.ClientID, old.SentAt.UnixMicro()); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s, err := sqlite.Open(ctx, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	storetest.CheckUpgradedClientID(t, s, old)
 }
 
 func TestGroupCommitBatches(t *testing.T) {

@@ -36,7 +36,11 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"IdempotentSequential", testIdempotentSequential},
 		{"IdempotentConcurrent", testIdempotentConcurrent},
 		{"IdempotentInOneBatch", testIdempotentInOneBatch},
+		{"ClientIDReusedWithOtherBody", testClientIDReusedWithOtherBody},
+		{"ClientIDReusedConcurrent", testClientIDReusedConcurrent},
 		{"ClientIDScopedToUser", testClientIDScopedToUser},
+		{"ClientIDScopedToRoom", testClientIDScopedToRoom},
+		{"ClientIDScopedToRoomConcurrent", testClientIDScopedToRoomConcurrent},
 		{"EmptyClientIDNeverDedups", testEmptyClientIDNeverDedups},
 		{"HistoryPaging", testHistoryPaging},
 		{"HistoryLimits", testHistoryLimits},
@@ -149,9 +153,11 @@ func testIDsIncrease(t *testing.T, s store.Store) {
 
 func testIdempotentSequential(t *testing.T, s store.Store) {
 	first := mustSave(t, s, msg("r", "alice", "bob", "original", "dup-1"))
-	// The retry carries a different body on purpose: the store must hand
-	// back the stored original, not the retry's content.
-	again, created, err := s.Save(ctxT(t), msg("r", "alice", "bob", "retry", "dup-1"))
+	if _, err := s.MarkRead(ctxT(t), "r", "bob", first.ID); err != nil {
+		t.Fatal(err)
+	}
+	first.Delivered = true // the retry sees the message as it is stored now
+	again, created, err := s.Save(ctxT(t), msg("r", "alice", "bob", "original", "dup-1"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -211,11 +217,14 @@ func testIdempotentInOneBatch(t *testing.T, s store.Store) {
 	pre := mustSave(t, s, msg("r", "carol", "bob", "earlier", "old"))
 	batch := []store.NewMessage{
 		msg("r", "alice", "bob", "one", "x"),
-		msg("r", "alice", "bob", "one again", "x"),
+		msg("r", "alice", "bob", "one", "x"),       // retry: folded into 0
+		msg("r", "alice", "bob", "one again", "x"), // reused id: refused
 		msg("r", "bob", "alice", "bob's x", "x"),
+		msg("r2", "alice", "bob", "one", "x"), // same id, other room
 		msg("r", "alice", "bob", "no id", ""),
 		msg("r", "alice", "bob", "no id", ""),
-		msg("r", "carol", "bob", "retry of earlier", "old"),
+		msg("r", "carol", "bob", "earlier", "old"),           // retry of pre
+		msg("r", "carol", "bob", "not what was sent", "old"), // reused id of pre
 	}
 	res, err := bs.SaveBatch(ctxT(t), batch)
 	if err != nil {
@@ -224,23 +233,104 @@ func testIdempotentInOneBatch(t *testing.T, s store.Store) {
 	if len(res) != len(batch) {
 		t.Fatalf("got %d results for %d messages", len(res), len(batch))
 	}
-	wantCreated := []bool{true, false, true, true, true, false}
+	wantCreated := []bool{true, false, false, true, true, true, true, false, false}
+	wantReused := []bool{false, false, true, false, false, false, false, false, true}
 	for i, r := range res {
 		if r.Created != wantCreated[i] {
 			t.Errorf("result %d created = %v, want %v", i, r.Created, wantCreated[i])
+		}
+		if reused := errors.Is(r.Err, store.ErrClientIDReused); reused != wantReused[i] || (r.Err != nil && !reused) {
+			t.Errorf("result %d err = %v, want ErrClientIDReused: %v", i, r.Err, wantReused[i])
+		}
+		if r.Err != nil && r.Msg != (store.Message{}) {
+			t.Errorf("refused result %d carries a message: %+v", i, r.Msg)
 		}
 	}
 	if res[0].Msg != res[1].Msg || res[0].Msg.Body != "one" {
 		t.Errorf("in-batch duplicate: %+v vs %+v", res[0].Msg, res[1].Msg)
 	}
-	if res[2].Msg.ID == res[0].Msg.ID || res[3].Msg.ID == res[4].Msg.ID {
+	if res[3].Msg.ID == res[0].Msg.ID || res[4].Msg.ID == res[0].Msg.ID || res[5].Msg.ID == res[6].Msg.ID {
 		t.Errorf("distinct messages share an ID: %v", res)
 	}
-	if res[5].Msg != pre {
-		t.Errorf("retry of committed message = %+v, want %+v", res[5].Msg, pre)
+	if res[4].Msg.Room != "r2" {
+		t.Errorf("same client id in another room = %+v, want a message of r2", res[4].Msg)
+	}
+	if res[7].Msg != pre {
+		t.Errorf("retry of committed message = %+v, want %+v", res[7].Msg, pre)
 	}
 	if got := since(t, s, "r"); len(got) != 5 {
-		t.Errorf("stored %d rows, want 5: %+v", len(got), got)
+		t.Errorf("stored %d rows in r, want 5: %+v", len(got), got)
+	}
+	if got := since(t, s, "r2"); len(got) != 1 {
+		t.Errorf("stored %d rows in r2, want 1: %+v", len(got), got)
+	}
+}
+
+// A retry must carry what was sent: the same key with another body is a
+// client reusing an id, and answering it with the stored message would show
+// the sender a message it did not write.
+func testClientIDReusedWithOtherBody(t *testing.T, s store.Store) {
+	first := mustSave(t, s, msg("r", "alice", "bob", "original", "dup-1"))
+	got, created, err := s.Save(ctxT(t), msg("r", "alice", "bob", "something else", "dup-1"))
+	if !errors.Is(err, store.ErrClientIDReused) {
+		t.Fatalf("Save with a reused client id = %+v, %v, %v; want ErrClientIDReused", got, created, err)
+	}
+	if !errors.Is(err, store.ErrInvalid) || errors.Is(err, store.ErrUnavailable) {
+		t.Errorf("ErrClientIDReused = %v: want it to be ErrInvalid and not ErrUnavailable", err)
+	}
+	if created || got != (store.Message{}) {
+		t.Errorf("refused Save returned %+v, created %v", got, created)
+	}
+	if rows := since(t, s, "r"); len(rows) != 1 || rows[0] != first {
+		t.Errorf("room holds %+v, want only %+v", rows, first)
+	}
+	// The refusal changes nothing: a true retry still gets the original.
+	again, created, err := s.Save(ctxT(t), msg("r", "alice", "bob", "original", "dup-1"))
+	if err != nil || created || again != first {
+		t.Errorf("retry after a refusal = %+v, %v, %v; want %+v", again, created, err, first)
+	}
+}
+
+// Concurrent saves of one key with two bodies: one body is stored, its
+// senders all get that message, the others are refused.
+func testClientIDReusedConcurrent(t *testing.T, s store.Store) {
+	const n = 32
+	var (
+		wg      sync.WaitGroup
+		start   = make(chan struct{})
+		results = make([]store.Message, n)
+		created = make([]bool, n)
+		errs    = make([]error, n)
+	)
+	body := func(i int) string { return fmt.Sprint("body-", i%2) }
+	for i := range n {
+		wg.Go(func() {
+			<-start
+			results[i], created[i], errs[i] = s.Save(context.Background(), msg("r", "alice", "bob", body(i), "same"))
+		})
+	}
+	close(start)
+	wg.Wait()
+	rows := since(t, s, "r")
+	if len(rows) != 1 {
+		t.Fatalf("stored %+v, want one row", rows)
+	}
+	nCreated := 0
+	for i := range n {
+		switch {
+		case body(i) == rows[0].Body:
+			if errs[i] != nil || results[i] != rows[0] {
+				t.Errorf("save %d with the stored body = %+v, %v; want %+v", i, results[i], errs[i], rows[0])
+			}
+			if created[i] {
+				nCreated++
+			}
+		case !errors.Is(errs[i], store.ErrClientIDReused):
+			t.Errorf("save %d with the other body = %+v, %v; want ErrClientIDReused", i, results[i], errs[i])
+		}
+	}
+	if nCreated != 1 {
+		t.Errorf("%d saves reported created, want exactly 1", nCreated)
 	}
 }
 
@@ -249,6 +339,71 @@ func testClientIDScopedToUser(t *testing.T, s store.Store) {
 	b := mustSave(t, s, msg("r", "bob", "alice", "from bob", "c1"))
 	if a.ID == b.ID || b.Body != "from bob" {
 		t.Errorf("different users with one client id collided: %+v %+v", a, b)
+	}
+}
+
+// The idempotency key includes the room: a client id used in one chat must
+// neither swallow nor reveal a message of another chat.
+func testClientIDScopedToRoom(t *testing.T, s store.Store) {
+	private := mustSave(t, s, msg("chat:1:2", "1", "2", "private note", "c-1"))
+	hello := mustSave(t, s, msg("chat:1:3", "1", "3", "hello", "c-1"))
+	if hello.ID == private.ID || hello.Room != "chat:1:3" || hello.Body != "hello" {
+		t.Errorf("Save in chat:1:3 = %+v, leaked %+v", hello, private)
+	}
+	for room, want := range map[string]store.Message{"chat:1:2": private, "chat:1:3": hello} {
+		if got := since(t, s, room); len(got) != 1 || got[0] != want {
+			t.Errorf("%s holds %+v, want [%+v]", room, got, want)
+		}
+	}
+	// Each room's retry resolves within that room.
+	for _, want := range []store.Message{private, hello} {
+		got, created, err := s.Save(ctxT(t), msg(want.Room, "1", want.OpponentID, want.Body, "c-1"))
+		if err != nil || created || got != want {
+			t.Errorf("retry in %s = %+v, %v, %v; want %+v", want.Room, got, created, err, want)
+		}
+	}
+}
+
+// Concurrent retries of one client id in several rooms fold into one row per
+// room, and every caller gets its own room's message.
+func testClientIDScopedToRoomConcurrent(t *testing.T, s store.Store) {
+	const rooms, each = 4, 8
+	var (
+		wg      sync.WaitGroup
+		start   = make(chan struct{})
+		results = make([]store.Message, rooms*each)
+		created = make([]bool, rooms*each)
+		errs    = make([]error, rooms*each)
+	)
+	room := func(i int) string { return fmt.Sprint("room-", i%rooms) }
+	for i := range rooms * each {
+		wg.Go(func() {
+			<-start
+			results[i], created[i], errs[i] = s.Save(context.Background(),
+				msg(room(i), "alice", "bob", "hi from "+room(i), "same"))
+		})
+	}
+	close(start)
+	wg.Wait()
+	nCreated := 0
+	for i := range rooms * each {
+		if errs[i] != nil {
+			t.Fatalf("save %d: %v", i, errs[i])
+		}
+		if created[i] {
+			nCreated++
+		}
+		if results[i] != results[i%rooms] || results[i].Room != room(i) {
+			t.Errorf("save %d in %s = %+v, want %+v", i, room(i), results[i], results[i%rooms])
+		}
+	}
+	if nCreated != rooms {
+		t.Errorf("%d saves reported created, want %d", nCreated, rooms)
+	}
+	for r := range rooms {
+		if got := since(t, s, room(r)); len(got) != 1 {
+			t.Errorf("%s holds %d rows, want 1", room(r), len(got))
+		}
 	}
 }
 
@@ -715,4 +870,27 @@ func BenchmarkSaveBatch(b *testing.B, s BatchSaver, size int) {
 		n++
 	}
 	b.ReportMetric(float64(n*size)/b.Elapsed().Seconds(), "msgs/s")
+}
+
+// CheckUpgradedClientID checks a store migrated from the schema whose
+// idempotency key was (UserID, ClientID) to the per-room key. old is a
+// message stored before the migration, with a ClientID; the store must hold
+// nothing else in old.Room or in "other-room".
+func CheckUpgradedClientID(t *testing.T, s store.Store, old store.Message) {
+	t.Helper()
+	ctx := ctxT(t)
+	if got := since(t, s, old.Room); len(got) != 1 || got[0] != old {
+		t.Fatalf("%s after migration = %+v, want [%+v]", old.Room, got, old)
+	}
+	again, created, err := s.Save(ctx, msg(old.Room, old.UserID, old.OpponentID, old.Body, old.ClientID))
+	if err != nil || created || again != old {
+		t.Errorf("retry of a pre-migration message = %+v, %v, %v; want %+v", again, created, err, old)
+	}
+	if _, _, err := s.Save(ctx, msg(old.Room, old.UserID, old.OpponentID, old.Body+"?", old.ClientID)); !errors.Is(err, store.ErrClientIDReused) {
+		t.Errorf("reuse of a pre-migration client id = %v, want ErrClientIDReused", err)
+	}
+	other, created, err := s.Save(ctx, msg("other-room", old.UserID, old.OpponentID, "elsewhere", old.ClientID))
+	if err != nil || !created || other.Room != "other-room" || other.ID <= old.ID {
+		t.Errorf("pre-migration client id in another room = %+v, %v, %v; want a new message", other, created, err)
+	}
 }
