@@ -239,8 +239,12 @@ func (m NewMessage) Key() (k IdempotencyKey, ok bool) {
 // gets the same message with Created false; one with another Body gets
 // ErrClientIDReused in its result. The same holds against messages stored
 // earlier. Implementations expose it for bulk imports and benchmarks; Save
-// goes through it too.
+// goes through it too. A ctx that ends before or during the write is
+// reported as ctx's error.
 func SaveBatch(ctx context.Context, flush FlushFunc, batch []NewMessage) ([]SaveResult, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	for _, m := range batch {
 		if err := m.Validate(); err != nil {
 			return nil, err
@@ -252,7 +256,7 @@ func SaveBatch(ctx context.Context, flush FlushFunc, batch []NewMessage) ([]Save
 	}
 	res, err := flush(ctx, msgs)
 	if err != nil {
-		return nil, err
+		return nil, ContextOr(ctx, err)
 	}
 	if len(res) != len(msgs) {
 		return nil, fmt.Errorf("store: flush returned %d results for %d messages", len(res), len(msgs))

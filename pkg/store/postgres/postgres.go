@@ -10,7 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"math"
+	"slices"
 	"sync"
 	"time"
 
@@ -126,14 +126,7 @@ func (s *Store) Save(ctx context.Context, m store.NewMessage) (store.Message, bo
 // SaveBatch writes batch in one statement, bypassing the batcher; for
 // imports and benchmarks.
 func (s *Store) SaveBatch(ctx context.Context, batch []store.NewMessage) ([]store.SaveResult, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	res, err := store.SaveBatch(ctx, s.flush, batch)
-	if err != nil && ctx.Err() != nil {
-		return nil, ctx.Err()
-	}
-	return res, err
+	return store.SaveBatch(ctx, s.flush, batch)
 }
 
 const cols = `id, room, user_id, opponent_id, body, client_id, sent_at, is_delivered`
@@ -273,17 +266,12 @@ func retry(ctx context.Context, fn func() error) error {
 
 // History implements store.Store.
 func (s *Store) History(ctx context.Context, room string, before int64, limit int) ([]store.Message, error) {
-	if before <= 0 {
-		before = math.MaxInt64
-	}
 	msgs, err := s.query(ctx, limit, `SELECT `+cols+` FROM messages
-WHERE room = $1 AND id < $2 ORDER BY id DESC LIMIT $3`, room, before)
+WHERE room = $1 AND id < $2 ORDER BY id DESC LIMIT $3`, room, store.HistoryBound(before))
 	if err != nil {
 		return nil, err
 	}
-	for i, j := 0, len(msgs)-1; i < j; i, j = i+1, j-1 {
-		msgs[i], msgs[j] = msgs[j], msgs[i]
-	}
+	slices.Reverse(msgs) // newest first from the query, oldest first to the caller
 	return msgs, nil
 }
 
@@ -295,30 +283,22 @@ WHERE room = $1 AND id > $2 ORDER BY id LIMIT $3`, room, after)
 
 // query runs a paged read; the clamped limit is appended as the last arg.
 func (s *Store) query(ctx context.Context, limit int, q string, args ...any) ([]store.Message, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	limit = store.ClampLimit(limit)
-	if limit == 0 {
-		return []store.Message{}, nil
-	}
-	args = append(args, limit)
-	var msgs []store.Message
-	err := retry(ctx, func() error {
-		rows, err := s.pool.Query(ctx, q, args...)
-		if err != nil {
+	return store.Page(ctx, limit, func(limit int) ([]store.Message, error) {
+		args := append(args, limit)
+		var msgs []store.Message
+		err := retry(ctx, func() error {
+			rows, err := s.pool.Query(ctx, q, args...)
+			if err != nil {
+				return err
+			}
+			msgs, err = pgx.CollectRows(rows, scanMessage)
 			return err
+		})
+		if err != nil {
+			return nil, classify(ctx, err)
 		}
-		msgs, err = pgx.CollectRows(rows, scanMessage)
-		return err
+		return msgs, nil
 	})
-	if err != nil {
-		return nil, classify(ctx, err)
-	}
-	if msgs == nil {
-		msgs = []store.Message{}
-	}
-	return msgs, nil
 }
 
 // MarkRead implements store.Store.
@@ -434,12 +414,9 @@ func scanMessage(row pgx.CollectableRow) (store.Message, error) {
 // ErrInvalid, and everything else (refused or lost connections, timeouts,
 // server shutdown, closed pool) is ErrUnavailable.
 func classify(ctx context.Context, err error) error {
-	if ctxErr := ctx.Err(); ctxErr != nil {
-		return ctxErr
-	}
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && len(pgErr.Code) == 5 && pgErr.Code[:2] == "22" { // data exception
-		return fmt.Errorf("%w: %v", store.ErrInvalid, err)
+		return store.ContextOr(ctx, fmt.Errorf("%w: %v", store.ErrInvalid, err))
 	}
-	return fmt.Errorf("%w: %v", store.ErrUnavailable, err)
+	return store.ContextOr(ctx, store.Unavailable(err))
 }

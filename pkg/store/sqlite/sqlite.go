@@ -12,10 +12,10 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"math"
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -157,14 +157,7 @@ func (s *Store) Save(ctx context.Context, m store.NewMessage) (store.Message, bo
 // SaveBatch writes batch in one transaction, bypassing the batcher; for
 // imports and benchmarks.
 func (s *Store) SaveBatch(ctx context.Context, batch []store.NewMessage) ([]store.SaveResult, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	res, err := store.SaveBatch(ctx, s.flush, batch)
-	if err != nil && ctx.Err() != nil {
-		return nil, ctx.Err()
-	}
-	return res, err
+	return store.SaveBatch(ctx, s.flush, batch)
 }
 
 const (
@@ -179,10 +172,12 @@ RETURNING id`
 )
 
 // flush is the batcher's FlushFunc: one IMMEDIATE transaction, one fsync.
+// Its context is the batcher's own timeout, whose expiry means the database
+// is too slow, so every failure is ErrUnavailable.
 func (s *Store) flush(ctx context.Context, batch []store.NewMessage) (_ []store.SaveResult, err error) {
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
-		return nil, unavailable(err)
+		return nil, store.Unavailable(err)
 	}
 	defer func() {
 		if err != nil {
@@ -191,7 +186,7 @@ func (s *Store) flush(ctx context.Context, batch []store.NewMessage) (_ []store.
 	}()
 	ins, err := tx.PrepareContext(ctx, insertSQL)
 	if err != nil {
-		return nil, unavailable(err)
+		return nil, store.Unavailable(err)
 	}
 	defer ins.Close()
 
@@ -214,31 +209,26 @@ func (s *Store) flush(ctx context.Context, batch []store.NewMessage) (_ []store.
 			// that one (store.SaveBatch refuses it if the bodies differ).
 			prev, err := scanMessage(tx.QueryRowContext(ctx, existingSQL, m.UserID, m.Room, m.ClientID))
 			if err != nil {
-				return nil, unavailable(err)
+				return nil, store.Unavailable(err)
 			}
 			out[i] = store.SaveResult{Msg: prev}
 		default:
-			return nil, unavailable(err)
+			return nil, store.Unavailable(err)
 		}
 	}
 	if err := tx.Commit(); err != nil {
-		return nil, unavailable(err)
+		return nil, store.Unavailable(err)
 	}
 	return out, nil
 }
 
 // History implements store.Store.
 func (s *Store) History(ctx context.Context, room string, before int64, limit int) ([]store.Message, error) {
-	if before <= 0 {
-		before = math.MaxInt64
-	}
-	msgs, err := s.query(ctx, limit, s.historyStmt, room, before)
+	msgs, err := s.query(ctx, limit, s.historyStmt, room, store.HistoryBound(before))
 	if err != nil {
 		return nil, err
 	}
-	for i, j := 0, len(msgs)-1; i < j; i, j = i+1, j-1 {
-		msgs[i], msgs[j] = msgs[j], msgs[i]
-	}
+	slices.Reverse(msgs) // newest first from the query, oldest first to the caller
 	return msgs, nil
 }
 
@@ -254,30 +244,25 @@ var (
 
 // query runs a paged read; the clamped limit is appended as the last arg.
 func (s *Store) query(ctx context.Context, limit int, q *sql.Stmt, args ...any) ([]store.Message, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	limit = store.ClampLimit(limit)
-	msgs := make([]store.Message, 0, min(limit, 64))
-	if limit == 0 {
-		return msgs, nil
-	}
-	rows, err := q.QueryContext(ctx, append(args, limit)...)
-	if err != nil {
-		return nil, ctxOr(ctx, err)
-	}
-	defer rows.Close()
-	for rows.Next() {
-		m, err := scanMessage(rows)
+	return store.Page(ctx, limit, func(limit int) ([]store.Message, error) {
+		rows, err := q.QueryContext(ctx, append(args, limit)...)
 		if err != nil {
 			return nil, ctxOr(ctx, err)
 		}
-		msgs = append(msgs, m)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, ctxOr(ctx, err)
-	}
-	return msgs, nil
+		defer rows.Close()
+		msgs := make([]store.Message, 0, min(limit, 64))
+		for rows.Next() {
+			m, err := scanMessage(rows)
+			if err != nil {
+				return nil, ctxOr(ctx, err)
+			}
+			msgs = append(msgs, m)
+		}
+		if err := rows.Err(); err != nil {
+			return nil, ctxOr(ctx, err)
+		}
+		return msgs, nil
+	})
 }
 
 // MarkRead implements store.Store. It runs on the writer connection, so it
@@ -399,14 +384,7 @@ func nullString(s string) sql.NullString { return sql.NullString{String: s, Vali
 // ctxOr reports the caller's own cancellation as such; anything else is the
 // database failing.
 func ctxOr(ctx context.Context, err error) error {
-	if ctxErr := ctx.Err(); ctxErr != nil {
-		return ctxErr
-	}
-	return unavailable(err)
-}
-
-func unavailable(err error) error {
-	return fmt.Errorf("%w: %v", store.ErrUnavailable, err)
+	return store.ContextOr(ctx, store.Unavailable(err))
 }
 
 // Pragma returns the writer connection's value of a PRAGMA, for diagnostics
