@@ -34,8 +34,8 @@ func ClampLimit(limit int) int {
 }
 
 // Validate rejects messages that could never be routed, or whose body
-// PostgreSQL cannot hold (NUL bytes, invalid UTF-8); SQLite enforces the same
-// so both stores accept exactly the same input.
+// PostgreSQL cannot hold (NUL bytes, invalid UTF-8); SQLite and memstore
+// enforce the same so every store accepts exactly the same input.
 func (m NewMessage) Validate() error {
 	for _, f := range [...]struct{ name, v string }{
 		{"room", m.Room}, {"user_id", m.UserID}, {"opponent_id", m.OpponentID},
