@@ -1,8 +1,28 @@
 // Package hub is the heart of ElChat: it owns the local connections, the
 // channels they joined (lobbies and chats), presence and the routing of
-// every frame. It speaks to the rest of the system through small seams
+// every message. It speaks to the rest of the system through small seams
 // (Conn, Bus, Presence, store.Store) and never knows which implementation
-// sits behind them.
+// sits behind them. It produces Phoenix messages; only the transport turns
+// them into wire frames.
+//
+// # Where work runs
+//
+// The transport calls a Client's HandleText on its event loop, which must
+// never wait. HandleText answers at once what needs no I/O (heartbeats,
+// protocol errors, leaves, typing, refusals) and hands the rest (joins,
+// messages, read marks, history, presence) to the request stage: a fixed
+// pool of goroutines that runs each client's requests in arrival order
+// (stage.go). A client whose requests pile up stops being read until they
+// drain.
+//
+// # Lock order
+//
+//	Client.mu → shard.mu → Bus and Presence internals → Conn internals
+//
+// stage.mu is taken with Client.mu held (to schedule), never the other
+// way round. No lock is held across a store, presence or bus call that
+// may wait on the network; Bus.Subscribe and Unsubscribe never wait, which
+// is why they may run under shard.mu.
 package hub
 
 import (
@@ -10,17 +30,15 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/binary"
+	"fmt"
 	"hash/maphash"
 	"log/slog"
-	"math"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/elchat/elchat/internal/pace"
 	"github.com/elchat/elchat/pkg/phx"
 	"github.com/elchat/elchat/pkg/store"
-	"github.com/elchat/elchat/pkg/transport"
 )
 
 // Config holds the hub's dependencies and limits. Zero limits take the
@@ -36,17 +54,47 @@ type Config struct {
 	MaxBodyBytes int           // message body limit in bytes (default 4096)
 	HistoryLimit int           // messages in a join reply and per history page (default 50)
 	CatchUpLimit int           // messages after last_id in a join reply (default 1000)
-	StoreTimeout time.Duration // deadline for one store call (default 5s)
+	StoreTimeout time.Duration // deadline for one store or presence call (default 5s)
 	PushRate     float64       // channel events per second per connection (default 20)
 	PushBurst    int           // burst above PushRate (default 40)
+	// MaxReplyBytes bounds one join, history or lobby reply (default 256
+	// KiB). Keep it well below the transport's outbound queue bound: a
+	// longer page is cut and marked has_more, so the client pages instead
+	// of being dropped as a slow consumer.
+	MaxReplyBytes int
+	// Workers is the request stage's pool: how many store and presence
+	// calls the node makes at once (default 64).
+	Workers int
+	// MailboxSize is how many requests of one connection may wait for the
+	// stage before its reads pause (default 16).
+	MailboxSize int
+	// ResyncDelay and ResyncSpread pace the rejoin of every client after
+	// the bus lost messages (defaults 2s and 5s).
+	ResyncDelay, ResyncSpread time.Duration
+	// WatermarkPeriod is how often a clustered node samples the store's
+	// last id, the point clients catch up from after lost fanout
+	// (default 5s).
+	WatermarkPeriod time.Duration
 }
+
+// Defaults of Config, also used by the node's configuration.
+const (
+	DefaultMaxChannels   = 100
+	DefaultMaxBodyBytes  = 4096
+	DefaultMaxReplyBytes = 256 << 10
+	DefaultWorkers       = 64
+	DefaultMailboxSize   = 16
+	// MaxRefLen bounds join_ref and ref: phoenix.js sends short counters,
+	// and both are kept per channel and echoed in every reply.
+	MaxRefLen = 64
+)
 
 func (c *Config) setDefaults() {
 	if c.MaxChannels <= 0 {
-		c.MaxChannels = 100
+		c.MaxChannels = DefaultMaxChannels
 	}
 	if c.MaxBodyBytes <= 0 {
-		c.MaxBodyBytes = 4096
+		c.MaxBodyBytes = DefaultMaxBodyBytes
 	}
 	if c.HistoryLimit <= 0 {
 		c.HistoryLimit = 50
@@ -63,11 +111,26 @@ func (c *Config) setDefaults() {
 	if c.StoreTimeout <= 0 {
 		c.StoreTimeout = 5 * time.Second
 	}
+	if c.MaxReplyBytes <= 0 {
+		c.MaxReplyBytes = DefaultMaxReplyBytes
+	}
+	if c.Workers <= 0 {
+		c.Workers = DefaultWorkers
+	}
+	if c.MailboxSize <= 0 {
+		c.MailboxSize = DefaultMailboxSize
+	}
+	if c.ResyncDelay <= 0 {
+		c.ResyncDelay = 2 * time.Second
+	}
+	if c.ResyncSpread <= 0 {
+		c.ResyncSpread = 5 * time.Second
+	}
+	if c.WatermarkPeriod <= 0 {
+		c.WatermarkPeriod = 5 * time.Second
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
-	}
-	if c.Bus == nil {
-		c.Bus = NewLocalBus().Node()
 	}
 	if c.Presence == nil {
 		c.Presence = NewMemoryPresence()
@@ -79,17 +142,20 @@ func (c *Config) setDefaults() {
 
 const shardCount = 64
 
-// Hub routes frames between the connections of this node and, through the
-// Bus, the other nodes of the cluster.
+// Hub routes messages between the connections of this node and, through
+// the Bus, the other nodes of the cluster.
 type Hub struct {
-	cfg     Config            // immutable after New
-	seed    maphash.Seed      // immutable: picks a topic's shard
-	shards  [shardCount]shard // each guarded by its own lock
-	refBase [4]byte           // immutable: random per node, keeps phx_refs unique across nodes
-	refSeq  atomic.Uint32     // counter part of phx_refs
-	clients atomic.Int64      // connected clients on this node
+	cfg       Config            // immutable after New
+	clustered bool              // immutable: a Bus was configured, so fanout can be lost
+	seed      maphash.Seed      // immutable: picks a topic's shard
+	shards    [shardCount]shard // each guarded by its own lock
+	refBase   [4]byte           // immutable: random per node, keeps phx_refs unique across nodes
+	refSeq    atomic.Uint32     // counter part of phx_refs
+	clients   atomic.Int64      // connected clients on this node
+	stage     *stage            // immutable
+	closeOnce sync.Once
 
-	// Catch-up after lost fanout (see BusDown). All atomic.
+	// Catch-up after lost fanout (resync.go). All atomic.
 	safeID      atomic.Int64 // a store LastID sample at least one sampling period old
 	resyncFrom  atomic.Int64 // joins with a later last_id catch up from here instead
 	resyncUntil atomic.Int64 // unix nanoseconds; math.MaxInt64 while the bus is down
@@ -99,30 +165,54 @@ type Hub struct {
 // the read lock while sending is fine: Conn.Send never blocks.
 type shard struct {
 	mu     sync.RWMutex
-	topics map[string][]*Client // guarded by mu
+	topics map[string]*subscribers // guarded by mu
 }
 
-// New returns a hub ready to accept clients. Call Run to receive frames
-// from other nodes.
+// subscribers are one topic's local clients and the bus subscription
+// they share.
+type subscribers struct {
+	clients []*Client       // guarded by the shard's mu
+	live    <-chan struct{} // immutable: closed once the bus subscription is confirmed
+}
+
+// New returns a hub ready to accept clients. Call Run to connect it to the
+// bus, and Close when the node stops.
 func New(cfg Config) *Hub {
+	h := &Hub{clustered: cfg.Bus != nil, seed: maphash.MakeSeed()}
+	if cfg.Bus == nil {
+		cfg.Bus = NewLocalBus().Node()
+	}
 	cfg.setDefaults()
-	h := &Hub{cfg: cfg, seed: maphash.MakeSeed()}
+	h.cfg = cfg
 	for i := range h.shards {
-		h.shards[i].topics = make(map[string][]*Client)
+		h.shards[i].topics = make(map[string]*subscribers)
 	}
 	if _, err := rand.Read(h.refBase[:]); err != nil {
 		panic(err)
 	}
+	h.stage = newStage(cfg.Workers, func(v any) {
+		h.cfg.Logger.Error("hub: request panicked", "panic", fmt.Sprint(v))
+	})
 	return h
 }
 
-// Run delivers frames from the other nodes until ctx is done.
+// Run connects the hub to its bus until ctx is done: messages from other
+// nodes are delivered, and on a clustered node the store's watermark is
+// sampled so that lost fanout can be healed (resync.go).
 func (h *Hub) Run(ctx context.Context) error {
-	return h.cfg.Bus.Run(ctx, func(topic string, frame []byte) {
-		h.cfg.Metrics.BusDelivered()
-		h.deliverLocal(topic, frame, nil)
-	})
+	if h.clustered {
+		go h.trackWatermark(ctx, h.cfg.WatermarkPeriod)
+	}
+	return h.cfg.Bus.Run(ctx, (*busHandler)(h))
 }
+
+// Drain waits until every request handed to the stage is done (the
+// presence of closed connections withdrawn, say), or ctx ends.
+func (h *Hub) Drain(ctx context.Context) error { return h.stage.wait(ctx) }
+
+// Close finishes the queued requests and stops the request stage. Clients
+// must be gone first (the transport shut down).
+func (h *Hub) Close() { h.closeOnce.Do(h.stage.close) }
 
 // Clients reports how many clients are connected to this node.
 func (h *Hub) Clients() int64 { return h.clients.Load() }
@@ -137,219 +227,112 @@ func (h *Hub) shard(topic string) *shard {
 	return &h.shards[maphash.String(h.seed, topic)%shardCount]
 }
 
-// subscribe adds c to topic's local subscribers and tells the bus when c
-// is the first one on this node.
-func (h *Hub) subscribe(topic string, c *Client) {
+// subscribe adds c to topic's local subscribers; the first one subscribes
+// the node on the bus. The returned channel is closed once the bus
+// subscription is live. The bus call happens under the shard lock so that
+// a last leave and the next first join reach the bus in their order.
+func (h *Hub) subscribe(topic string, c *Client) <-chan struct{} {
 	s := h.shard(topic)
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	subs := s.topics[topic]
-	first := len(subs) == 0
-	s.topics[topic] = append(subs, c)
-	s.mu.Unlock()
-	if first {
-		if err := h.cfg.Bus.Subscribe(topic); err != nil {
+	if subs == nil {
+		live, err := h.cfg.Bus.Subscribe(topic)
+		if err != nil {
 			h.cfg.Logger.Warn("bus subscribe failed", "topic", topic, "err", err)
+			live = closedChan
 		}
+		subs = &subscribers{live: live}
+		s.topics[topic] = subs
 	}
+	subs.clients = append(subs.clients, c)
+	return subs.live
 }
 
+var closedChan = func() <-chan struct{} { ch := make(chan struct{}); close(ch); return ch }()
+
+// unsubscribe removes c from topic's local subscribers; the last one
+// unsubscribes the node on the bus.
 func (h *Hub) unsubscribe(topic string, c *Client) {
 	s := h.shard(topic)
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	subs := s.topics[topic]
-	for i, o := range subs {
+	if subs == nil {
+		return
+	}
+	for i, o := range subs.clients {
 		if o == c {
-			last := len(subs) - 1
-			subs[i] = subs[last]
-			subs[last] = nil
-			subs = subs[:last]
+			last := len(subs.clients) - 1
+			subs.clients[i] = subs.clients[last]
+			subs.clients[last] = nil
+			subs.clients = subs.clients[:last]
 			break
 		}
 	}
-	empty := len(subs) == 0
-	if empty {
-		delete(s.topics, topic)
-	} else {
-		s.topics[topic] = subs
+	if len(subs.clients) > 0 {
+		return
 	}
-	s.mu.Unlock()
-	if empty {
-		if err := h.cfg.Bus.Unsubscribe(topic); err != nil {
-			h.cfg.Logger.Warn("bus unsubscribe failed", "topic", topic, "err", err)
-		}
+	delete(s.topics, topic)
+	if err := h.cfg.Bus.Unsubscribe(topic); err != nil {
+		h.cfg.Logger.Warn("bus unsubscribe failed", "topic", topic, "err", err)
 	}
 }
 
-// deliverLocal sends frame to every local subscriber of topic except
-// except. It allocates nothing per recipient.
-func (h *Hub) deliverLocal(topic string, frame []byte, except *Client) int {
-	return h.deliverFrom(topic, frame, nil, except)
+// deliverLocal sends msg to every local subscriber of topic. It allocates
+// nothing per recipient.
+func (h *Hub) deliverLocal(topic string, msg []byte) int {
+	return h.deliverFrom(topic, msg, nil, nil)
 }
 
-// deliverFrom is deliverLocal for a frame caused by origin's request:
-// origin's copy joins the frames of its handler's turn (see sendOwn).
-func (h *Hub) deliverFrom(topic string, frame []byte, origin, except *Client) int {
+// deliverFrom is deliverLocal for a message caused by origin's request:
+// origin's copy joins the messages of its handler's turn (see sendOwn).
+func (h *Hub) deliverFrom(topic string, msg []byte, origin, except *Client) int {
 	s := h.shard(topic)
 	s.mu.RLock()
 	n := 0
-	for _, c := range s.topics[topic] {
-		switch c {
-		case except:
-			continue
-		case origin:
-			c.sendOwn(frame)
-		default:
-			_ = c.conn.Send(frame)
+	if subs := s.topics[topic]; subs != nil {
+		for _, c := range subs.clients {
+			switch c {
+			case except:
+				continue
+			case origin:
+				c.sendOwn(msg)
+			default:
+				_ = c.conn.Send(msg)
+			}
+			n++
 		}
-		n++
 	}
 	s.mu.RUnlock()
 	h.cfg.Metrics.FramesOut(n)
 	return n
 }
 
+// encodeBroadcast builds the one message every subscriber of topic gets.
+func encodeBroadcast(topic, event string, payload []byte) []byte {
+	return phx.AppendBroadcast(make([]byte, 0, len(topic)+len(event)+len(payload)+24), topic, event, payload)
+}
+
 // Broadcast sends event with payload (a JSON object) to every subscriber
-// of topic on every node, encoding the frame once.
+// of topic on every node, encoding the message once.
 func (h *Hub) Broadcast(topic, event string, payload []byte) {
-	h.broadcast(topic, event, payload, nil)
-}
-
-// TrackWatermark samples the store's last message id every period until
-// ctx ends. A node whose bus can lose frames runs it, so that BusDown knows
-// an id that every frame published before the outage is older than.
-func (h *Hub) TrackWatermark(ctx context.Context, period time.Duration) {
-	t := time.NewTicker(period)
-	defer t.Stop()
-	var prev int64
-	for {
-		c, cancel := h.ctx()
-		id, err := h.cfg.Store.LastID(c)
-		cancel()
-		if err == nil {
-			// Publish the previous sample: it is at least one period old, so
-			// messages up to it were published before any outage that
-			// starts now.
-			h.safeID.Store(prev)
-			prev = id
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
-}
-
-// BusDown records that cross-node frames are being lost from about now:
-// until the resync after BusUp ends, a chat join whose last_id is newer
-// than the last safe watermark catches up from the watermark instead, so
-// a rejoin fills the gap even though the client saw later messages.
-func (h *Hub) BusDown() {
-	prev := h.resyncUntil.Swap(math.MaxInt64)
-	if prev == math.MaxInt64 {
-		return // already down
-	}
-	w := h.safeID.Load()
-	if prev > time.Now().UnixNano() {
-		// A resync is still under way: keep the older of the watermarks.
-		w = min(w, h.resyncFrom.Load())
-	}
-	h.resyncFrom.Store(w)
-}
-
-// BusUp ends an outage: after delay (other nodes reconnect too), every
-// local client is asked to rejoin (Resync over spread), and joins keep
-// catching up from the watermark for a while longer.
-func (h *Hub) BusUp(ctx context.Context, delay, spread time.Duration) int {
-	h.resyncUntil.Store(time.Now().Add(delay + spread + 2*time.Minute).UnixNano())
-	select {
-	case <-ctx.Done():
-		return 0
-	case <-time.After(delay):
-	}
-	return h.Resync(ctx, spread)
-}
-
-// Watermark returns the id from which this node's clients catch up after
-// its last bus outage (see BusDown); other nodes use it when the node
-// announces that its frames were lost.
-func (h *Hub) Watermark() int64 { return h.resyncFrom.Load() }
-
-// ResyncRequested handles another node's announcement that frames it
-// published since watermark were lost: unless this node is resyncing
-// already (a shared outage, where its own watermark serves just as well),
-// its clients rejoin and catch up from watermark, after delay and spread
-// over spread like BusUp.
-func (h *Hub) ResyncRequested(ctx context.Context, watermark int64, delay, spread time.Duration) int {
-	now := time.Now().UnixNano()
-	until := time.Now().Add(delay + spread + 2*time.Minute).UnixNano()
-	for {
-		cur := h.resyncUntil.Load()
-		if cur > now {
-			return 0
-		}
-		if h.resyncUntil.CompareAndSwap(cur, until) {
-			break
-		}
-	}
-	h.resyncFrom.Store(watermark)
-	select {
-	case <-ctx.Done():
-		return 0
-	case <-time.After(delay):
-	}
-	return h.Resync(ctx, spread)
-}
-
-// catchUpFrom returns where a join asking for messages after lastID must
-// start: lastID itself, or the watermark while fanout may have lost frames.
-func (h *Hub) catchUpFrom(lastID int64) int64 {
-	if time.Now().UnixNano() < h.resyncUntil.Load() {
-		if from := h.resyncFrom.Load(); from < lastID {
-			return from
-		}
-	}
-	return lastID
-}
-
-// Resync makes every client of this node rejoin its channels, spread over
-// spread: each local topic gets a phx_error broadcast (null join_ref, so
-// phoenix.js applies it to the current join), and phoenix.js rejoins after
-// its rejoin backoff with its join params, whose last_id fetches whatever
-// the client missed. The node calls it when the bus may have lost frames.
-func (h *Hub) Resync(ctx context.Context, spread time.Duration) int {
-	var topics []string
-	for i := range h.shards {
-		s := &h.shards[i]
-		s.mu.RLock()
-		for t := range s.topics {
-			topics = append(topics, t)
-		}
-		s.mu.RUnlock()
-	}
-	return pace.Spread(ctx, len(topics), spread, func(i int) {
-		h.BroadcastLocal(topics[i], "phx_error", []byte(`{"reason":"resync"}`))
-	})
+	h.broadcastFrom(topic, event, payload, nil, nil)
 }
 
 // BroadcastLocal sends event to the subscribers of topic on this node
 // only. It serves messages every node receives anyway, such as host-app
 // publishes read from Redis by each node.
 func (h *Hub) BroadcastLocal(topic, event string, payload []byte) {
-	buf := transport.Begin(make([]byte, 0, transport.MaxHeaderSize+len(topic)+len(event)+len(payload)+24))
-	h.deliverLocal(topic, transport.Finish(phx.AppendBroadcast(buf, topic, event, payload)), nil)
+	h.deliverLocal(topic, encodeBroadcast(topic, event, payload))
 }
 
-func (h *Hub) broadcast(topic, event string, payload []byte, except *Client) {
-	h.broadcastFrom(topic, event, payload, nil, except)
-}
-
-// broadcastFrom is broadcast for an event caused by origin's request.
+// broadcastFrom sends an event caused by origin's request (nil: by none)
+// to every subscriber of topic but except, here and on the other nodes.
 func (h *Hub) broadcastFrom(topic, event string, payload []byte, origin, except *Client) {
-	buf := transport.Begin(make([]byte, 0, transport.MaxHeaderSize+len(topic)+len(event)+len(payload)+24))
-	frame := transport.Finish(phx.AppendBroadcast(buf, topic, event, payload))
-	h.deliverFrom(topic, frame, origin, except)
-	if err := h.cfg.Bus.Publish(topic, frame); err != nil {
+	msg := encodeBroadcast(topic, event, payload)
+	h.deliverFrom(topic, msg, origin, except)
+	if err := h.cfg.Bus.Publish(topic, msg); err != nil {
 		h.cfg.Metrics.BusError()
 		h.cfg.Logger.Warn("bus publish failed", "topic", topic, "err", err)
 	}

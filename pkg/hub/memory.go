@@ -30,13 +30,13 @@ type localNode struct {
 	bus *LocalBus
 
 	mu      sync.RWMutex
-	topics  map[string]struct{}              // guarded by mu
-	deliver func(topic string, frame []byte) // guarded by mu; nil until Run
+	topics  map[string]struct{} // guarded by mu
+	handler BusHandler          // guarded by mu; nil outside Run
 }
 
 var _ Bus = (*localNode)(nil)
 
-func (n *localNode) Publish(topic string, frame []byte) error {
+func (n *localNode) Publish(topic string, msg []byte) error {
 	n.bus.mu.RLock()
 	defer n.bus.mu.RUnlock()
 	if len(n.bus.nodes) == 1 {
@@ -48,20 +48,21 @@ func (n *localNode) Publish(topic string, frame []byte) error {
 		}
 		o.mu.RLock()
 		_, ok := o.topics[topic]
-		d := o.deliver
+		h := o.handler
 		o.mu.RUnlock()
-		if ok && d != nil {
-			d(topic, frame)
+		if ok && h != nil {
+			h.Deliver(topic, msg)
 		}
 	}
 	return nil
 }
 
-func (n *localNode) Subscribe(topic string) error {
+// Subscribe takes effect at once: the in-process bus has nothing to wait for.
+func (n *localNode) Subscribe(topic string) (<-chan struct{}, error) {
 	n.mu.Lock()
 	n.topics[topic] = struct{}{}
 	n.mu.Unlock()
-	return nil
+	return closedChan, nil
 }
 
 func (n *localNode) Unsubscribe(topic string) error {
@@ -71,13 +72,13 @@ func (n *localNode) Unsubscribe(topic string) error {
 	return nil
 }
 
-func (n *localNode) Run(ctx context.Context, deliver func(topic string, frame []byte)) error {
+func (n *localNode) Run(ctx context.Context, h BusHandler) error {
 	n.mu.Lock()
-	n.deliver = deliver
+	n.handler = h
 	n.mu.Unlock()
 	<-ctx.Done()
 	n.mu.Lock()
-	n.deliver = nil
+	n.handler = nil
 	n.mu.Unlock()
 	return nil
 }

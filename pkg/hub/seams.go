@@ -3,40 +3,86 @@ package hub
 import "context"
 
 // Conn is the hub's view of one client connection. The transport package
-// implements it for both the epoll and the portable engine.
+// implements it for every engine.
+//
+// Every method is safe from any goroutine, never blocks and never calls
+// back into the hub synchronously, so the hub may call them while holding
+// its own locks (the lock order is hub locks, then the connection's).
 type Conn interface {
-	// Send queues frame, a complete server WebSocket frame, for writing.
-	// The frame may be shared by many connections and must never be
-	// modified afterwards. Send never blocks; a connection whose queue is
-	// over its bound closes itself and returns an error.
-	Send(frame []byte) error
+	// Send queues msg, one encoded Phoenix message, for writing; the
+	// transport turns it into a wire frame. msg may be shared by many
+	// connections and must never be modified afterwards. A connection
+	// whose queue is over its bound closes itself and returns an error.
+	Send(msg []byte) error
 	// Close sends a close frame with code and reason and then tears the
-	// connection down. Safe to call more than once and from any goroutine.
+	// connection down. Safe to call more than once.
 	Close(code int, reason string)
+	// PauseReads stops reading the connection's frames until ResumeReads;
+	// writes go on. The hub pauses a connection whose requests queue up
+	// behind the store, instead of buffering them without bound.
+	PauseReads()
+	ResumeReads()
 }
 
-// laterSender is an optional ability of a Conn: SendLater queues a frame
+// laterSender is an optional ability of a Conn: SendLater queues a message
 // that answers what the connection's own handler is processing, to be
 // written together with the others of the same turn.
 type laterSender interface {
-	SendLater(frame []byte) error
+	SendLater(msg []byte) error
 }
 
-// Bus fans frames out to the other nodes of a cluster. The hub always
-// delivers to its own subscribers itself; a Bus only carries frames between
-// nodes, so the single-node bus does nothing and costs nothing.
+// Bus carries messages between the nodes of a cluster. The hub always
+// delivers to its own subscribers itself; a Bus only carries messages
+// between nodes, so the single-node bus does nothing and costs nothing.
+// A Bus never builds Phoenix messages: it carries the hub's bytes and
+// reports what it learns to the BusHandler given to Run.
 type Bus interface {
-	// Publish hands frame, a wire-ready broadcast frame for topic, to every
-	// other node that subscribes to topic. It must not block on the network.
-	Publish(topic string, frame []byte) error
-	// Subscribe and Unsubscribe tell the bus whether this node has local
-	// subscribers for topic. The hub calls them on the first join and the
-	// last leave of a topic on this node.
-	Subscribe(topic string) error
+	// Publish hands msg, an encoded Phoenix broadcast for topic, to every
+	// other node that subscribes to topic. It must not block.
+	Publish(topic string, msg []byte) error
+	// Subscribe records that this node has local subscribers for topic
+	// and returns a channel that is closed once the subscription is live:
+	// every message published on topic after that reaches this node. The
+	// hub calls Subscribe and Unsubscribe for a topic with that topic's
+	// lock held, so the calls for one topic arrive in the order the hub
+	// decided them; neither may block. A bus that cannot confirm (its
+	// server is down) closes the channel anyway: the hub resyncs its
+	// clients when the bus recovers.
+	Subscribe(topic string) (live <-chan struct{}, err error)
+	// Unsubscribe records that this node has no subscribers left for topic.
 	Unsubscribe(topic string) error
-	// Run delivers frames published by other nodes to deliver until ctx is
-	// done. deliver may be called from any goroutine.
-	Run(ctx context.Context, deliver func(topic string, frame []byte)) error
+	// Run reports to h until ctx is done. h's methods may be called from
+	// any goroutine, concurrently.
+	Run(ctx context.Context, h BusHandler) error
+}
+
+// BusHandler receives what a Bus learns. The Hub implements it; its
+// methods never block on the network.
+type BusHandler interface {
+	// Deliver hands msg, published by another node on topic, to this
+	// node's subscribers of topic.
+	Deliver(topic string, msg []byte)
+	// Ingress delivers an event a host application published (Action
+	// Cable, plain PUBLISH) to this node's subscribers of topic only:
+	// every node receives it. The hub validates it first.
+	Ingress(source, topic, event string, payload []byte) error
+	// PresenceChanged reports presence entries the bus added or removed
+	// on behalf of nodes (a dead node swept, entries restored after an
+	// outage). The hub broadcasts them to the topic's clients cluster-wide.
+	PresenceChanged(topic string, joins, leaves map[string][]Meta)
+	// Down reports that messages between nodes are being lost from about
+	// now; Up that they flow again (clients must catch up).
+	Down()
+	Up()
+	// ResyncRequested reports that node announced that the messages it
+	// published since watermark (a message id) may have been lost.
+	ResyncRequested(watermark int64, node string)
+}
+
+// resyncAnnouncer is an optional ability of a Bus: tell the other nodes
+// that this node's messages since watermark may have been lost.
+type resyncAnnouncer interface {
+	AnnounceResync(ctx context.Context, watermark int64) error
 }
 
 // Meta is one presence entry: one connection of one user in one topic.
@@ -47,7 +93,8 @@ type Meta struct {
 }
 
 // Presence records who is in which topic, cluster-wide when the
-// implementation is shared by several nodes.
+// implementation is shared by several nodes. Its calls may wait on the
+// network, so the hub makes them only from its request stage.
 type Presence interface {
 	// Track adds meta for key (a user id) to topic.
 	Track(ctx context.Context, topic, key string, meta Meta) error

@@ -37,20 +37,11 @@ type Options struct {
 	PublishQueue int
 	// Logger receives state changes (default slog.Default()).
 	Logger *slog.Logger
-	// OnRecover, when set, runs (on its own goroutine) each time Redis is
-	// reachable again after an outage. Frames published during the outage
-	// are lost, so the node uses it to make its clients rejoin and catch up.
-	OnRecover func()
 	// OnPublish, when set, is called after each pipelined batch of
-	// PUBLISHes with its size and the lag of its oldest frame (queueing plus
-	// the round trip). It runs on the publishing goroutine: keep it cheap.
+	// PUBLISHes with its size and the lag of its oldest message (queueing
+	// plus the round trip). It runs on the publishing goroutine: keep it
+	// cheap.
 	OnPublish func(frames int, lag time.Duration)
-	// OnResync, when set, is called when another node announces (with
-	// AnnounceResync) that frames it published since watermark were lost.
-	OnResync func(watermark int64, node string)
-	// OnDown, when set, runs (on its own goroutine) each time Redis is
-	// found unreachable.
-	OnDown func()
 }
 
 // Errors returned by Publish. The hub counts and logs them; neither is
@@ -63,7 +54,7 @@ var (
 
 // Message kinds, the first byte of every payload on a topic channel.
 const (
-	kindFrame    = 'F' // a wire-ready frame for the topic's subscribers
+	kindFrame    = 'F' // an encoded Phoenix message for the topic's subscribers
 	kindPresence = 'P' // presence changes, for the nodes' Present mirrors
 	kindResync   = 'R' // on the control channel: a node lost frames, see AnnounceResync
 )
@@ -95,9 +86,12 @@ type Bus struct {
 
 	pubq chan pubItem // bounded queue drained by pubLoop
 
-	// deliver is the function Run was given, nil outside Run. An atomic
-	// pointer: recvLoop reads it for every frame.
-	deliver atomic.Pointer[func(topic string, frame []byte)]
+	// handler is what Run was given, nil outside Run. An atomic pointer:
+	// recvLoop reads it for every message.
+	handler atomic.Pointer[handlerBox]
+	// direct makes Publish write synchronously once Close stopped the
+	// publisher, so the node's last presence leaves still go out.
+	direct atomic.Bool
 
 	mu        sync.Mutex
 	topics    map[string]struct{}    // guarded by mu: topics the hub wants
@@ -106,6 +100,14 @@ type Bus struct {
 	dirtyPats map[string]struct{}    // guarded by mu: patterns subLoop must reconcile
 	closed    bool                   // guarded by mu
 	subKick   chan struct{}          // cap 1: wakes subLoop
+	// Subscription confirmation. waiting: topics whose Subscribe subLoop
+	// has not handled yet → the channel the hub waits on. barriers: PINGs
+	// sent on the pub/sub connection after SUBSCRIBEs → the channels to
+	// close when the PONG comes back, which proves Redis processed every
+	// command sent before it. Both guarded by mu.
+	waiting  map[string]chan struct{}
+	barriers map[uint64][]chan struct{}
+	barrier  uint64 // guarded by mu; sequence of the last barrier PING
 
 	// Health. subOK: the pub/sub connection works; cmdOK: commands work.
 	// Ready needs both. healthMu serialises transitions so that each is
@@ -117,7 +119,7 @@ type Bus struct {
 	healthy  bool // guarded by healthMu: last logged state
 
 	stats struct {
-		published, dropped, failed, received, delivered atomic.Uint64
+		published, dropped, failed, received, delivered, refused atomic.Uint64
 	}
 
 	pres *presence
@@ -191,6 +193,8 @@ func New(ctx context.Context, opts Options) (*Bus, error) {
 		patterns:   make(map[string]*acListener),
 		dirtyPats:  make(map[string]struct{}),
 		subKick:    make(chan struct{}, 1),
+		waiting:    make(map[string]chan struct{}),
+		barriers:   make(map[uint64][]chan struct{}),
 		healthy:    true,
 	}
 	b.ctx, b.cancel = context.WithCancel(context.Background())
@@ -229,10 +233,18 @@ func (b *Bus) NodeID() string { return b.opts.NodeID }
 // Presence returns the cluster-wide presence backed by the same Redis.
 func (b *Bus) Presence() hub.Presence { return b.pres }
 
-// Publish queues frame for the other nodes subscribed to topic. It never
-// blocks: with the queue full or Redis known down it drops the frame and
-// returns an error. The frame is copied once, behind the origin header.
+// Publish queues msg for the other nodes subscribed to topic. It never
+// blocks: with the queue full or Redis known down it drops the message and
+// returns an error. The message is copied once, behind the origin header.
+// Once Close has stopped the publisher it writes synchronously instead, so
+// the node's last presence leaves still reach the others.
 func (b *Bus) Publish(topic string, frame []byte) error {
+	if b.direct.Load() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		msg := append(append([]byte(nil), b.hdrFrame...), frame...)
+		return b.rdb.Publish(ctx, b.chanPrefix+topic, msg).Err()
+	}
 	if !b.cmdOK.Load() {
 		b.stats.dropped.Add(1)
 		return ErrUnavailable
@@ -329,21 +341,34 @@ func (b *Bus) waitCmd() {
 }
 
 // Subscribe records that this node has subscribers for topic. The
-// SUBSCRIBE itself is sent by subLoop: the caller never waits on Redis.
-func (b *Bus) Subscribe(topic string) error {
+// SUBSCRIBE itself is sent by subLoop, followed by a PING: the returned
+// channel is closed when its PONG arrives, which proves Redis has
+// processed the SUBSCRIBE. The caller never waits on Redis here. While the
+// pub/sub connection is down the channel is closed at once: the hub
+// resyncs its clients when Redis is back, so waiting would gain nothing.
+func (b *Bus) Subscribe(topic string) (<-chan struct{}, error) {
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
-		return ErrClosed
+		return nil, ErrClosed
 	}
 	b.topics[topic] = struct{}{}
 	b.dirty[topic] = struct{}{}
+	live := b.waiting[topic]
+	if live == nil {
+		live = make(chan struct{})
+		if b.subOK.Load() {
+			b.waiting[topic] = live
+		} else {
+			close(live)
+		}
+	}
 	b.mu.Unlock()
 	if mirrorable(topic) {
 		b.pres.mirror(topic)
 	}
 	b.kick()
-	return nil
+	return live, nil
 }
 
 // mirrorable reports whether Present on topic is answered from memory. Only
@@ -403,9 +428,16 @@ func (b *Bus) subLoop() {
 		dirty, dirtyPats := b.dirty, b.dirtyPats
 		b.dirty, b.dirtyPats = make(map[string]struct{}), make(map[string]struct{})
 		var sub, unsub, psub, punsub []string
+		var confirm []chan struct{}
 		for t := range dirty {
 			_, want := b.topics[t]
 			_, have := applied[t]
+			if live := b.waiting[t]; live != nil && want {
+				// Whether this round sends the SUBSCRIBE or an earlier one
+				// did, the barrier PING sent after this round proves it.
+				confirm = append(confirm, live)
+				delete(b.waiting, t)
+			}
 			switch {
 			case want && !have:
 				sub = append(sub, b.chanPrefix+t)
@@ -449,7 +481,64 @@ func (b *Bus) subLoop() {
 		if len(punsub) > 0 {
 			b.logSub("punsubscribe", b.ps.PUnsubscribe(ctx, punsub...))
 		}
+		if len(confirm) > 0 {
+			b.sendBarrier(confirm)
+		}
 	}
+}
+
+// barrierPrefix marks the PINGs whose PONG confirms subscriptions.
+const barrierPrefix = "elchat-barrier:"
+
+// sendBarrier PINGs the pub/sub connection; the PONG closes confirm. If
+// the PING fails, the connection is broken and setSub(false) releases
+// every barrier.
+func (b *Bus) sendBarrier(confirm []chan struct{}) {
+	b.mu.Lock()
+	if !b.subOK.Load() {
+		b.mu.Unlock()
+		for _, ch := range confirm {
+			close(ch)
+		}
+		return
+	}
+	b.barrier++
+	seq := b.barrier
+	b.barriers[seq] = confirm
+	b.mu.Unlock()
+	b.logSub("ping", b.ps.Ping(b.ctx, barrierPrefix+strconv.FormatUint(seq, 10)))
+}
+
+// confirmed closes the channels of every barrier up to seq: replies on the
+// connection come in order, so the earlier ones are done too.
+func (b *Bus) confirmed(seq uint64) {
+	b.mu.Lock()
+	for s, chans := range b.barriers {
+		if s <= seq {
+			for _, ch := range chans {
+				close(ch)
+			}
+			delete(b.barriers, s)
+		}
+	}
+	b.mu.Unlock()
+}
+
+// releaseWaiters closes every pending confirmation: the connection is
+// down, and the hub resyncs once it is back.
+func (b *Bus) releaseWaiters() {
+	b.mu.Lock()
+	for s, chans := range b.barriers {
+		for _, ch := range chans {
+			close(ch)
+		}
+		delete(b.barriers, s)
+	}
+	for t, ch := range b.waiting {
+		close(ch)
+		delete(b.waiting, t)
+	}
+	b.mu.Unlock()
 }
 
 func (b *Bus) logSub(op string, err error) {
@@ -506,6 +595,11 @@ func (b *Bus) recvLoop() {
 			}
 		case *redis.Pong:
 			b.setSub(true, nil)
+			if seq, ok := strings.CutPrefix(m.Payload, barrierPrefix); ok {
+				if n, err := strconv.ParseUint(seq, 10, 64); err == nil {
+					b.confirmed(n)
+				}
+			}
 		case *redis.Message:
 			b.setSub(true, nil)
 			b.handle(m)
@@ -534,7 +628,10 @@ func (b *Bus) handle(m *redis.Message) {
 			if p[2:2+int(p[1])] == b.opts.NodeID {
 				return // the hub delivered it locally already
 			}
-			b.deliverLocal(topic, []byte(body))
+			if h := b.handler.Load(); h != nil {
+				b.stats.delivered.Add(1)
+				h.Deliver(topic, []byte(body))
+			}
 		case kindPresence:
 			b.pres.apply(topic, body)
 		}
@@ -556,7 +653,8 @@ func (b *Bus) handleControl(p string) {
 		return
 	}
 	node, body := p[2:2+int(p[1])], p[2+int(p[1]):]
-	if node == b.opts.NodeID || b.opts.OnResync == nil {
+	h := b.handler.Load()
+	if node == b.opts.NodeID || h == nil {
 		return
 	}
 	w, err := strconv.ParseInt(body, 10, 64)
@@ -565,27 +663,29 @@ func (b *Bus) handleControl(p string) {
 		return
 	}
 	b.log.Info("node announced lost frames; resyncing clients", "from", node, "watermark", w)
-	go b.opts.OnResync(w, node)
+	h.ResyncRequested(w, node)
 }
 
-// deliverLocal hands frame to the hub's local subscribers of topic, through
-// the function Run was given.
-func (b *Bus) deliverLocal(topic string, frame []byte) {
-	if d := b.deliver.Load(); d != nil {
-		b.stats.delivered.Add(1)
-		(*d)(topic, frame)
+// handlerBox lets an interface live in an atomic.Pointer.
+type handlerBox struct{ hub.BusHandler }
+
+// Run reports to h (messages from other nodes and host apps, presence
+// changes, outages) until ctx is done or the Bus is closed. The Bus's
+// goroutines run from New; what they learn before Run is only logged,
+// except an outage, which h hears about as soon as Run starts.
+func (b *Bus) Run(ctx context.Context, h hub.BusHandler) error {
+	b.handler.Store(&handlerBox{h})
+	b.healthMu.Lock()
+	down := !b.healthy
+	b.healthMu.Unlock()
+	if down {
+		h.Down()
 	}
-}
-
-// Run delivers frames from the other nodes (and from the host-app
-// ingresses) to deliver until ctx is done or the Bus is closed.
-func (b *Bus) Run(ctx context.Context, deliver func(topic string, frame []byte)) error {
-	b.deliver.Store(&deliver)
-	defer b.deliver.Store(nil)
 	select {
 	case <-ctx.Done():
 	case <-b.ctx.Done():
 	}
+	b.handler.Store(nil)
 	return nil
 }
 
@@ -608,6 +708,9 @@ func (b *Bus) Ready() error {
 func (b *Bus) setSub(ok bool, err error) {
 	if b.subOK.Load() != ok {
 		b.subOK.Store(ok)
+		if !ok {
+			b.releaseWaiters()
+		}
 		b.healthChanged(err)
 	}
 }
@@ -633,13 +736,13 @@ func (b *Bus) healthChanged(err error) {
 	if now {
 		b.log.Info("redis connection recovered")
 		b.pres.recovered()
-		if b.opts.OnRecover != nil {
-			go b.opts.OnRecover()
+		if h := b.handler.Load(); h != nil {
+			h.Up()
 		}
 	} else {
 		b.log.Warn("redis connection lost; publishing is dropped until it returns", "err", err)
-		if b.opts.OnDown != nil {
-			go b.opts.OnDown()
+		if h := b.handler.Load(); h != nil {
+			h.Down()
 		}
 	}
 }
@@ -650,7 +753,8 @@ type Stats struct {
 	Dropped   uint64 // frames refused by Publish or discarded during an outage
 	Failed    uint64 // frames whose PUBLISH failed
 	Received  uint64 // pub/sub messages read, all kinds
-	Delivered uint64 // frames handed to Run's deliver
+	Delivered uint64 // messages handed to Run's handler
+	Refused   uint64 // host-app messages refused at the ingress
 }
 
 // Stats returns the counters.
@@ -661,18 +765,21 @@ func (b *Bus) Stats() Stats {
 		Failed:    b.stats.failed.Load(),
 		Received:  b.stats.received.Load(),
 		Delivered: b.stats.delivered.Load(),
+		Refused:   b.stats.refused.Load(),
 	}
 }
 
 // Close stops the node and removes its presence from Redis, publishing the
 // leaves, as the sweeper would do after PresenceTTL.
 func (b *Bus) Close() {
+	h := b.handler.Load() // before stop: Run forgets it when it returns
 	if !b.stop() {
 		return
 	}
+	b.direct.Store(true)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
-	if err := b.pres.sweep(ctx, b.opts.NodeID, true); err != nil {
+	if err := b.pres.sweep(ctx, b.opts.NodeID, h); err != nil {
 		b.log.Warn("presence cleanup on close failed; the sweeper will do it", "err", err)
 	}
 	b.rdb.Close()

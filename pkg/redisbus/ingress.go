@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/elchat/elchat/pkg/hub"
 )
 
 // acListener is one ListenActionCable registration.
@@ -130,19 +132,28 @@ func (b *Bus) handlePlain(p string) {
 	b.ingress("publish", msg.Topic, msg.Event, msg.Payload, nil)
 }
 
-// ingress validates a host-app message and delivers it locally.
+// ingress validates a host-app message (the hub's rule for host events:
+// hub.ValidHostEvent) and delivers it locally.
 func (b *Bus) ingress(src, topic, event string, payload []byte, deliver func(topic, event string, payload []byte)) {
-	switch {
-	case !strings.HasPrefix(topic, "user:") && !strings.HasPrefix(topic, "chat:"):
-		b.log.Warn(src+": topic not accepted; dropped", "topic", topic)
-	case event == "" || strings.HasPrefix(event, "phx_"):
-		b.log.Warn(src+": event not accepted; dropped", "topic", topic, "event", event)
-	case !isObject(payload):
+	if !isObject(payload) {
+		b.stats.refused.Add(1)
 		b.log.Warn(src+": payload is not a JSON object; dropped", "topic", topic, "event", event)
+		return
+	}
+	var err error
+	switch h := b.handler.Load(); {
 	case deliver != nil:
-		deliver(topic, event, compact(payload))
-	case b.subscribed(topic): // nobody here: skip the encoding
-		b.deliverLocal(topic, encodeBroadcast(topic, event, compact(payload)))
+		if err = hub.ValidHostEvent(topic, event); err == nil {
+			deliver(topic, event, compact(payload))
+		}
+	case !b.subscribed(topic): // nobody here: skip the encoding
+		err = hub.ValidHostEvent(topic, event)
+	case h != nil:
+		err = h.Ingress(src, topic, event, compact(payload))
+	}
+	if err != nil {
+		b.stats.refused.Add(1)
+		b.log.Warn(src+": event refused; dropped", "topic", topic, "event", event, "reason", err.Error())
 	}
 }
 

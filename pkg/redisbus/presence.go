@@ -13,8 +13,6 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/elchat/elchat/pkg/hub"
-	"github.com/elchat/elchat/pkg/phx"
-	"github.com/elchat/elchat/pkg/transport"
 )
 
 // The scripts keep each change atomic: the entry, its count, the node
@@ -553,7 +551,7 @@ func (p *presence) heartbeat(ctx context.Context) error {
 	dead, _ := res[1].([]any)
 	for _, d := range dead {
 		if id, _ := d.(string); id != "" && id != p.b.opts.NodeID {
-			if err := p.sweep(ctx, id, false); err != nil {
+			if err := p.sweep(ctx, id, nil); err != nil {
 				return err
 			}
 		}
@@ -612,29 +610,35 @@ func (p *presence) reconcile(ctx context.Context) error {
 	if _, err := pipe.Exec(ctx); err != nil {
 		return err
 	}
-	joins := map[string]map[string][][]byte{} // topic → key → metas
+	joins := map[string]map[string][]hub.Meta{} // topic → key → metas
 	for i, e := range add {
-		if n, _ := cmds[i].Int64(); n == 1 && strings.HasPrefix(e.topic, "chat:") {
-			if joins[e.topic] == nil {
-				joins[e.topic] = map[string][][]byte{}
-			}
-			joins[e.topic][e.key] = append(joins[e.topic][e.key], e.meta)
+		var m hub.Meta
+		if n, _ := cmds[i].Int64(); n != 1 || !mirrorable(e.topic) || json.Unmarshal(e.meta, &m) != nil {
+			continue
 		}
+		if joins[e.topic] == nil {
+			joins[e.topic] = map[string][]hub.Meta{}
+		}
+		joins[e.topic][e.key] = append(joins[e.topic][e.key], m)
 	}
-	for topic, keys := range joins {
-		p.b.broadcast(topic, "presence_diff", encodeJoins(keys))
+	if h := p.b.handler.Load(); h != nil {
+		for topic, keys := range joins {
+			h.PresenceChanged(topic, keys, nil)
+		}
 	}
 	p.b.log.Info("presence re-asserted", "restored", len(add), "removed", len(have))
 	return nil
 }
 
-// sweep removes every entry of node id; dead mode only if it is still
-// expired (self mode is Close's cleanup). The winner announces the leaves
-// to chat clients everywhere, this node's included.
-func (p *presence) sweep(ctx context.Context, id string, self bool) error {
+// sweep removes every entry of node id: a dead node's (only if it is
+// still expired), or this node's own when it closes (self is the handler
+// Run had). The winner reports the leaves to its hub, which announces them
+// to chat clients everywhere.
+func (p *presence) sweep(ctx context.Context, id string, self *handlerBox) error {
 	mode := "dead"
-	if self {
-		mode = "self"
+	h := p.b.handler.Load()
+	if self != nil {
+		mode, h = "self", self
 	}
 	res, err := sweepScript.Run(ctx, p.b.rdb,
 		[]string{p.prefix + "nodes", p.prefix + "node:" + id + ":presence"},
@@ -650,8 +654,8 @@ func (p *presence) sweep(ctx context.Context, id string, self bool) error {
 		topic, _ := res[i].(string)
 		key, _ := res[i+1].(string)
 		mj, _ := res[i+2].(string)
-		if !strings.HasPrefix(topic, "chat:") {
-			continue // only chats carry presence to clients, as in the hub
+		if !mirrorable(topic) {
+			continue // only chats carry presence to clients
 		}
 		var m hub.Meta
 		if err := json.Unmarshal([]byte(mj), &m); err != nil {
@@ -662,58 +666,13 @@ func (p *presence) sweep(ctx context.Context, id string, self bool) error {
 		}
 		leaves[topic][key] = append(leaves[topic][key], m)
 	}
-	for topic, left := range leaves {
-		frame := encodeBroadcast(topic, "presence_diff", hub.EncodeLeaves(left))
-		if self {
-			// Close: the publisher is stopped, publish directly.
-			msg := append(append([]byte(nil), p.b.hdrFrame...), frame...)
-			if err := p.b.rdb.Publish(ctx, p.b.chanPrefix+topic, msg).Err(); err != nil {
-				return err
-			}
-			continue
+	if h != nil {
+		for topic, left := range leaves {
+			h.PresenceChanged(topic, nil, left)
 		}
-		p.b.deliverLocal(topic, frame)
-		_ = p.b.Publish(topic, frame)
 	}
-	if !self {
+	if self == nil {
 		p.b.log.Info("swept dead node's presence", "dead", id, "entries", len(res)/3, "topics", len(leaves))
 	}
 	return nil
-}
-
-// broadcast sends a frame built here to every subscriber of topic: the
-// local ones directly, the others through the bus, as the hub does.
-func (b *Bus) broadcast(topic, event string, payload []byte) {
-	frame := encodeBroadcast(topic, event, payload)
-	b.deliverLocal(topic, frame)
-	_ = b.Publish(topic, frame)
-}
-
-// encodeBroadcast builds a wire-ready broadcast frame exactly as the hub
-// does (same encoders), so clients cannot tell who built it.
-func encodeBroadcast(topic, event string, payload []byte) []byte {
-	buf := transport.Begin(make([]byte, 0, transport.MaxHeaderSize+len(topic)+len(event)+len(payload)+24))
-	return transport.Finish(phx.AppendBroadcast(buf, topic, event, payload))
-}
-
-// encodeJoins renders a joins-only presence_diff from stored meta JSON.
-func encodeJoins(keys map[string][][]byte) []byte {
-	b := []byte(`{"joins":{`)
-	first := true
-	for key, metas := range keys {
-		if !first {
-			b = append(b, ',')
-		}
-		first = false
-		b = phx.AppendString(b, key)
-		b = append(b, `:{"metas":[`...)
-		for i, m := range metas {
-			if i > 0 {
-				b = append(b, ',')
-			}
-			b = append(b, m...)
-		}
-		b = append(b, `]}`...)
-	}
-	return append(b, `},"leaves":{}}`...)
 }

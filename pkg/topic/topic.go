@@ -120,6 +120,14 @@ func Parse(s string) (Topic, error) {
 	return Topic{Kind: Chat, A: a, B: b}, nil
 }
 
+// LobbyName returns the name of user's lobby.
+func LobbyName(user string) string { return lobbyPrefix + user }
+
+// IsLobby and IsChat tell a topic's kind from its name without parsing it
+// whole, for code that only routes by kind.
+func IsLobby(name string) bool { return strings.HasPrefix(name, lobbyPrefix) }
+func IsChat(name string) bool  { return strings.HasPrefix(name, chatPrefix) }
+
 // ChatName returns the canonical name of the chat between a and b. It does
 // not validate the ids; ChatName(a, a) yields a name Parse rejects.
 func ChatName(a, b string) string {

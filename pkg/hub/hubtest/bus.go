@@ -12,7 +12,6 @@ package hubtest
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"fmt"
 	"strconv"
 	"sync"
@@ -40,6 +39,7 @@ func RunBus(t *testing.T, newCluster func(t *testing.T, nodes int) []hub.Bus) {
 	t.Run("ByteIdentical", func(t *testing.T) { testBytes(t, newCluster) })
 	t.Run("ManyTopics", func(t *testing.T) { testManyTopics(t, newCluster) })
 	t.Run("ConcurrentPublish", func(t *testing.T) { testConcurrent(t, newCluster) })
+	t.Run("ConfirmedSubscribe", func(t *testing.T) { testConfirmed(t, newCluster) })
 }
 
 // received is one frame a node's Run delivered.
@@ -58,7 +58,15 @@ type node struct {
 	signal chan struct{}
 }
 
-func (n *node) deliver(topic string, frame []byte) {
+// The node is the BusHandler of its bus: it records deliveries and ignores
+// the rest, which the hub's own tests cover.
+func (n *node) Ingress(string, string, string, []byte) error                         { return nil }
+func (n *node) PresenceChanged(string, map[string][]hub.Meta, map[string][]hub.Meta) {}
+func (n *node) Down()                                                                {}
+func (n *node) Up()                                                                  {}
+func (n *node) ResyncRequested(int64, string)                                        {}
+
+func (n *node) Deliver(topic string, frame []byte) {
 	// Copy: the contract lets the bus reuse nothing, but a test that kept a
 	// reference to a buffer the bus does reuse would hide that bug.
 	f := bytes.Clone(frame)
@@ -96,7 +104,7 @@ func start(t *testing.T, newCluster func(t *testing.T, nodes int) []hub.Bus, cou
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := b.Run(ctx, n.deliver); err != nil && ctx.Err() == nil {
+			if err := b.Run(ctx, n); err != nil && ctx.Err() == nil {
 				t.Errorf("node %d: Run: %v", i, err)
 			}
 		}()
@@ -107,23 +115,21 @@ func start(t *testing.T, newCluster func(t *testing.T, nodes int) []hub.Bus, cou
 	return nodes
 }
 
-// Frame builds a wire-ready server text frame (unmasked WebSocket header
-// and a Phoenix broadcast) for topic carrying body, as the hub would.
+// Frame builds an encoded Phoenix broadcast for topic carrying body, as the
+// hub would.
 func Frame(topic, event, body string) []byte {
-	payload := fmt.Appendf(nil, `[null,null,%q,%q,{"body":%q}]`, topic, event, body)
-	var hdr []byte
-	switch n := len(payload); {
-	case n <= 125:
-		hdr = []byte{0x81, byte(n)}
-	case n <= 0xffff:
-		hdr = []byte{0x81, 126, 0, 0}
-		binary.BigEndian.PutUint16(hdr[2:], uint16(n))
-	default:
-		hdr = make([]byte, 10)
-		hdr[0], hdr[1] = 0x81, 127
-		binary.BigEndian.PutUint64(hdr[2:], uint64(n))
+	return fmt.Appendf(nil, `[null,null,%q,%q,{"body":%q}]`, topic, event, body)
+}
+
+// subscribe subscribes b to topic; the suites that do not test
+// confirmation wait for delivery with probes instead.
+func subscribe(t *testing.T, b hub.Bus, topic string) <-chan struct{} {
+	t.Helper()
+	live, err := b.Subscribe(topic)
+	if err != nil {
+		t.Fatal(err)
 	}
-	return append(hdr, payload...)
+	return live
 }
 
 // await waits until every subscriber receives frames from pub on topic:
@@ -226,7 +232,7 @@ func testFanout(t *testing.T, newCluster func(t *testing.T, nodes int) []hub.Bus
 	nodes := start(t, newCluster, 4)
 	const topic = "chat:alice:bob"
 	for _, n := range nodes[:3] { // node 0 subscribes too: it must still not hear itself
-		must(t, n.Subscribe(topic))
+		subscribe(t, n, topic)
 	}
 	await(t, nodes[0], topic, nodes[1], nodes[2])
 	// A frame from another node proves node 0 is subscribed, so that not
@@ -262,9 +268,9 @@ func testFanout(t *testing.T, newCluster func(t *testing.T, nodes int) []hub.Bus
 func testUnsubscribe(t *testing.T, newCluster func(t *testing.T, nodes int) []hub.Bus) {
 	nodes := start(t, newCluster, 3)
 	const topic, other = "user:42", "user:43"
-	must(t, nodes[1].Subscribe(topic))
-	must(t, nodes[1].Subscribe(other))
-	must(t, nodes[2].Subscribe(topic))
+	subscribe(t, nodes[1], topic)
+	subscribe(t, nodes[1], other)
+	subscribe(t, nodes[2], topic)
 	await(t, nodes[0], topic, nodes[1], nodes[2])
 	await(t, nodes[0], other, nodes[1])
 
@@ -292,7 +298,7 @@ func testUnsubscribe(t *testing.T, newCluster func(t *testing.T, nodes int) []hu
 	nodes[1].none(t, nil)
 
 	// Subscribing again resumes delivery.
-	must(t, nodes[1].Subscribe(topic))
+	subscribe(t, nodes[1], topic)
 	await(t, nodes[0], topic, nodes[1])
 
 	// Unsubscribing a topic never subscribed is harmless.
@@ -305,7 +311,7 @@ func testOrder(t *testing.T, newCluster func(t *testing.T, nodes int) []hub.Bus)
 	nodes := start(t, newCluster, 3)
 	const topic = "chat:a:b"
 	const count = 2000
-	must(t, nodes[2].Subscribe(topic))
+	subscribe(t, nodes[2], topic)
 	await(t, nodes[0], topic, nodes[2])
 	await(t, nodes[1], topic, nodes[2])
 
@@ -346,7 +352,7 @@ func testOrder(t *testing.T, newCluster func(t *testing.T, nodes int) []hub.Bus)
 func testBytes(t *testing.T, newCluster func(t *testing.T, nodes int) []hub.Bus) {
 	nodes := start(t, newCluster, 2)
 	const topic = "chat:x:y"
-	must(t, nodes[1].Subscribe(topic))
+	subscribe(t, nodes[1], topic)
 	await(t, nodes[0], topic, nodes[1])
 
 	bin := make([]byte, 256)
@@ -378,7 +384,7 @@ func testManyTopics(t *testing.T, newCluster func(t *testing.T, nodes int) []hub
 	topics := make([]string, count)
 	for i := range topics {
 		topics[i] = fmt.Sprintf("chat:u%d:v%d", i, i)
-		must(t, nodes[1].Subscribe(topics[i]))
+		subscribe(t, nodes[1], topics[i])
 	}
 	// Probe every topic until each has delivered once.
 	pending := make(map[string]bool, count)
@@ -430,7 +436,7 @@ func testManyTopics(t *testing.T, newCluster func(t *testing.T, nodes int) []hub
 func testConcurrent(t *testing.T, newCluster func(t *testing.T, nodes int) []hub.Bus) {
 	nodes := start(t, newCluster, 3)
 	const topic = "chat:c:d"
-	must(t, nodes[2].Subscribe(topic))
+	subscribe(t, nodes[2], topic)
 	await(t, nodes[0], topic, nodes[2])
 	await(t, nodes[1], topic, nodes[2])
 
@@ -447,7 +453,7 @@ func testConcurrent(t *testing.T, newCluster func(t *testing.T, nodes int) []hub
 				for pub.Publish(topic, f) != nil {
 					time.Sleep(time.Millisecond)
 				}
-				_ = nodes[2].Subscribe(churn)
+				_, _ = nodes[2].Subscribe(churn)
 				_ = pub.Publish(churn, Frame(churn, "c", ""))
 				_ = nodes[2].Unsubscribe(churn)
 			}
@@ -455,4 +461,32 @@ func testConcurrent(t *testing.T, newCluster func(t *testing.T, nodes int) []hub
 	}
 	wg.Wait()
 	nodes[2].collect(t, workers*each, onTopic(topic))
+}
+
+// testConfirmed: once the channel Subscribe returned is closed, the very
+// next message published elsewhere arrives, with no probe to warm the
+// subscription up. A hub reads history only after that point, so a bus
+// that confirms early loses messages for good. Repeated over fresh topics,
+// a flap (unsubscribe and subscribe again) included, to catch the race.
+func testConfirmed(t *testing.T, newCluster func(t *testing.T, nodes int) []hub.Bus) {
+	nodes := start(t, newCluster, 2)
+	for i := range 50 {
+		topic := fmt.Sprintf("chat:%d:confirm%d", i, i)
+		live := subscribe(t, nodes[1], topic)
+		if i%5 == 4 {
+			must(t, nodes[1].Unsubscribe(topic))
+			live = subscribe(t, nodes[1], topic)
+		}
+		select {
+		case <-live:
+		case <-time.After(eventually):
+			t.Fatalf("subscription to %q never confirmed", topic)
+		}
+		frame := Frame(topic, "new_message", strconv.Itoa(i))
+		must(t, nodes[0].Publish(topic, frame))
+		got := nodes[1].collect(t, 1, onTopic(topic))
+		if !bytes.Equal(got[0].frame, frame) {
+			t.Fatalf("node 1 got %q, want %q", got[0].frame, frame)
+		}
+	}
 }
