@@ -39,10 +39,11 @@ func (r *rec) handle(kind string, d []byte) {
 		r.t.Errorf("Handle%s after Closed", kind)
 	}
 	if r.echo {
+		// d is the engine's read buffer: the echo needs its own copy.
 		if kind == "Text" {
-			_ = r.c.Send(TextFrame(d))
+			_ = r.c.Send(bytes.Clone(d))
 		} else {
-			_ = r.c.Send(BinaryFrame(d))
+			_ = r.c.send(ws.OpBinary, bytes.Clone(d), false)
 		}
 	}
 	select {
@@ -221,7 +222,7 @@ func TestSendOrderConcurrent(t *testing.T) {
 			go func() {
 				defer wg.Done()
 				for i := range per {
-					if err := r.c.Send(TextFrame(fmt.Appendf(nil, "%d:%d", g, i))); err != nil {
+					if err := r.c.Send(fmt.Appendf(nil, "%d:%d", g, i)); err != nil {
 						t.Error(err)
 						return
 					}
@@ -273,7 +274,7 @@ func TestClientClose(t *testing.T) {
 		cl.write(t, ws.NewCloseFrame(ws.NewCloseFrameBody(ws.StatusNormalClosure, "bye")))
 		cl.expectClose(t, 1000, "")
 		r.waitClosed(t, 3*time.Second)
-		if err := r.c.Send(TextFrame([]byte("x"))); !errors.Is(err, ErrClosed) {
+		if err := r.c.Send([]byte("x")); !errors.Is(err, ErrClosed) {
 			t.Fatalf("Send after close: %v", err)
 		}
 		time.Sleep(50 * time.Millisecond)
@@ -362,7 +363,7 @@ func TestSlowConsumer(t *testing.T) {
 	forEngines(t, func(t *testing.T, kind string) {
 		s := startServer(t, kind, Options{Workers: 2, MaxQueueBytes: 256 << 10}, false)
 		_, r := s.dial(t)
-		frame := BinaryFrame(make([]byte, 64<<10))
+		frame := make([]byte, 64<<10)
 		var err error
 		for i := 0; i < 20000 && err == nil; i++ {
 			err = r.c.Send(frame)
@@ -390,7 +391,7 @@ func TestServerClose(t *testing.T) {
 	forEngines(t, func(t *testing.T, kind string) {
 		s := startServer(t, kind, Options{Workers: 2}, true)
 		cl, r := s.dial(t)
-		_ = r.c.Send(TextFrame([]byte("before")))
+		_ = r.c.Send([]byte("before"))
 		r.c.Close(1012, "restart")
 		r.c.Close(1000, "again") // idempotent
 		if f := cl.read(t); string(f.Payload) != "before" {
@@ -448,25 +449,81 @@ func tcpPair(t testing.TB) (server, client net.Conn) {
 	return server, client
 }
 
-func TestFrameHelpers(t *testing.T) {
+func TestFrameHeaders(t *testing.T) {
 	for _, n := range []int{0, 1, 125, 126, 65535, 65536, 70000} {
 		p := bytes.Repeat([]byte("x"), n)
 		want, err := ws.CompileFrame(ws.NewTextFrame(p))
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := TextFrame(p); !bytes.Equal(got, want) {
-			t.Fatalf("TextFrame(%d) mismatch", n)
+		e := frameOf(ws.OpText, p)
+		if got := append(e.hdr[:e.hlen:e.hlen], e.p...); !bytes.Equal(got, want) {
+			t.Fatalf("frameOf(%d) mismatch", n)
 		}
-		buf := Begin(make([]byte, 0, 64))
-		buf = append(buf, p...)
-		if got := Finish(buf); !bytes.Equal(got, want) {
-			t.Fatalf("Begin/Finish(%d) mismatch", n)
+		if e.size() != len(want) {
+			t.Fatalf("size(%d) = %d, want %d", n, e.size(), len(want))
 		}
 	}
 	f, err := ws.ReadFrame(bytes.NewReader(CloseFrame(1012, strings.Repeat("r", 200))))
 	if err != nil || f.Header.OpCode != ws.OpClose || len(f.Payload) != 125 {
 		t.Fatalf("CloseFrame: %v %+v", err, f.Header)
+	}
+	if got := CloseFrame(0, ""); !bytes.Equal(got, []byte{0x88, 0}) {
+		t.Fatalf("empty CloseFrame % x", got)
+	}
+}
+
+// Partial writes can end anywhere, in a header too: writing the queue in
+// random small pieces through unsentLocked and consumeWrittenLocked must
+// put exactly the frames' bytes on the wire, each shared payload intact.
+func TestQueuePartialWrites(t *testing.T) {
+	c := &Conn{b: &base{opts: Options{}.withDefaults()}}
+	shared := bytes.Repeat([]byte("s"), 300)
+	var want []byte
+	for i := range 200 {
+		var p []byte
+		switch i % 4 {
+		case 0:
+			p = shared
+		case 1:
+			p = fmt.Appendf(nil, "m%d", i)
+		case 2:
+			p = nil
+		default:
+			p = bytes.Repeat([]byte{'a' + byte(i%26)}, 126+i*7)
+		}
+		e := frameOf(ws.OpText, p)
+		c.enqueueLocked(e)
+		want = append(want, e.hdr[:e.hlen]...)
+		want = append(want, p...)
+	}
+	rnd := uint32(1)
+	var got []byte
+	for c.pendingLocked() > 0 {
+		rnd = rnd*1664525 + 1013904223
+		budget := 1 + int(rnd>>24)%13 // 1..13 bytes: splits headers often
+		n := 0
+		for i := 0; i < c.pendingLocked() && n < budget; i++ {
+			h, p := c.unsentLocked(i)
+			for _, b := range [][]byte{h, p} {
+				k := min(len(b), budget-n)
+				got = append(got, b[:k]...)
+				n += k
+			}
+		}
+		c.consumeWrittenLocked(n)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("wire bytes differ: got %d bytes, want %d", len(got), len(want))
+	}
+	if c.queue != nil || c.qbytes != 0 || c.qoff != 0 {
+		t.Fatalf("drained queue kept: %d entries, %d bytes, off %d", len(c.queue), c.qbytes, c.qoff)
+	}
+	if !bytes.Equal(shared, bytes.Repeat([]byte("s"), 300)) {
+		t.Fatal("shared payload modified")
+	}
+	if fr := c.b.st.framesOut.Load(); fr != 200 {
+		t.Fatalf("framesOut %d", fr)
 	}
 }
 
