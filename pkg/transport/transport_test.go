@@ -32,11 +32,21 @@ type rec struct {
 	got    chan string
 	closed atomic.Int32
 	done   chan struct{}
+	// pauseOn, when set, makes the handler pause reads on that message;
+	// with resume set too, another goroutine resumes them at once.
+	pauseOn atomic.Pointer[string]
+	resume  atomic.Bool
 }
 
 func (r *rec) handle(kind string, d []byte) {
 	if r.closed.Load() != 0 {
 		r.t.Errorf("Handle%s after Closed", kind)
+	}
+	if p := r.pauseOn.Load(); p != nil && *p == string(d) {
+		r.c.PauseReads()
+		if r.resume.Load() {
+			go r.c.ResumeReads() // races the end of the worker's turn
+		}
 	}
 	if r.echo {
 		// d is the engine's read buffer: the echo needs its own copy.
@@ -566,4 +576,193 @@ func (s nopSession) Closed() {
 	if s.closed != nil {
 		s.closed <- struct{}{}
 	}
+}
+
+// expectNone checks that the session got nothing for a while.
+func (r *rec) expectNone(t testing.TB, d time.Duration) {
+	t.Helper()
+	select {
+	case got := <-r.got:
+		t.Fatalf("delivered while paused: %q", got)
+	case <-time.After(d):
+	}
+}
+
+func (r *rec) expect(t testing.TB, want string) {
+	t.Helper()
+	select {
+	case got := <-r.got:
+		if got != want {
+			t.Fatalf("got %q, want %q", got, want)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("%q not delivered", want)
+	}
+}
+
+// writeAll sends frames in one write, so that they arrive in one read.
+func (cl *client) writeAll(t testing.TB, msgs ...string) {
+	t.Helper()
+	var buf bytes.Buffer
+	for _, m := range msgs {
+		if err := ws.WriteFrame(&buf, ws.MaskFrame(ws.NewTextFrame([]byte(m)))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := cl.Write(buf.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A paused connection delivers nothing, not even frames already read,
+// while writes go on; on resume everything arrives in order.
+func TestPauseReads(t *testing.T) {
+	forEngines(t, func(t *testing.T, kind string) {
+		s := startServer(t, kind, Options{Workers: 2}, false)
+		cl, r := s.dial(t)
+		r.c.PauseReads()
+		r.c.PauseReads() // idempotent
+		for i := range 20 {
+			cl.write(t, ws.NewTextFrame(fmt.Appendf(nil, "m%d", i)))
+		}
+		r.expectNone(t, 200*time.Millisecond)
+
+		// Writes flow while paused, a large one through EPOLLOUT too.
+		big := bytes.Repeat([]byte("b"), 512<<10)
+		if err := r.c.Send([]byte("out")); err != nil {
+			t.Fatal(err)
+		}
+		if err := r.c.Send(big); err != nil {
+			t.Fatal(err)
+		}
+		if f := cl.read(t); string(f.Payload) != "out" {
+			t.Fatalf("got %q", f.Payload)
+		}
+		if f := cl.read(t); !bytes.Equal(f.Payload, big) {
+			t.Fatalf("big message: %d bytes", len(f.Payload))
+		}
+		r.expectNone(t, 50*time.Millisecond)
+
+		r.c.ResumeReads()
+		r.c.ResumeReads() // idempotent
+		for i := range 20 {
+			r.expect(t, fmt.Sprintf("Text:m%d", i))
+		}
+		cl.write(t, ws.NewTextFrame([]byte("after")))
+		r.expect(t, "Text:after")
+	})
+}
+
+// Pausing from the handler stops delivery right after that message, even
+// with more frames in the same read; the rest arrives on resume although
+// the socket has nothing new to report.
+func TestPauseFromHandler(t *testing.T) {
+	forEngines(t, func(t *testing.T, kind string) {
+		s := startServer(t, kind, Options{Workers: 2}, false)
+		cl, r := s.dial(t)
+		p := "pause"
+		r.pauseOn.Store(&p)
+		cl.writeAll(t, "a", "pause", "b", "c")
+		r.expect(t, "Text:a")
+		r.expect(t, "Text:pause")
+		r.expectNone(t, 200*time.Millisecond)
+		r.c.ResumeReads()
+		r.expect(t, "Text:b")
+		r.expect(t, "Text:c")
+	})
+}
+
+// A resume that races the end of the turn that paused loses nothing.
+func TestPauseResumeRace(t *testing.T) {
+	forEngines(t, func(t *testing.T, kind string) {
+		s := startServer(t, kind, Options{Workers: 2}, false)
+		cl, r := s.dial(t)
+		p := "p"
+		r.pauseOn.Store(&p)
+		r.resume.Store(true)
+		const rounds = 200
+		for i := range rounds {
+			cl.writeAll(t, "p", fmt.Sprint(i), "x")
+		}
+		for i := range rounds {
+			r.expect(t, "Text:p")
+			r.expect(t, fmt.Sprintf("Text:%d", i))
+			r.expect(t, "Text:x")
+		}
+	})
+}
+
+// Close and kill still tear a paused connection down, with Closed called
+// once.
+func TestClosePaused(t *testing.T) {
+	forEngines(t, func(t *testing.T, kind string) {
+		t.Run("handshake", func(t *testing.T) {
+			s := startServer(t, kind, Options{Workers: 2}, false)
+			cl, r := s.dial(t)
+			r.c.PauseReads()
+			r.c.Close(1012, "restart")
+			cl.expectClose(t, 1012, "restart")
+			// The peer's answer must be read although reads were paused.
+			cl.write(t, ws.NewCloseFrame(ws.NewCloseFrameBody(1012, "")))
+			r.waitClosed(t, 3*time.Second)
+		})
+		t.Run("kill", func(t *testing.T) {
+			s := startServer(t, kind, Options{Workers: 2, MaxQueueFrames: 4}, false)
+			_, r := s.dial(t)
+			r.c.PauseReads()
+			var err error
+			for i := 0; i < 100 && err == nil; i++ {
+				err = r.c.Send(make([]byte, 1<<20))
+			}
+			if !errors.Is(err, ErrSlowConsumer) {
+				t.Fatalf("Send: %v", err)
+			}
+			r.waitClosed(t, 3*time.Second)
+			time.Sleep(50 * time.Millisecond)
+			if n := r.closed.Load(); n != 1 {
+				t.Fatalf("Closed called %d times", n)
+			}
+		})
+		t.Run("shutdown", func(t *testing.T) {
+			eng, err := New(kind, Options{Workers: 2})
+			if err != nil {
+				t.Fatal(err)
+			}
+			a, b := tcpPair(t)
+			defer b.Close()
+			r := &rec{t: t, got: make(chan string, 1), done: make(chan struct{})}
+			c, err := eng.Add(a, func(c *Conn) Session { r.c = c; return r })
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.PauseReads()
+			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+			defer cancel()
+			_ = eng.Shutdown(ctx) // the peer never answers: the deadline kills it
+			r.waitClosed(t, time.Second)
+		})
+	})
+}
+
+// The reaper leaves a paused connection alone, and a resume restarts its
+// idle clock.
+func TestPausedNotIdleReaped(t *testing.T) {
+	forEngines(t, func(t *testing.T, kind string) {
+		s := startServer(t, kind, Options{Workers: 2, IdleTimeout: time.Second}, false)
+		cl, r := s.dial(t)
+		r.c.PauseReads()
+		_ = cl.SetReadDeadline(time.Now().Add(3 * time.Second))
+		if f, err := ws.ReadFrame(cl.rd); err == nil {
+			t.Fatalf("paused connection got %v", f.Header.OpCode)
+		}
+		r.c.ResumeReads()
+		resumed := time.Now()
+		cl.expectClose(t, 1001, "idle timeout")
+		if el := time.Since(resumed); el < time.Second {
+			t.Fatalf("idle close %v after the resume", el)
+		}
+		if st := s.eng.Stats(); st.IdleCloses != 1 {
+			t.Fatalf("stats %+v", st)
+		}
+	})
 }
