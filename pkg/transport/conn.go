@@ -16,7 +16,7 @@ import (
 // Connection state bits. They change only with Conn.mu held, but are
 // stored atomically so hot paths and the reaper can test them lock-free.
 const (
-	fInWorker   uint32 = 1 << iota // epoll: a worker owns the read side; the registration is disarmed
+	fInWorker   uint32 = 1 << iota // epoll: a worker (or Add, until registered) owns the read side; the registration is disarmed
 	fWantWrite                     // epoll: the queue has bytes the socket refused; EPOLLOUT is wanted
 	fClosing                       // our close frame is queued: Send refuses, data frames are dropped
 	fFailed                        // protocol error: all further input is discarded
@@ -201,7 +201,13 @@ func (c *Conn) Close(code int, reason string) {
 //
 // The kernel's receive buffer fills while paused and TCP flow control
 // then stops the peer: this is how a consumer that runs a connection's
-// requests off the event loop pushes back when its queue is full.
+// requests off the event loop pushes back when its queue is full. What
+// the engine had already read stays with the connection (at most one
+// read buffer) until the resume.
+//
+// A paused connection learns that its peer went away only from a failing
+// write, a reset or hang-up (epoll), or after the resume, so a pause
+// should not outlast the work it waits for. A Close lifts the pause.
 func (c *Conn) PauseReads() {
 	c.mu.Lock()
 	if f := c.flags.Load(); f&(fPaused|fDead|fClosed) == 0 {

@@ -100,14 +100,25 @@ func (e *epollEngine) Add(nc net.Conn, newSession func(*Conn) Session) (*Conn, e
 		return nil, err
 	}
 	c := &Conn{nc: nc, rc: rc, fd: int32(fd)}
+	// Until it is registered, Add holds c as a worker would: a Send,
+	// PauseReads or Close from newSession must not re-arm a registration
+	// that does not exist yet, and is settled below instead.
+	c.flags.Store(fInWorker)
 	e.register(c)
 	c.sess = newSession(c)
-	ev := unix.EpollEvent{Events: readEvents, Fd: c.slot, Pad: int32(c.gen)}
 	// Registering under mu orders the setup above before the poller's
 	// hand-off, which also locks mu (the kernel's ordering is invisible
 	// to the race detector).
 	c.mu.Lock()
+	if c.pendingLocked() > 0 && c.flags.Load()&fWantWrite == 0 {
+		e.flushLocked(c)
+	}
+	c.clearLocked(fInWorker)
+	ev := unix.EpollEvent{Events: e.eventsLocked(c), Fd: c.slot, Pad: int32(c.gen)}
 	err = unix.EpollCtl(e.epfd, unix.EPOLL_CTL_ADD, fd, &ev)
+	if err == nil {
+		c.endTurnLocked()
+	}
 	c.mu.Unlock()
 	if err != nil {
 		e.unregister(c)
@@ -116,22 +127,28 @@ func (e *epollEngine) Add(nc net.Conn, newSession func(*Conn) Session) (*Conn, e
 	return c, nil
 }
 
-// rearmLocked re-enables c's oneshot registration for what c waits for
-// now: input unless paused, output while the socket refused bytes.
-// Frames a pause held back are parsed at the next turn even if no input
-// comes: EPOLLOUT, nearly always ready, brings that turn about.
-func (e *epollEngine) rearmLocked(c *Conn) {
+// eventsLocked is what c's oneshot registration waits for now: input
+// unless paused, output while the socket refused bytes. Frames a pause
+// held back are parsed at the next turn even if no input comes: EPOLLOUT,
+// nearly always ready, brings that turn about.
+func (e *epollEngine) eventsLocked(c *Conn) uint32 {
 	f := c.flags.Load()
-	ev := unix.EpollEvent{Events: unix.EPOLLONESHOT, Fd: c.slot, Pad: int32(c.gen)}
+	var ev uint32 = unix.EPOLLONESHOT
 	if !readsPaused(f) {
-		ev.Events = readEvents
+		ev = readEvents
 		if c.held {
-			ev.Events |= unix.EPOLLOUT
+			ev |= unix.EPOLLOUT
 		}
 	}
 	if f&fWantWrite != 0 {
-		ev.Events |= unix.EPOLLOUT
+		ev |= unix.EPOLLOUT
 	}
+	return ev
+}
+
+// rearmLocked re-enables c's oneshot registration.
+func (e *epollEngine) rearmLocked(c *Conn) {
+	ev := unix.EpollEvent{Events: e.eventsLocked(c), Fd: c.slot, Pad: int32(c.gen)}
 	if err := unix.EpollCtl(e.epfd, unix.EPOLL_CTL_MOD, int(c.fd), &ev); err != nil {
 		e.log.Warn("transport: epoll_ctl mod", "err", err)
 		c.killLocked()

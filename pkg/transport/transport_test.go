@@ -766,3 +766,41 @@ func TestPausedNotIdleReaped(t *testing.T) {
 		}
 	})
 }
+
+// A session may send and pause from newSession, before the engine has
+// registered the connection.
+func TestPauseAndSendFromNewSession(t *testing.T) {
+	forEngines(t, func(t *testing.T, kind string) {
+		eng, err := New(kind, Options{Workers: 2})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer eng.Shutdown(t.Context()) //nolint:errcheck
+		srv, cli := tcpPair(t)
+		defer cli.Close()
+		r := &rec{t: t, got: make(chan string, 16), done: make(chan struct{})}
+		c, err := eng.Add(srv, func(c *Conn) Session {
+			r.c = c
+			c.PauseReads()
+			_ = c.Send([]byte("hello"))
+			_ = c.SendLater([]byte("later"))
+			return r
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = cli.SetReadDeadline(time.Now().Add(5 * time.Second))
+		for _, want := range []string{"hello", "later"} {
+			f, err := ws.ReadFrame(cli)
+			if err != nil || string(f.Payload) != want {
+				t.Fatalf("got %q %v, want %q", f.Payload, err, want)
+			}
+		}
+		if err := ws.WriteFrame(cli, ws.MaskFrame(ws.NewTextFrame([]byte("in")))); err != nil {
+			t.Fatal(err)
+		}
+		r.expectNone(t, 100*time.Millisecond)
+		c.ResumeReads()
+		r.expect(t, "Text:in")
+	})
+}
