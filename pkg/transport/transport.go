@@ -52,7 +52,8 @@
 // and each Conn's mutex (Conn.mu). It never holds both at once, and it
 // holds Conn.mu only for short, non-blocking work (queueing, a
 // non-blocking writev, epoll_ctl, shutdown(2)); it calls no Session method
-// and takes no lock outside this package while holding either. Callers
+// and takes no lock outside this package (but the runtime's and, on an
+// epoll_ctl failure, the logger's) while holding either. Callers
 // may therefore call any Conn method while holding their own locks: the
 // order is "caller's locks → Conn.mu", and Session methods are entered
 // with no transport lock held.
@@ -90,8 +91,8 @@ type Options struct {
 	Workers        int           // epoll worker pool size (default 256)
 	MaxMessageSize int           // default 1 MiB; larger messages close with 1009
 	IdleTimeout    time.Duration // default 60s without a complete frame closes with 1001
-	MaxQueueBytes  int           // outbound bytes queued per connection, default 1 MiB
-	MaxQueueFrames int           // outbound frames queued per connection, default 1024
+	MaxQueueBytes  int           // outbound bytes (payloads and frame headers) queued per connection, default 1 MiB
+	MaxQueueFrames int           // outbound frames (messages, pongs, the close) queued per connection, default 1024
 	WriteTimeout   time.Duration // default 10s without write progress marks a slow consumer
 	Logger         *slog.Logger  // default slog.Default()
 }
