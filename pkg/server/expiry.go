@@ -5,13 +5,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/elchat/elchat/pkg/closecode"
 	"github.com/elchat/elchat/pkg/hub"
 )
-
-// CloseTokenExpired is the close code for a connection whose token ran
-// out. It is not 1000, so phoenix.js reconnects, re-evaluating its params
-// (or authToken) and thus picking up a fresh token from the host page.
-const CloseTokenExpired = 4001
 
 // expirySlot groups deadlines so the sweeper wakes rarely and the table
 // holds one small entry per connection, not a timer.
@@ -83,6 +79,8 @@ func (e *expiries) sweep(now time.Time) {
 	}
 	e.mu.Unlock()
 	for _, c := range due {
-		c.Close(CloseTokenExpired, "token expired")
+		// Not 1000: phoenix.js reconnects, re-reading its params (or
+		// authToken), and so picks up a fresh token from the host page.
+		c.Close(closecode.TokenExpired, "token expired")
 	}
 }

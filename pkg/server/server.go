@@ -23,6 +23,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/elchat/elchat/pkg/auth"
+	"github.com/elchat/elchat/pkg/closecode"
 	"github.com/elchat/elchat/pkg/hub"
 	"github.com/elchat/elchat/pkg/transport"
 )
@@ -269,7 +270,7 @@ func (s *Server) upgrade(nc net.Conn, br *bufio.Reader, headLen int) {
 		}
 		if err == nil {
 			s.cfg.Metrics.HandshakeRejected("early frames")
-			nc.Write(transport.CloseFrame(hub.ClosePolicy, "frame sent before the handshake completed")) //nolint:errcheck
+			nc.Write(transport.CloseFrame(closecode.Policy, "frame sent before the handshake completed")) //nolint:errcheck
 		}
 		nc.Close()
 		return

@@ -6,6 +6,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/elchat/elchat/pkg/closecode"
 )
 
 // closeGrace bounds how long a connection waits for the peer to answer
@@ -102,7 +104,7 @@ func (b *base) reap() {
 			idle, slow, kill = b.scan(now.Unix(), idle[:0], slow[:0], kill[:0])
 			for _, c := range idle {
 				b.st.idle.Add(1)
-				c.Close(1001, "idle timeout")
+				c.Close(closecode.GoingAway, "idle timeout")
 			}
 			for _, c := range slow {
 				b.st.slow.Add(1)
@@ -142,7 +144,9 @@ func (b *base) scan(now int64, idle, slow, kill []*Conn) ([]*Conn, []*Conn, []*C
 			}
 			continue
 		}
-		if now-c.lastRecv.Load() > idleS {
+		// A paused peer may well be silent because we stopped reading
+		// it; ResumeReads restarts its idle clock.
+		if f&fPaused == 0 && now-c.lastRecv.Load() > idleS {
 			idle = append(idle, c)
 		}
 	}
@@ -185,7 +189,7 @@ func (b *base) drain(ctx context.Context) error {
 
 func (b *base) closeAll() {
 	for _, c := range b.reg.snapshot(nil) {
-		c.Close(1001, "server shutdown")
+		c.Close(closecode.GoingAway, "server shutdown")
 	}
 }
 

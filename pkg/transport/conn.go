@@ -9,12 +9,14 @@ import (
 	"unicode/utf8"
 
 	"github.com/gobwas/ws"
+
+	"github.com/elchat/elchat/pkg/closecode"
 )
 
 // Connection state bits. They change only with Conn.mu held, but are
 // stored atomically so hot paths and the reaper can test them lock-free.
 const (
-	fInWorker   uint32 = 1 << iota // epoll: a worker owns the read side; the registration is disarmed
+	fInWorker   uint32 = 1 << iota // epoll: a worker (or Add, until registered) owns the read side; the registration is disarmed
 	fWantWrite                     // epoll: the queue has bytes the socket refused; EPOLLOUT is wanted
 	fClosing                       // our close frame is queued: Send refuses, data frames are dropped
 	fFailed                        // protocol error: all further input is discarded
@@ -22,16 +24,32 @@ const (
 	fDead                          // tear down at the next chance, without flushing
 	fClosed                        // torn down; the socket is closed
 	fFinSent                       // write side shut after the close frame left
+	fPaused                        // PauseReads: read nothing more from the socket until ResumeReads
 )
 
-// driver is what differs between the engines.
+// readsPaused reports whether the read side must stop. A closing
+// connection reads on regardless: it delivers no more messages, and the
+// peer's answer to our close frame must still be seen.
+func readsPaused(f uint32) bool { return f&(fPaused|fClosing) == fPaused }
+
+// driver is what differs between the engines. Every method runs with
+// Conn.mu held and must neither block nor call into the Session.
 type driver interface {
+	// writeNowLocked writes what it can of e, the next frame of c's empty
+	// queue, without blocking: it returns the bytes written, or -1 if the
+	// socket failed. An engine that only writes from its own goroutine
+	// returns 0.
+	writeNowLocked(c *Conn, e qent) int
 	// flushLocked moves queued bytes towards the socket without blocking
 	// the caller.
 	flushLocked(c *Conn)
 	// wakeLocked makes the goroutine that owns c's read side notice fDead
 	// promptly; c is not closed yet.
 	wakeLocked(c *Conn)
+	// pauseLocked and resumeLocked run after fPaused was set or cleared,
+	// so that the read side stops or restarts reading the socket.
+	pauseLocked(c *Conn)
+	resumeLocked(c *Conn)
 	// shutWriteLocked half-closes c after the close frame was written.
 	shutWriteLocked(c *Conn)
 	// detach unhooks c from the engine's machinery before its socket is
@@ -41,35 +59,44 @@ type driver interface {
 
 // Conn is one served WebSocket connection. It is deliberately small: an
 // idle epoll connection is this struct plus Go's net.TCPConn and nothing
-// else.
+// else (no queue, no buffer, no goroutine).
 type Conn struct {
 	b    *base           // immutable
 	nc   net.Conn        // immutable
 	sess Session         // immutable once Add has set it, before the first read
 	rc   syscall.RawConn // immutable; epoll only
 	pw   chan struct{}   // immutable; portable only: wakes the writer goroutine
-	fd   int32           // immutable; epoll only. Valid while fClosed is unset, which mu protects
-	slot int32           // guarded by b.reg.mu
-	gen  uint32          // immutable; tells the poller a stale event from a reused slot
+	// pr wakes the portable reader goroutine that waits out a pause;
+	// guarded by mu. It exists only while the reader waits, so a
+	// connection that was never paused does not pay for it.
+	pr   chan struct{}
+	fd   int32  // immutable; epoll only. Valid while fClosed is unset, which mu protects
+	slot int32  // guarded by b.reg.mu
+	gen  uint32 // immutable; tells the poller a stale event from a reused slot
 
-	lastRecv atomic.Int64 // unix seconds of the last complete frame (or of Add)
+	lastRecv atomic.Int64 // unix seconds of the last complete frame (or of Add, or of ResumeReads)
 	closeAt  atomic.Int64 // unix seconds when fClosing was set
 	stallAt  atomic.Int64 // unix seconds since when queued bytes made no progress; 0 when the queue is empty
 
 	// The read side: touched only by whoever holds it (the epoll worker
-	// that set fInWorker, or the portable reader goroutine).
-	partial []byte    // bytes of an incomplete frame; nil between frames
+	// that set fInWorker, or the portable reader goroutine). Code that
+	// checks fInWorker under mu may read it while no worker holds c.
+	partial []byte    // bytes of an incomplete frame, or held back by a pause; nil between frames
 	msg     []byte    // payload of a fragmented message so far; nil otherwise
 	msgOp   ws.OpCode // opcode of the fragmented message in msg; 0 when none
+	// held is set when a pause stopped the parser with bytes left in
+	// partial that may hold complete frames: they are parsed before the
+	// next read, even if the socket has nothing new.
+	held bool
 
 	mu     sync.Mutex
 	flags  atomic.Uint32 // written with mu held; read atomically anywhere
-	queue  [][]byte      // guarded by mu; frames to write, from qhead on
+	queue  []qent        // guarded by mu; frames to write, from qhead on; nil when empty
 	qhead  int32         // guarded by mu
-	qoff   int32         // guarded by mu; bytes of queue[qhead] already written
-	qbytes int           // guarded by mu; unwritten bytes in queue
-	// closeAfter is a close frame that Close left for the end of the
-	// worker's turn; guarded by mu.
+	qoff   int32         // guarded by mu; bytes of queue[qhead] (header first, then payload) already written
+	qbytes int           // guarded by mu; unwritten bytes in queue, headers included
+	// closeAfter is the body of a close frame that Close left for the end
+	// of the worker's turn; guarded by mu.
 	closeAfter *[]byte
 }
 
@@ -80,35 +107,63 @@ func (c *Conn) pendingLocked() int   { return len(c.queue) - int(c.qhead) }
 // RemoteAddr is the peer's address.
 func (c *Conn) RemoteAddr() net.Addr { return c.nc.RemoteAddr() }
 
-// Send queues frame, a complete server frame that may be shared with other
-// connections and must not change afterwards, and starts writing it. It
-// never blocks. Frames leave in the order of the Send calls. If the queue
-// would exceed its bounds, the queue is dropped, the connection is torn
-// down and ErrSlowConsumer is returned.
-func (c *Conn) Send(frame []byte) error { return c.send(frame, false) }
+// Send sends msg, one complete text message (UTF-8, a Phoenix JSON
+// message), as one text frame. msg may be shared with any number of
+// connections and must not change afterwards; the transport never writes
+// it. The frame header is the only thing built per connection: the epoll
+// engine first tries to write header and payload straight to the socket
+// and queues only what the socket refuses, so a fanout to connections that
+// keep up allocates nothing per recipient.
+//
+// Send never blocks and never calls back into the Session. Messages leave
+// in the order of the Send calls. If the queue would exceed its bounds
+// (headers included), the queue is dropped, the connection is torn down
+// and ErrSlowConsumer is returned; on a closing or closed connection it
+// returns ErrClosed.
+func (c *Conn) Send(msg []byte) error { return c.send(ws.OpText, msg, false) }
 
-// SendLater is Send for frames that answer what the connection's own
+// SendLater is Send for messages that answer what the connection's own
 // handler is processing: while an epoll worker holds the connection, the
-// frame is only queued, and the worker writes everything queued in one
+// message is only queued, and the worker writes everything queued in one
 // writev when its turn ends, so a reply and the broadcasts it caused
 // leave in one system call. Called from anywhere else it is Send.
-func (c *Conn) SendLater(frame []byte) error { return c.send(frame, true) }
+func (c *Conn) SendLater(msg []byte) error { return c.send(ws.OpText, msg, true) }
 
-func (c *Conn) send(frame []byte, later bool) error {
+func (c *Conn) send(op ws.OpCode, payload []byte, later bool) error {
+	e := frameOf(op, payload)
 	c.mu.Lock()
-	if c.flags.Load()&(fClosing|fDead|fClosed) != 0 {
+	f := c.flags.Load()
+	if f&(fClosing|fDead|fClosed) != 0 {
 		c.mu.Unlock()
 		return ErrClosed
 	}
 	o := &c.b.opts
-	if c.pendingLocked()+1 > o.MaxQueueFrames || c.qbytes+len(frame) > o.MaxQueueBytes {
+	if c.pendingLocked()+1 > o.MaxQueueFrames || c.qbytes+e.size() > o.MaxQueueBytes {
 		c.b.st.slow.Add(1)
 		c.killLocked()
 		c.mu.Unlock()
 		return ErrSlowConsumer
 	}
-	c.enqueueLocked(frame)
-	if !later || c.flags.Load()&fInWorker == 0 {
+	switch {
+	case later && f&fInWorker != 0:
+		c.enqueueLocked(e) // the worker flushes when its turn ends
+	case c.pendingLocked() == 0:
+		// Nothing queued to keep order with: write straight away and
+		// queue (which allocates) only the rest the socket refused.
+		n := c.b.drv.writeNowLocked(c, e)
+		switch {
+		case n < 0:
+			c.killLocked()
+		case n == e.size():
+			c.b.st.bytesOut.Add(int64(n))
+			c.b.st.framesOut.Add(1)
+		default:
+			c.enqueueLocked(e)
+			c.consumeWrittenLocked(n)
+			c.b.drv.flushLocked(c)
+		}
+	default:
+		c.enqueueLocked(e)
 		c.b.drv.flushLocked(c)
 	}
 	c.mu.Unlock()
@@ -118,7 +173,8 @@ func (c *Conn) send(frame []byte, later bool) error {
 // Close queues a close frame with code and reason behind what is already
 // queued (it is exempt from the queue bound), flushes, and tears the
 // connection down once the peer answers, hangs up, or a grace period
-// (5s, enforced by the reaper) passes. Safe from any goroutine; only the
+// (5s, enforced by the reaper) passes. It lifts a pause, so that the
+// peer's answer is read. Safe from any goroutine, never blocks; only the
 // first call has an effect.
 //
 // If an epoll worker is handling the connection's frames right now, the
@@ -126,12 +182,52 @@ func (c *Conn) send(frame []byte, later bool) error {
 // client sent (a message being stored, say) still go out before the close
 // frame: a draining node answers what it accepted.
 func (c *Conn) Close(code int, reason string) {
-	f := CloseFrame(code, reason)
+	body := closeBody(code, reason)
 	c.mu.Lock()
 	if c.flags.Load()&fInWorker != 0 && c.closeAfter == nil {
-		c.closeAfter = &f
+		c.closeAfter = &body
 	} else {
-		c.closeLocked(f)
+		c.closeLocked(body)
+	}
+	c.mu.Unlock()
+}
+
+// PauseReads stops reading from the socket: no further message is
+// delivered until ResumeReads, not even one already read into the
+// engine's buffer (called from HandleText, it is the last message until
+// the resume). Writes go on, Close and teardown still work, and the
+// reaper does not idle-close a paused connection. Idempotent; safe from
+// any goroutine, including the connection's own handler; never blocks.
+//
+// The kernel's receive buffer fills while paused and TCP flow control
+// then stops the peer: this is how a consumer that runs a connection's
+// requests off the event loop pushes back when its queue is full. What
+// the engine had already read stays with the connection (at most one
+// read buffer) until the resume.
+//
+// A paused connection learns that its peer went away only from a failing
+// write, a reset or hang-up (epoll), or after the resume, so a pause
+// should not outlast the work it waits for. A Close lifts the pause.
+func (c *Conn) PauseReads() {
+	c.mu.Lock()
+	if f := c.flags.Load(); f&(fPaused|fDead|fClosed) == 0 {
+		c.setLocked(fPaused)
+		c.b.drv.pauseLocked(c)
+	}
+	c.mu.Unlock()
+}
+
+// ResumeReads undoes PauseReads: messages that arrived meanwhile are
+// delivered, in order, and the idle clock restarts as if a frame had just
+// arrived. Idempotent; safe from any goroutine; never blocks.
+func (c *Conn) ResumeReads() {
+	c.mu.Lock()
+	if f := c.flags.Load(); f&fPaused != 0 {
+		c.clearLocked(fPaused)
+		c.lastRecv.Store(c.b.now())
+		if f&(fDead|fClosed) == 0 {
+			c.b.drv.resumeLocked(c)
+		}
 	}
 	c.mu.Unlock()
 }
@@ -139,19 +235,23 @@ func (c *Conn) Close(code int, reason string) {
 // endTurnLocked runs when a worker's turn on c ends: the close that waited
 // for it, if any.
 func (c *Conn) endTurnLocked() {
-	if f := c.closeAfter; f != nil {
+	if b := c.closeAfter; b != nil {
 		c.closeAfter = nil
-		c.closeLocked(*f)
+		c.closeLocked(*b)
 	}
 }
 
-func (c *Conn) closeLocked(frame []byte) {
-	if c.flags.Load()&(fClosing|fDead|fClosed) != 0 {
+func (c *Conn) closeLocked(body []byte) {
+	f := c.flags.Load()
+	if f&(fClosing|fDead|fClosed) != 0 {
 		return
 	}
 	c.setLocked(fClosing)
 	c.closeAt.Store(c.b.now())
-	c.enqueueLocked(frame)
+	if f&fPaused != 0 {
+		c.b.drv.resumeLocked(c) // a closing connection reads on: see readsPaused
+	}
+	c.enqueueLocked(frameOf(ws.OpClose, body))
 	c.b.drv.flushLocked(c)
 }
 
@@ -176,12 +276,29 @@ func (c *Conn) releaseQueueLocked() {
 	c.stallAt.Store(0)
 }
 
-func (c *Conn) enqueueLocked(frame []byte) {
+func (c *Conn) enqueueLocked(e qent) {
 	if c.pendingLocked() == 0 {
 		c.stallAt.Store(c.b.now())
 	}
-	c.queue = append(c.queue, frame)
-	c.qbytes += len(frame)
+	c.queue = append(c.queue, e)
+	c.qbytes += e.size()
+}
+
+// unsentLocked returns what is left to write of the i-th pending frame:
+// the rest of its header and the rest of its payload, either possibly
+// empty. Only the first pending frame can be partly written.
+func (c *Conn) unsentLocked(i int) (hdr, payload []byte) {
+	e := &c.queue[int(c.qhead)+i]
+	hdr, payload = e.hdr[:e.hlen], e.p
+	if i == 0 && c.qoff > 0 {
+		if off := int(c.qoff); off < len(hdr) {
+			hdr = hdr[off:]
+		} else {
+			payload = payload[off-len(hdr):]
+			hdr = nil
+		}
+	}
+	return hdr, payload
 }
 
 // consumeWrittenLocked drops n written bytes from the front of the queue.
@@ -193,13 +310,13 @@ func (c *Conn) consumeWrittenLocked(n int) {
 	c.qbytes -= n
 	frames := 0
 	for n > 0 {
-		rem := len(c.queue[c.qhead]) - int(c.qoff)
+		rem := c.queue[c.qhead].size() - int(c.qoff)
 		if n < rem {
 			c.qoff += int32(n)
 			break
 		}
 		n -= rem
-		c.queue[c.qhead] = nil // the frame may be shared and large; do not pin it
+		c.queue[c.qhead] = qent{} // the payload may be shared and large; do not pin it
 		c.qhead++
 		c.qoff = 0
 		frames++
@@ -209,14 +326,10 @@ func (c *Conn) consumeWrittenLocked(n int) {
 		c.stallAt.Store(c.b.now())
 		return
 	}
+	// An idle connection holds no queue: the next Send most likely
+	// writes straight to the socket and needs none.
 	c.stallAt.Store(0)
-	if cap(c.queue) > 16 {
-		// A burst grew the queue; an idle connection should not keep it.
-		c.queue = nil
-	} else {
-		c.queue = c.queue[:0]
-	}
-	c.qhead = 0
+	c.queue, c.qhead = nil, 0
 }
 
 // drainedLocked runs when the queue became empty: once our close frame is
@@ -264,11 +377,12 @@ func (c *Conn) teardown() {
 	}
 	c.setLocked(fClosed | fDead)
 	c.releaseQueueLocked()
+	c.pr = nil
 	c.mu.Unlock()
 	c.b.drv.detach(c)
 	c.b.reg.remove(c)
 	_ = c.nc.Close()
-	c.partial, c.msg, c.msgOp = nil, nil, 0
+	c.partial, c.msg, c.msgOp, c.held = nil, nil, 0, false
 	c.b.st.conns.Add(-1)
 	c.sess.Closed()
 }
@@ -284,9 +398,12 @@ func (c *Conn) readBuf(scratch []byte) []byte {
 }
 
 // afterRead processes n bytes just read into readBuf(scratch): it delivers
-// every complete frame and keeps only the leftover of an incomplete one.
+// every complete frame and keeps only the leftover of an incomplete one,
+// or everything from the first frame a pause held back. n may be 0 to
+// parse what a pause held.
 func (c *Conn) afterRead(scratch []byte, n int) {
 	c.b.st.bytesIn.Add(int64(n))
+	c.held = false
 	var data []byte
 	big := cap(c.partial) > len(scratch)
 	if big {
@@ -318,12 +435,18 @@ func (c *Conn) afterRead(scratch []byte, n int) {
 // parse delivers the complete frames at the front of p. It returns how many
 // bytes it consumed and, if the next frame's header is complete but its
 // payload is not, that frame's total length. After a protocol error or the
-// peer's close it consumes everything.
+// peer's close it consumes everything; after a pause it stops and sets
+// held.
 func (c *Conn) parse(p []byte) (consumed, need int) {
 	maxMsg := int64(c.b.opts.MaxMessageSize)
 	for {
-		if c.flags.Load()&(fFailed|fPeerClosed|fDead) != 0 {
+		f := c.flags.Load()
+		if f&(fFailed|fPeerClosed|fDead) != 0 {
 			return len(p), 0
+		}
+		if readsPaused(f) {
+			c.held = consumed < len(p)
+			return consumed, 0
 		}
 		b := p[consumed:]
 		if len(b) < 2 {
@@ -333,13 +456,13 @@ func (c *Conn) parse(p []byte) (consumed, need int) {
 		op := ws.OpCode(b[0] & 0x0f)
 		switch {
 		case b[0]&0x70 != 0:
-			c.fail(ws.StatusProtocolError, "reserved bits set")
+			c.fail(closecode.ProtocolError, "reserved bits set")
 			continue
 		case op.IsReserved():
-			c.fail(ws.StatusProtocolError, "unknown opcode")
+			c.fail(closecode.ProtocolError, "unknown opcode")
 			continue
 		case b[1]&0x80 == 0:
-			c.fail(ws.StatusProtocolError, "unmasked client frame")
+			c.fail(closecode.ProtocolError, "unmasked client frame")
 			continue
 		}
 		length := int64(b[1] & 0x7f)
@@ -359,23 +482,23 @@ func (c *Conn) parse(p []byte) (consumed, need int) {
 		case 127:
 			u := binary.BigEndian.Uint64(b[2:])
 			if u>>63 != 0 {
-				c.fail(ws.StatusProtocolError, "bad frame length")
+				c.fail(closecode.ProtocolError, "bad frame length")
 				continue
 			}
 			length = int64(u)
 		}
 		if op.IsControl() {
 			if !fin || length > 125 {
-				c.fail(ws.StatusProtocolError, "bad control frame")
+				c.fail(closecode.ProtocolError, "bad control frame")
 				continue
 			}
 		} else {
 			if (op == ws.OpContinuation) != (c.msgOp != 0) {
-				c.fail(ws.StatusProtocolError, "bad fragmentation")
+				c.fail(closecode.ProtocolError, "bad fragmentation")
 				continue
 			}
 			if int64(len(c.msg))+length > maxMsg {
-				c.fail(ws.StatusMessageTooBig, "message too big")
+				c.fail(closecode.TooBig, "message too big")
 				continue
 			}
 		}
@@ -397,7 +520,8 @@ func (c *Conn) frame(op ws.OpCode, fin bool, payload []byte) {
 	switch op {
 	case ws.OpPing:
 		if c.flags.Load()&fClosing == 0 {
-			_ = c.Send(AppendFrame(make([]byte, 0, 2+len(payload)), ws.OpPong, payload))
+			// payload lives in the read buffer: the pong needs its own copy.
+			_ = c.send(ws.OpPong, append([]byte(nil), payload...), false)
 		}
 		return
 	case ws.OpPong:
@@ -433,7 +557,7 @@ func (c *Conn) frame(op ws.OpCode, fin bool, payload []byte) {
 func (c *Conn) deliver(op ws.OpCode, data []byte) {
 	if op == ws.OpText {
 		if !utf8.Valid(data) {
-			c.fail(ws.StatusInvalidFramePayloadData, "invalid UTF-8")
+			c.fail(closecode.InvalidData, "invalid UTF-8")
 			return
 		}
 		c.sess.HandleText(data)
@@ -447,21 +571,21 @@ func (c *Conn) peerClose(payload []byte) {
 	var reply []byte
 	switch {
 	case len(payload) == 0:
-		reply = CloseFrame(0, "")
+		reply = nil // an empty close answers an empty close
 	case len(payload) == 1:
-		c.fail(ws.StatusProtocolError, "bad close frame")
+		c.fail(closecode.ProtocolError, "bad close frame")
 		return
 	default:
 		code := int(binary.BigEndian.Uint16(payload))
 		if !validCloseCode(code) {
-			c.fail(ws.StatusProtocolError, "bad close code")
+			c.fail(closecode.ProtocolError, "bad close code")
 			return
 		}
 		if !utf8.Valid(payload[2:]) {
-			c.fail(ws.StatusInvalidFramePayloadData, "invalid UTF-8")
+			c.fail(closecode.InvalidData, "invalid UTF-8")
 			return
 		}
-		reply = CloseFrame(code, "")
+		reply = closeBody(code, "")
 	}
 	c.mu.Lock()
 	c.setLocked(fPeerClosed)
@@ -481,10 +605,10 @@ func validCloseCode(code int) bool {
 
 // fail closes the connection for a protocol violation; the rest of the
 // input is discarded.
-func (c *Conn) fail(code ws.StatusCode, reason string) {
+func (c *Conn) fail(code int, reason string) {
 	c.b.st.proto.Add(1)
 	c.mu.Lock()
 	c.setLocked(fFailed)
-	c.closeLocked(CloseFrame(int(code), reason))
+	c.closeLocked(closeBody(code, reason))
 	c.mu.Unlock()
 }

@@ -15,12 +15,13 @@ import (
 )
 
 const (
-	readEvents  = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT
-	writeEvents = readEvents | unix.EPOLLOUT
+	readEvents = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT
 
 	readBufSize  = 16 << 10
-	readsPerTurn = 4  // bounds one connection's turn on a worker
-	maxIovecs    = 64 // frames coalesced into one writev
+	readsPerTurn = 4 // bounds one connection's turn on a worker
+	// maxIovecs bounds one writev: 64 frames, each a header and a
+	// payload iovec.
+	maxIovecs = 128
 )
 
 // bufPool holds the read buffers: a worker borrows one only while it reads.
@@ -29,15 +30,29 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, readBufSize); return
 // epollEngine parks idle connections on an epoll instance. Every
 // registration is EPOLLONESHOT: an event disarms it, the poller hands the
 // connection to a worker (setting fInWorker), and the worker re-arms it
-// when done. The one exception is Send arming EPOLLOUT on a connection no
-// worker holds; a resulting duplicate event finds fInWorker set and is
-// dropped, as the holder re-arms level-triggered readiness anyway.
+// when done. The exceptions re-arm a connection no worker holds, always
+// with Conn.mu held: Send arming EPOLLOUT, and PauseReads/ResumeReads
+// dropping or restoring EPOLLIN. A resulting duplicate event finds
+// fInWorker set and is dropped, as the holder re-arms level-triggered
+// readiness anyway.
+//
+// A paused connection is registered without EPOLLIN and EPOLLRDHUP (only
+// EPOLLOUT while writes are pending), so that neither unread data nor a
+// half-close wakes it over and over; EPOLLHUP and EPOLLERR, which epoll
+// always reports, still reach it, and that is how a kill (shutdown both
+// ways) tears down a paused connection.
 type epollEngine struct {
 	base
-	epfd int        // immutable
-	evfd int        // immutable; an eventfd that wakes the poller to stop
-	work chan *Conn // poller → workers; closed by the poller when it stops
+	epfd int      // immutable
+	evfd int      // immutable; an eventfd that wakes the poller to stop
+	work chan job // poller → workers; closed by the poller when it stops
 	wg   sync.WaitGroup
+}
+
+// job is a connection handed to a worker with the events that woke it.
+type job struct {
+	c  *Conn
+	ev uint32
 }
 
 func newEpoll(opts Options) (Engine, error) {
@@ -56,7 +71,7 @@ func newEpoll(opts Options) (Engine, error) {
 		unix.Close(evfd)
 		return nil, fmt.Errorf("transport: epoll_ctl eventfd: %w", err)
 	}
-	e := &epollEngine{epfd: epfd, evfd: evfd, work: make(chan *Conn, max(opts.Workers*4, 64))}
+	e := &epollEngine{epfd: epfd, evfd: evfd, work: make(chan job, max(opts.Workers*4, 64))}
 	e.base.init(opts, e)
 	e.wg.Add(1 + opts.Workers)
 	go e.poll()
@@ -85,14 +100,25 @@ func (e *epollEngine) Add(nc net.Conn, newSession func(*Conn) Session) (*Conn, e
 		return nil, err
 	}
 	c := &Conn{nc: nc, rc: rc, fd: int32(fd)}
+	// Until it is registered, Add holds c as a worker would: a Send,
+	// PauseReads or Close from newSession must not re-arm a registration
+	// that does not exist yet, and is settled below instead.
+	c.flags.Store(fInWorker)
 	e.register(c)
 	c.sess = newSession(c)
-	ev := unix.EpollEvent{Events: readEvents, Fd: c.slot, Pad: int32(c.gen)}
 	// Registering under mu orders the setup above before the poller's
 	// hand-off, which also locks mu (the kernel's ordering is invisible
 	// to the race detector).
 	c.mu.Lock()
+	if c.pendingLocked() > 0 && c.flags.Load()&fWantWrite == 0 {
+		e.flushLocked(c)
+	}
+	c.clearLocked(fInWorker)
+	ev := unix.EpollEvent{Events: e.eventsLocked(c), Fd: c.slot, Pad: int32(c.gen)}
 	err = unix.EpollCtl(e.epfd, unix.EPOLL_CTL_ADD, fd, &ev)
+	if err == nil {
+		c.endTurnLocked()
+	}
 	c.mu.Unlock()
 	if err != nil {
 		e.unregister(c)
@@ -101,12 +127,28 @@ func (e *epollEngine) Add(nc net.Conn, newSession func(*Conn) Session) (*Conn, e
 	return c, nil
 }
 
+// eventsLocked is what c's oneshot registration waits for now: input
+// unless paused, output while the socket refused bytes. Frames a pause
+// held back are parsed at the next turn even if no input comes: EPOLLOUT,
+// nearly always ready, brings that turn about.
+func (e *epollEngine) eventsLocked(c *Conn) uint32 {
+	f := c.flags.Load()
+	var ev uint32 = unix.EPOLLONESHOT
+	if !readsPaused(f) {
+		ev = readEvents
+		if c.held {
+			ev |= unix.EPOLLOUT
+		}
+	}
+	if f&fWantWrite != 0 {
+		ev |= unix.EPOLLOUT
+	}
+	return ev
+}
+
 // rearmLocked re-enables c's oneshot registration.
 func (e *epollEngine) rearmLocked(c *Conn) {
-	ev := unix.EpollEvent{Events: readEvents, Fd: c.slot, Pad: int32(c.gen)}
-	if c.flags.Load()&fWantWrite != 0 {
-		ev.Events = writeEvents
-	}
+	ev := unix.EpollEvent{Events: e.eventsLocked(c), Fd: c.slot, Pad: int32(c.gen)}
 	if err := unix.EpollCtl(e.epfd, unix.EPOLL_CTL_MOD, int(c.fd), &ev); err != nil {
 		e.log.Warn("transport: epoll_ctl mod", "err", err)
 		c.killLocked()
@@ -141,7 +183,7 @@ func (e *epollEngine) poll() {
 			}
 			c.setLocked(fInWorker)
 			c.mu.Unlock()
-			e.work <- c
+			e.work <- job{c, evs[i].Events}
 		}
 	}
 }
@@ -167,22 +209,28 @@ func (w *worker) read(fd uintptr) bool {
 
 func (w *worker) run() {
 	defer w.e.wg.Done()
-	for c := range w.e.work {
-		w.handle(c)
+	for j := range w.e.work {
+		w.handle(j.c, j.ev)
 	}
 }
 
 // handle gives c one turn: finish pending writes, read what is there
-// without blocking, deliver complete frames, then park c again.
-func (w *worker) handle(c *Conn) {
+// without blocking (nothing, if paused), deliver complete frames, then
+// park c again.
+func (w *worker) handle(c *Conn, ev uint32) {
 	e := w.e
 	c.mu.Lock()
-	if c.flags.Load()&fDead != 0 {
+	f := c.flags.Load()
+	// Hang-up or error while paused: nobody will read the socket to
+	// find out, and the condition is level-triggered, so re-arming would
+	// only bring it back at once. Nothing useful can be written to such a
+	// socket any more: tear it down.
+	if f&fDead != 0 || (readsPaused(f) && ev&(unix.EPOLLHUP|unix.EPOLLERR) != 0) {
 		c.mu.Unlock()
 		c.teardown()
 		return
 	}
-	if c.flags.Load()&fWantWrite != 0 {
+	if f&fWantWrite != 0 {
 		e.flushLocked(c)
 	}
 	c.mu.Unlock()
@@ -190,8 +238,11 @@ func (w *worker) handle(c *Conn) {
 	bp := bufPool.Get().(*[]byte)
 	scratch := *bp
 	gone := false
+	if c.held && !readsPaused(c.flags.Load()) {
+		c.afterRead(scratch, 0) // what a pause held back comes before new input
+	}
 	for range readsPerTurn {
-		if c.flags.Load()&fDead != 0 {
+		if f := c.flags.Load(); f&fDead != 0 || readsPaused(f) {
 			break
 		}
 		w.dst = c.readBuf(scratch)
@@ -237,10 +288,32 @@ func (w *worker) handle(c *Conn) {
 // allocates nothing.
 type writer struct {
 	iov []unix.Iovec
-	one []byte
+	hdr [maxHeader]byte // the header of a frame written before it is queued
 	n   int
 	err error
 	fn  func(fd uintptr) bool
+}
+
+func (w *writer) add(b []byte) {
+	if len(b) > 0 {
+		v := unix.Iovec{Base: &b[0]}
+		v.SetLen(len(b))
+		w.iov = append(w.iov, v)
+	}
+}
+
+// do runs the prepared writev on c's socket and recycles w. It returns
+// the bytes written and the error: EAGAIN when the socket is full.
+func (w *writer) do(c *Conn) (int, error) {
+	err := c.rc.Write(w.fn)
+	if err == nil {
+		err = w.err
+	}
+	n := w.n
+	clear(w.iov) // drop the pointers into payloads before pooling
+	w.iov, w.err = w.iov[:0], nil
+	writerPool.Put(w)
+	return n, err
 }
 
 var writerPool = sync.Pool{New: func() any {
@@ -251,14 +324,10 @@ var writerPool = sync.Pool{New: func() any {
 
 func (w *writer) write(fd uintptr) bool {
 	for {
-		if len(w.iov) == 0 {
-			w.n, w.err = unix.Write(int(fd), w.one)
-		} else {
-			r, _, errno := unix.Syscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&w.iov[0])), uintptr(len(w.iov)))
-			w.n, w.err = int(r), nil
-			if errno != 0 {
-				w.n, w.err = 0, errno
-			}
+		r, _, errno := unix.Syscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&w.iov[0])), uintptr(len(w.iov)))
+		w.n, w.err = int(r), nil
+		if errno != 0 {
+			w.n, w.err = 0, errno
 		}
 		if w.err != unix.EINTR {
 			return true // never park: EAGAIN means EPOLLOUT takes over
@@ -266,39 +335,40 @@ func (w *writer) write(fd uintptr) bool {
 	}
 }
 
+// writeNowLocked writes e, the next frame of c's empty queue, header and
+// shared payload as two iovecs of one writev.
+func (e *epollEngine) writeNowLocked(c *Conn, q qent) int {
+	w := writerPool.Get().(*writer)
+	w.hdr = q.hdr
+	w.add(w.hdr[:q.hlen])
+	w.add(q.p)
+	n, err := w.do(c)
+	switch {
+	case err == unix.EAGAIN:
+		return 0
+	case err != nil:
+		return -1
+	}
+	return n
+}
+
 // flushLocked writes as much of the queue as the socket takes right now,
-// several frames per writev, and arms EPOLLOUT for the rest.
+// many frames per writev (each a header and a payload iovec, so shared
+// payloads are never copied), and arms EPOLLOUT for the rest. A partial
+// write can end anywhere, inside a header too: consumeWrittenLocked and
+// unsentLocked keep the offset across both parts of a frame.
 func (e *epollEngine) flushLocked(c *Conn) {
 	for c.pendingLocked() > 0 {
 		w := writerPool.Get().(*writer)
-		frames := c.queue[c.qhead:]
-		first := frames[0][c.qoff:]
-		if len(frames) == 1 {
-			w.one = first
-		} else {
-			for i, f := range frames {
-				if i == 0 {
-					f = first
-				}
-				if len(f) == 0 {
-					continue
-				}
-				v := unix.Iovec{Base: &f[0]}
-				v.SetLen(len(f))
-				w.iov = append(w.iov, v)
-				if len(w.iov) == maxIovecs {
-					break
-				}
+		for i := range c.pendingLocked() {
+			if len(w.iov)+2 > maxIovecs {
+				break
 			}
+			h, p := c.unsentLocked(i)
+			w.add(h)
+			w.add(p)
 		}
-		err := c.rc.Write(w.fn)
-		if err == nil {
-			err = w.err
-		}
-		n := w.n
-		clear(w.iov)
-		w.iov, w.one, w.err = w.iov[:0], nil, nil
-		writerPool.Put(w)
+		n, err := w.do(c)
 		if n > 0 {
 			c.consumeWrittenLocked(n)
 		}
@@ -330,6 +400,25 @@ func (e *epollEngine) flushLocked(c *Conn) {
 // HUP, so a worker runs the teardown in order with any reading.
 func (e *epollEngine) wakeLocked(c *Conn) {
 	_ = unix.Shutdown(int(c.fd), unix.SHUT_RDWR)
+}
+
+// pauseLocked drops EPOLLIN from a parked connection's registration; a
+// worker holding c sees fPaused, stops reading, and re-arms without it.
+func (e *epollEngine) pauseLocked(c *Conn) {
+	if c.flags.Load()&fInWorker == 0 {
+		e.rearmLocked(c)
+	}
+}
+
+// resumeLocked restores EPOLLIN on a parked connection. Data that arrived
+// while paused is still in the socket, and epoll readiness is
+// level-triggered, so the EPOLL_CTL_MOD reports it at once; frames the
+// parser held back get a turn through EPOLLOUT (see rearmLocked). A
+// worker holding c re-arms for input itself when its turn ends.
+func (e *epollEngine) resumeLocked(c *Conn) {
+	if c.flags.Load()&fInWorker == 0 {
+		e.rearmLocked(c)
+	}
 }
 
 func (e *epollEngine) shutWriteLocked(c *Conn) {

@@ -3,6 +3,7 @@
 package transport
 
 import (
+	"net"
 	"runtime"
 	"testing"
 	"time"
@@ -128,5 +129,27 @@ func TestEpollIdleConnsOwnNoGoroutines(t *testing.T) {
 		case <-time.After(5 * time.Second):
 			t.Fatalf("only some connections closed; Len %d", eng.Len())
 		}
+	}
+}
+
+// A paused connection whose peer resets is torn down: epoll reports the
+// hang-up although EPOLLIN is off, and re-arming would only report it
+// again and again.
+func TestEpollPausedPeerReset(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, "epoll", Options{Workers: 1}, false)
+	cl, r := s.dial(t)
+	r.c.PauseReads()
+	cl.write(t, ws.NewTextFrame([]byte("unread")))
+	time.Sleep(20 * time.Millisecond)
+	if err := cl.Conn.(*net.TCPConn).SetLinger(0); err != nil {
+		t.Fatal(err)
+	}
+	cl.Close() // RST: unread data on our side too
+	r.waitClosed(t, 3*time.Second)
+	select {
+	case got := <-r.got:
+		t.Fatalf("delivered while paused: %q", got)
+	default:
 	}
 }

@@ -43,6 +43,17 @@ func (e *portableEngine) readLoop(c *Conn) {
 	defer e.wg.Done()
 	scratch := make([]byte, portableBufSize)
 	for c.flags.Load()&fDead == 0 {
+		if readsPaused(c.flags.Load()) {
+			c.waitResume()
+			continue
+		}
+		if c.held {
+			c.afterRead(scratch, 0) // what a pause held back comes before new input
+			if c.readerShouldStop() {
+				break
+			}
+			continue
+		}
 		n, err := c.nc.Read(c.readBuf(scratch))
 		if n > 0 {
 			c.afterRead(scratch, n)
@@ -54,9 +65,32 @@ func (e *portableEngine) readLoop(c *Conn) {
 	c.teardown()
 }
 
+// waitResume blocks the reader goroutine while reads are paused; resume,
+// close and kill wake it.
+func (c *Conn) waitResume() {
+	c.mu.Lock()
+	if !readsPaused(c.flags.Load()) || c.flags.Load()&fDead != 0 {
+		c.mu.Unlock()
+		return
+	}
+	if c.pr == nil {
+		c.pr = make(chan struct{}, 1)
+	}
+	ch := c.pr
+	c.mu.Unlock()
+	<-ch
+}
+
+// writeBatch bounds the frames one writev takes, and with it the scratch
+// the writer keeps.
+const writeBatch = 64
+
 func (e *portableEngine) writeLoop(c *Conn) {
 	defer e.wg.Done()
 	var bufs net.Buffers
+	// hdrs holds copies of the headers being written: the writer writes
+	// without Conn.mu, and the queue's entries must not be read then.
+	var hdrs []byte
 	for range c.pw {
 		for {
 			c.mu.Lock()
@@ -69,8 +103,22 @@ func (e *portableEngine) writeLoop(c *Conn) {
 				c.mu.Unlock()
 				break
 			}
-			bufs = append(bufs[:0], c.queue[c.qhead:]...)
-			bufs[0] = bufs[0][c.qoff:]
+			batch := min(c.pendingLocked(), writeBatch)
+			if hdrs == nil {
+				hdrs = make([]byte, 0, writeBatch*maxHeader)
+			}
+			hdrs, bufs = hdrs[:0], bufs[:0]
+			for i := range batch {
+				h, p := c.unsentLocked(i)
+				if len(h) > 0 {
+					start := len(hdrs)
+					hdrs = append(hdrs, h...) // never grows: cap fits writeBatch headers
+					bufs = append(bufs, hdrs[start:])
+				}
+				if len(p) > 0 {
+					bufs = append(bufs, p)
+				}
+			}
 			c.mu.Unlock()
 
 			_ = c.nc.SetWriteDeadline(time.Now().Add(e.opts.WriteTimeout))
@@ -97,12 +145,33 @@ func (e *portableEngine) writeLoop(c *Conn) {
 	}
 }
 
+// writeNowLocked writes nothing: only the writer goroutine writes, with
+// blocking writes Send must not wait for.
+func (e *portableEngine) writeNowLocked(*Conn, qent) int { return 0 }
+
 func (e *portableEngine) flushLocked(c *Conn) { poke(c.pw) }
 
-// wakeLocked interrupts the reader's blocking Read.
+// wakeLocked interrupts the reader's blocking Read, or its wait for a
+// resume.
 func (e *portableEngine) wakeLocked(c *Conn) {
 	_ = c.nc.SetReadDeadline(time.Unix(1, 0))
 	poke(c.pw)
+	c.pokeReaderLocked()
+}
+
+// pauseLocked has nothing to do: the reader checks fPaused before every
+// Read, and the parser before every frame.
+func (e *portableEngine) pauseLocked(*Conn) {}
+
+func (e *portableEngine) resumeLocked(c *Conn) { c.pokeReaderLocked() }
+
+// pokeReaderLocked wakes a reader waiting out a pause. The channel goes
+// with the wake-up: the reader took its own reference to it.
+func (c *Conn) pokeReaderLocked() {
+	if c.pr != nil {
+		poke(c.pr)
+		c.pr = nil
+	}
 }
 
 func (e *portableEngine) shutWriteLocked(c *Conn) {

@@ -20,7 +20,7 @@ type laterEcho struct {
 
 func (l *laterEcho) HandleText(d []byte) {
 	for i := range 3 {
-		_ = l.c.SendLater(TextFrame(fmt.Appendf(nil, "%s-%d", d, i)))
+		_ = l.c.SendLater(fmt.Appendf(nil, "%s-%d", d, i))
 	}
 }
 func (l *laterEcho) HandleBinary([]byte) {}
@@ -59,7 +59,7 @@ func TestSendLater(t *testing.T) {
 				t.Fatal(err)
 			}
 			if round%10 == 0 {
-				_ = conn.SendLater(TextFrame([]byte("outside"))) // not in the handler: written at once
+				_ = conn.SendLater([]byte("outside")) // not in the handler: written at once
 			}
 			_ = cli.SetReadDeadline(time.Now().Add(5 * time.Second))
 			var got []string
@@ -99,7 +99,7 @@ type slowReply struct {
 func (s *slowReply) HandleText(d []byte) {
 	close(s.inside)
 	<-s.proceed
-	_ = s.c.SendLater(TextFrame(append([]byte("ack:"), d...)))
+	_ = s.c.SendLater(append([]byte("ack:"), d...))
 }
 func (s *slowReply) HandleBinary([]byte) {}
 func (s *slowReply) Closed()             {}

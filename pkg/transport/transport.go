@@ -8,6 +8,55 @@
 //     is available without ever blocking and parks the connection again.
 //   - "portable": a reader and a writer goroutine per connection. It runs
 //     everywhere and is the baseline the epoll engine is measured against.
+//
+// # Framing
+//
+// Only this package turns messages into WebSocket frames. Conn.Send takes a
+// complete text message; the transport adds the per-connection frame
+// header (2 to 10 bytes) and writes header and payload side by side (one
+// writev, or net.Buffers), so one payload shared by every recipient of a
+// broadcast is never copied. Control frames (pong, close) are built here
+// too; CloseFrame exists only for refusing a connection before an engine
+// serves it.
+//
+// # Goroutines and the Session
+//
+// The engine calls the methods of one Session from one goroutine at a time,
+// never concurrently, in this order: any number of HandleText and
+// HandleBinary calls, then Closed exactly once. Which goroutine that is
+// varies: with the epoll engine it is whichever pool worker holds the
+// connection (a different one from turn to turn, with the hand-over
+// ordered by Conn.mu), or the goroutine running Engine.Shutdown for
+// stragglers; with the portable engine, the connection's reader
+// goroutine.
+//
+// A Handle call runs on an epoll worker, and a worker blocked there
+// stalls every connection waiting for one: HandleText and HandleBinary
+// must never block on I/O, nor wait for a lock that anyone holds across
+// I/O (a database, Redis, another socket). Work like that goes to another
+// goroutine, which answers with Send. If that goroutine's queue for the
+// connection fills up, PauseReads stops further input until ResumeReads,
+// instead of blocking the handler or dropping messages.
+//
+// # Conn methods
+//
+// Send, SendLater, Close, PauseReads, ResumeReads and RemoteAddr are safe
+// from any goroutine, including the connection's own Handle calls. They
+// never block (Send writes only what the socket takes at once and queues
+// the rest) and never call back into the Session synchronously: Closed
+// runs later, on the connection's read side.
+//
+// # Lock order
+//
+// The transport has two kinds of locks: the registry lock of an engine
+// and each Conn's mutex (Conn.mu). It never holds both at once, and it
+// holds Conn.mu only for short, non-blocking work (queueing, a
+// non-blocking writev, epoll_ctl, shutdown(2)); it calls no Session method
+// and takes no lock outside this package (but the runtime's and, on an
+// epoll_ctl failure, the logger's) while holding either. Callers
+// may therefore call any Conn method while holding their own locks: the
+// order is "caller's locks → Conn.mu", and Session methods are entered
+// with no transport lock held.
 package transport
 
 import (
@@ -21,16 +70,19 @@ import (
 )
 
 // Session receives the messages of one connection. The engine never calls
-// the methods of one Session concurrently.
+// the methods of one Session concurrently; see the package documentation
+// for the goroutines that call them and what they must not do.
 type Session interface {
 	// HandleText gets one complete, UTF-8 validated text message with its
-	// fragments reassembled. data is valid only during the call.
+	// fragments reassembled. data is valid only during the call. It runs
+	// on an epoll worker: it must not block on I/O.
 	HandleText(data []byte)
 	// HandleBinary gets one complete binary message; data is valid only
 	// during the call.
 	HandleBinary(data []byte)
-	// Closed is called exactly once after the connection is gone. No
-	// Handle* call follows it.
+	// Closed is called exactly once after the connection is gone (also
+	// when it was killed while its reads were paused). No Handle* call
+	// follows it, and Send on the Conn returns ErrClosed from then on.
 	Closed()
 }
 
@@ -39,8 +91,8 @@ type Options struct {
 	Workers        int           // epoll worker pool size (default 256)
 	MaxMessageSize int           // default 1 MiB; larger messages close with 1009
 	IdleTimeout    time.Duration // default 60s without a complete frame closes with 1001
-	MaxQueueBytes  int           // outbound bytes queued per connection, default 1 MiB
-	MaxQueueFrames int           // outbound frames queued per connection, default 1024
+	MaxQueueBytes  int           // outbound bytes (payloads and frame headers) queued per connection, default 1 MiB
+	MaxQueueFrames int           // outbound frames (messages, pongs, the close) queued per connection, default 1024
 	WriteTimeout   time.Duration // default 10s without write progress marks a slow consumer
 	Logger         *slog.Logger  // default slog.Default()
 }

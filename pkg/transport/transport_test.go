@@ -32,17 +32,28 @@ type rec struct {
 	got    chan string
 	closed atomic.Int32
 	done   chan struct{}
+	// pauseOn, when set, makes the handler pause reads on that message;
+	// with resume set too, another goroutine resumes them at once.
+	pauseOn atomic.Pointer[string]
+	resume  atomic.Bool
 }
 
 func (r *rec) handle(kind string, d []byte) {
 	if r.closed.Load() != 0 {
 		r.t.Errorf("Handle%s after Closed", kind)
 	}
+	if p := r.pauseOn.Load(); p != nil && *p == string(d) {
+		r.c.PauseReads()
+		if r.resume.Load() {
+			go r.c.ResumeReads() // races the end of the worker's turn
+		}
+	}
 	if r.echo {
+		// d is the engine's read buffer: the echo needs its own copy.
 		if kind == "Text" {
-			_ = r.c.Send(TextFrame(d))
+			_ = r.c.Send(bytes.Clone(d))
 		} else {
-			_ = r.c.Send(BinaryFrame(d))
+			_ = r.c.send(ws.OpBinary, bytes.Clone(d), false)
 		}
 	}
 	select {
@@ -221,7 +232,7 @@ func TestSendOrderConcurrent(t *testing.T) {
 			go func() {
 				defer wg.Done()
 				for i := range per {
-					if err := r.c.Send(TextFrame(fmt.Appendf(nil, "%d:%d", g, i))); err != nil {
+					if err := r.c.Send(fmt.Appendf(nil, "%d:%d", g, i)); err != nil {
 						t.Error(err)
 						return
 					}
@@ -273,7 +284,7 @@ func TestClientClose(t *testing.T) {
 		cl.write(t, ws.NewCloseFrame(ws.NewCloseFrameBody(ws.StatusNormalClosure, "bye")))
 		cl.expectClose(t, 1000, "")
 		r.waitClosed(t, 3*time.Second)
-		if err := r.c.Send(TextFrame([]byte("x"))); !errors.Is(err, ErrClosed) {
+		if err := r.c.Send([]byte("x")); !errors.Is(err, ErrClosed) {
 			t.Fatalf("Send after close: %v", err)
 		}
 		time.Sleep(50 * time.Millisecond)
@@ -362,7 +373,7 @@ func TestSlowConsumer(t *testing.T) {
 	forEngines(t, func(t *testing.T, kind string) {
 		s := startServer(t, kind, Options{Workers: 2, MaxQueueBytes: 256 << 10}, false)
 		_, r := s.dial(t)
-		frame := BinaryFrame(make([]byte, 64<<10))
+		frame := make([]byte, 64<<10)
 		var err error
 		for i := 0; i < 20000 && err == nil; i++ {
 			err = r.c.Send(frame)
@@ -390,7 +401,7 @@ func TestServerClose(t *testing.T) {
 	forEngines(t, func(t *testing.T, kind string) {
 		s := startServer(t, kind, Options{Workers: 2}, true)
 		cl, r := s.dial(t)
-		_ = r.c.Send(TextFrame([]byte("before")))
+		_ = r.c.Send([]byte("before"))
 		r.c.Close(1012, "restart")
 		r.c.Close(1000, "again") // idempotent
 		if f := cl.read(t); string(f.Payload) != "before" {
@@ -448,25 +459,81 @@ func tcpPair(t testing.TB) (server, client net.Conn) {
 	return server, client
 }
 
-func TestFrameHelpers(t *testing.T) {
+func TestFrameHeaders(t *testing.T) {
 	for _, n := range []int{0, 1, 125, 126, 65535, 65536, 70000} {
 		p := bytes.Repeat([]byte("x"), n)
 		want, err := ws.CompileFrame(ws.NewTextFrame(p))
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := TextFrame(p); !bytes.Equal(got, want) {
-			t.Fatalf("TextFrame(%d) mismatch", n)
+		e := frameOf(ws.OpText, p)
+		if got := append(e.hdr[:e.hlen:e.hlen], e.p...); !bytes.Equal(got, want) {
+			t.Fatalf("frameOf(%d) mismatch", n)
 		}
-		buf := Begin(make([]byte, 0, 64))
-		buf = append(buf, p...)
-		if got := Finish(buf); !bytes.Equal(got, want) {
-			t.Fatalf("Begin/Finish(%d) mismatch", n)
+		if e.size() != len(want) {
+			t.Fatalf("size(%d) = %d, want %d", n, e.size(), len(want))
 		}
 	}
 	f, err := ws.ReadFrame(bytes.NewReader(CloseFrame(1012, strings.Repeat("r", 200))))
 	if err != nil || f.Header.OpCode != ws.OpClose || len(f.Payload) != 125 {
 		t.Fatalf("CloseFrame: %v %+v", err, f.Header)
+	}
+	if got := CloseFrame(0, ""); !bytes.Equal(got, []byte{0x88, 0}) {
+		t.Fatalf("empty CloseFrame % x", got)
+	}
+}
+
+// Partial writes can end anywhere, in a header too: writing the queue in
+// random small pieces through unsentLocked and consumeWrittenLocked must
+// put exactly the frames' bytes on the wire, each shared payload intact.
+func TestQueuePartialWrites(t *testing.T) {
+	c := &Conn{b: &base{opts: Options{}.withDefaults()}}
+	shared := bytes.Repeat([]byte("s"), 300)
+	var want []byte
+	for i := range 200 {
+		var p []byte
+		switch i % 4 {
+		case 0:
+			p = shared
+		case 1:
+			p = fmt.Appendf(nil, "m%d", i)
+		case 2:
+			p = nil
+		default:
+			p = bytes.Repeat([]byte{'a' + byte(i%26)}, 126+i*7)
+		}
+		e := frameOf(ws.OpText, p)
+		c.enqueueLocked(e)
+		want = append(want, e.hdr[:e.hlen]...)
+		want = append(want, p...)
+	}
+	rnd := uint32(1)
+	var got []byte
+	for c.pendingLocked() > 0 {
+		rnd = rnd*1664525 + 1013904223
+		budget := 1 + int(rnd>>24)%13 // 1..13 bytes: splits headers often
+		n := 0
+		for i := 0; i < c.pendingLocked() && n < budget; i++ {
+			h, p := c.unsentLocked(i)
+			for _, b := range [][]byte{h, p} {
+				k := min(len(b), budget-n)
+				got = append(got, b[:k]...)
+				n += k
+			}
+		}
+		c.consumeWrittenLocked(n)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("wire bytes differ: got %d bytes, want %d", len(got), len(want))
+	}
+	if c.queue != nil || c.qbytes != 0 || c.qoff != 0 {
+		t.Fatalf("drained queue kept: %d entries, %d bytes, off %d", len(c.queue), c.qbytes, c.qoff)
+	}
+	if !bytes.Equal(shared, bytes.Repeat([]byte("s"), 300)) {
+		t.Fatal("shared payload modified")
+	}
+	if fr := c.b.st.framesOut.Load(); fr != 200 {
+		t.Fatalf("framesOut %d", fr)
 	}
 }
 
@@ -509,4 +576,231 @@ func (s nopSession) Closed() {
 	if s.closed != nil {
 		s.closed <- struct{}{}
 	}
+}
+
+// expectNone checks that the session got nothing for a while.
+func (r *rec) expectNone(t testing.TB, d time.Duration) {
+	t.Helper()
+	select {
+	case got := <-r.got:
+		t.Fatalf("delivered while paused: %q", got)
+	case <-time.After(d):
+	}
+}
+
+func (r *rec) expect(t testing.TB, want string) {
+	t.Helper()
+	select {
+	case got := <-r.got:
+		if got != want {
+			t.Fatalf("got %q, want %q", got, want)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("%q not delivered", want)
+	}
+}
+
+// writeAll sends frames in one write, so that they arrive in one read.
+func (cl *client) writeAll(t testing.TB, msgs ...string) {
+	t.Helper()
+	var buf bytes.Buffer
+	for _, m := range msgs {
+		if err := ws.WriteFrame(&buf, ws.MaskFrame(ws.NewTextFrame([]byte(m)))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := cl.Write(buf.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A paused connection delivers nothing, not even frames already read,
+// while writes go on; on resume everything arrives in order.
+func TestPauseReads(t *testing.T) {
+	forEngines(t, func(t *testing.T, kind string) {
+		s := startServer(t, kind, Options{Workers: 2}, false)
+		cl, r := s.dial(t)
+		r.c.PauseReads()
+		r.c.PauseReads() // idempotent
+		for i := range 20 {
+			cl.write(t, ws.NewTextFrame(fmt.Appendf(nil, "m%d", i)))
+		}
+		r.expectNone(t, 200*time.Millisecond)
+
+		// Writes flow while paused, a large one through EPOLLOUT too.
+		big := bytes.Repeat([]byte("b"), 512<<10)
+		if err := r.c.Send([]byte("out")); err != nil {
+			t.Fatal(err)
+		}
+		if err := r.c.Send(big); err != nil {
+			t.Fatal(err)
+		}
+		if f := cl.read(t); string(f.Payload) != "out" {
+			t.Fatalf("got %q", f.Payload)
+		}
+		if f := cl.read(t); !bytes.Equal(f.Payload, big) {
+			t.Fatalf("big message: %d bytes", len(f.Payload))
+		}
+		r.expectNone(t, 50*time.Millisecond)
+
+		r.c.ResumeReads()
+		r.c.ResumeReads() // idempotent
+		for i := range 20 {
+			r.expect(t, fmt.Sprintf("Text:m%d", i))
+		}
+		cl.write(t, ws.NewTextFrame([]byte("after")))
+		r.expect(t, "Text:after")
+	})
+}
+
+// Pausing from the handler stops delivery right after that message, even
+// with more frames in the same read; the rest arrives on resume although
+// the socket has nothing new to report.
+func TestPauseFromHandler(t *testing.T) {
+	forEngines(t, func(t *testing.T, kind string) {
+		s := startServer(t, kind, Options{Workers: 2}, false)
+		cl, r := s.dial(t)
+		p := "pause"
+		r.pauseOn.Store(&p)
+		cl.writeAll(t, "a", "pause", "b", "c")
+		r.expect(t, "Text:a")
+		r.expect(t, "Text:pause")
+		r.expectNone(t, 200*time.Millisecond)
+		r.c.ResumeReads()
+		r.expect(t, "Text:b")
+		r.expect(t, "Text:c")
+	})
+}
+
+// A resume that races the end of the turn that paused loses nothing.
+func TestPauseResumeRace(t *testing.T) {
+	forEngines(t, func(t *testing.T, kind string) {
+		s := startServer(t, kind, Options{Workers: 2}, false)
+		cl, r := s.dial(t)
+		p := "p"
+		r.pauseOn.Store(&p)
+		r.resume.Store(true)
+		const rounds = 200
+		for i := range rounds {
+			cl.writeAll(t, "p", fmt.Sprint(i), "x")
+		}
+		for i := range rounds {
+			r.expect(t, "Text:p")
+			r.expect(t, fmt.Sprintf("Text:%d", i))
+			r.expect(t, "Text:x")
+		}
+	})
+}
+
+// Close and kill still tear a paused connection down, with Closed called
+// once.
+func TestClosePaused(t *testing.T) {
+	forEngines(t, func(t *testing.T, kind string) {
+		t.Run("handshake", func(t *testing.T) {
+			s := startServer(t, kind, Options{Workers: 2}, false)
+			cl, r := s.dial(t)
+			r.c.PauseReads()
+			r.c.Close(1012, "restart")
+			cl.expectClose(t, 1012, "restart")
+			// The peer's answer must be read although reads were paused.
+			cl.write(t, ws.NewCloseFrame(ws.NewCloseFrameBody(1012, "")))
+			r.waitClosed(t, 3*time.Second)
+		})
+		t.Run("kill", func(t *testing.T) {
+			s := startServer(t, kind, Options{Workers: 2, MaxQueueFrames: 4}, false)
+			_, r := s.dial(t)
+			r.c.PauseReads()
+			var err error
+			for i := 0; i < 100 && err == nil; i++ {
+				err = r.c.Send(make([]byte, 1<<20))
+			}
+			if !errors.Is(err, ErrSlowConsumer) {
+				t.Fatalf("Send: %v", err)
+			}
+			r.waitClosed(t, 3*time.Second)
+			time.Sleep(50 * time.Millisecond)
+			if n := r.closed.Load(); n != 1 {
+				t.Fatalf("Closed called %d times", n)
+			}
+		})
+		t.Run("shutdown", func(t *testing.T) {
+			eng, err := New(kind, Options{Workers: 2})
+			if err != nil {
+				t.Fatal(err)
+			}
+			a, b := tcpPair(t)
+			defer b.Close()
+			r := &rec{t: t, got: make(chan string, 1), done: make(chan struct{})}
+			c, err := eng.Add(a, func(c *Conn) Session { r.c = c; return r })
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.PauseReads()
+			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+			defer cancel()
+			_ = eng.Shutdown(ctx) // the peer never answers: the deadline kills it
+			r.waitClosed(t, time.Second)
+		})
+	})
+}
+
+// The reaper leaves a paused connection alone, and a resume restarts its
+// idle clock.
+func TestPausedNotIdleReaped(t *testing.T) {
+	forEngines(t, func(t *testing.T, kind string) {
+		s := startServer(t, kind, Options{Workers: 2, IdleTimeout: time.Second}, false)
+		cl, r := s.dial(t)
+		r.c.PauseReads()
+		_ = cl.SetReadDeadline(time.Now().Add(3 * time.Second))
+		if f, err := ws.ReadFrame(cl.rd); err == nil {
+			t.Fatalf("paused connection got %v", f.Header.OpCode)
+		}
+		r.c.ResumeReads()
+		resumed := time.Now()
+		cl.expectClose(t, 1001, "idle timeout")
+		if el := time.Since(resumed); el < time.Second {
+			t.Fatalf("idle close %v after the resume", el)
+		}
+		if st := s.eng.Stats(); st.IdleCloses != 1 {
+			t.Fatalf("stats %+v", st)
+		}
+	})
+}
+
+// A session may send and pause from newSession, before the engine has
+// registered the connection.
+func TestPauseAndSendFromNewSession(t *testing.T) {
+	forEngines(t, func(t *testing.T, kind string) {
+		eng, err := New(kind, Options{Workers: 2})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer eng.Shutdown(t.Context()) //nolint:errcheck
+		srv, cli := tcpPair(t)
+		defer cli.Close()
+		r := &rec{t: t, got: make(chan string, 16), done: make(chan struct{})}
+		c, err := eng.Add(srv, func(c *Conn) Session {
+			r.c = c
+			c.PauseReads()
+			_ = c.Send([]byte("hello"))
+			_ = c.SendLater([]byte("later"))
+			return r
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = cli.SetReadDeadline(time.Now().Add(5 * time.Second))
+		for _, want := range []string{"hello", "later"} {
+			f, err := ws.ReadFrame(cli)
+			if err != nil || string(f.Payload) != want {
+				t.Fatalf("got %q %v, want %q", f.Payload, err, want)
+			}
+		}
+		if err := ws.WriteFrame(cli, ws.MaskFrame(ws.NewTextFrame([]byte("in")))); err != nil {
+			t.Fatal(err)
+		}
+		r.expectNone(t, 100*time.Millisecond)
+		c.ResumeReads()
+		r.expect(t, "Text:in")
+	})
 }
