@@ -8,7 +8,7 @@ import (
 
 type expiryConn struct{ code atomic.Int32 }
 
-func (c *expiryConn) Send([]byte) error         { return nil }
+func (c *expiryConn) Send([]byte) error        { return nil }
 func (c *expiryConn) Close(code int, _ string) { c.code.CompareAndSwap(0, int32(code)) }
 
 // TestExpiryFarFuture: a token valid for centuries (exp 9999999999, or the
