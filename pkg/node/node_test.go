@@ -287,3 +287,44 @@ func TestNewFailureReleases(t *testing.T) {
 		t.Fatalf("goroutines: %d before, %d after\n%s", before, runtime.NumGoroutine(), buf[:runtime.Stack(buf, true)])
 	}
 }
+
+// TestClusterNode: a node on PostgreSQL and Redis (with the Action Cable
+// ingress) serves, is ready, and Shutdown releases the bus as well.
+func TestClusterNode(t *testing.T) {
+	db, rdb := testenv.Postgres(t), testenv.Redis(t)
+	before := runtime.NumGoroutine()
+	cfg := embedded(t)
+	cfg.DatabaseURL, cfg.Migrate = db, true
+	cfg.RedisURL, cfg.RedisPrefix, cfg.ActionCablePrefix = rdb, "nodetest:", "app"
+	cfg.NodeID = "node-test"
+	n, err := node.New(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.Start(ln)
+	if code, body := get(t, n, "/readyz"); code != 200 || body != "ready\n" {
+		t.Fatalf("/readyz: %d %q", code, body)
+	}
+	if _, body := get(t, n, "/metrics"); !strings.Contains(body, "elchat_bus_published_total") {
+		t.Fatal("/metrics lacks the bus counters")
+	}
+	c := dial(t, n, "7")
+	if r, err := c.Join("user:7", nil, 10*time.Second); err != nil || r.Status != "ok" {
+		t.Fatalf("join: %v %+v", err, r)
+	}
+	c.Close()
+	if err := n.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Bus().Ready(); err == nil {
+		t.Error("bus still up after Shutdown")
+	}
+	if !phxtest.WaitFor(5*time.Second, func() bool { return runtime.NumGoroutine() <= before+3 }) {
+		buf := make([]byte, 1<<20)
+		t.Fatalf("goroutines: %d before, %d after Shutdown\n%s", before, runtime.NumGoroutine(), buf[:runtime.Stack(buf, true)])
+	}
+}
