@@ -250,17 +250,17 @@ func (n *Node) Addr() string {
 // Config returns the node's configuration, defaults filled in.
 func (n *Node) Config() Config { return n.cfg }
 
-// Hub, Store, Engine, Server, Metrics and Bus expose the parts, for tests
-// and diagnostics. Bus is nil on a single node.
-func (n *Node) Hub() *hub.Hub               { return n.hub }
-func (n *Node) Store() store.Store          { return n.st }
-func (n *Node) Engine() transport.Engine    { return n.engine }
-func (n *Node) Server() *server.Server      { return n.srv }
-func (n *Node) Metrics() *metrics.Metrics   { return n.m }
-func (n *Node) Bus() *redisbus.Bus          { return n.bus }
-func (n *Node) Handler() http.Handler       { return n.mux }
-func (n *Node) Logger() *slog.Logger        { return n.log }
-func (n *Node) DrainTimeout() time.Duration { return n.cfg.DrainTimeout }
+// Hub, Store, Engine, Server, Metrics, Bus, Handler (the HTTP side) and
+// Logger expose the parts, for tests and diagnostics. Bus is nil on a
+// single node.
+func (n *Node) Hub() *hub.Hub             { return n.hub }
+func (n *Node) Store() store.Store        { return n.st }
+func (n *Node) Engine() transport.Engine  { return n.engine }
+func (n *Node) Server() *server.Server    { return n.srv }
+func (n *Node) Metrics() *metrics.Metrics { return n.m }
+func (n *Node) Bus() *redisbus.Bus        { return n.bus }
+func (n *Node) Handler() http.Handler     { return n.mux }
+func (n *Node) Logger() *slog.Logger      { return n.log }
 
 // Shutdown drains and stops the node: it stops accepting (so /readyz says
 // draining and load balancers move on), closes the sockets with 1012 in
