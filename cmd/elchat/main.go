@@ -22,6 +22,7 @@ import (
 	"github.com/peterbourgon/ff/v3"
 
 	"github.com/elchat/elchat/pkg/auth"
+	"github.com/elchat/elchat/pkg/node"
 	"github.com/elchat/elchat/pkg/store/postgres"
 )
 
@@ -118,10 +119,6 @@ func token(args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
-// devSecret signs tokens in --dev mode only; it is public, so a node that
-// uses it must never face the internet.
-const devSecret = "elchat-development-secret-do-not-use-in-production"
-
 func secretKey(secret string, dev bool, log *slog.Logger) ([]byte, error) {
 	switch {
 	case secret != "":
@@ -131,7 +128,7 @@ func secretKey(secret string, dev bool, log *slog.Logger) ([]byte, error) {
 		return []byte(secret), nil
 	case dev:
 		log.Warn("using the public development secret: never expose this node")
-		return []byte(devSecret), nil
+		return []byte(node.DevSecret), nil
 	default:
 		return nil, errors.New("set ELCHAT_SECRET (or --secret) to the HS256 secret shared with the host app, or pass --dev")
 	}

@@ -16,19 +16,21 @@ import (
 	"github.com/elchat/elchat/pkg/auth"
 	"github.com/elchat/elchat/pkg/hub"
 	"github.com/elchat/elchat/pkg/metrics"
+	"github.com/elchat/elchat/pkg/node"
 	"github.com/elchat/elchat/pkg/server"
 	"github.com/elchat/elchat/pkg/store"
-	"github.com/elchat/elchat/pkg/store/postgres"
 	"github.com/elchat/elchat/pkg/transport"
 )
 
 // Secret is the HS256 secret of every test node.
 var Secret = []byte("phxtest-secret-0123456789abcdef")
 
-// NodeOptions configure an in-process node. Zero values are serve.go's
-// defaults where that matters.
+// NodeOptions configure an in-process node. A zero field takes
+// node.DefaultConfig's value, except PerUser, PerIP and UpgradeRate: zero
+// is off there (test nodes are uncapped unless a test asks), and the epoll
+// engine runs 32 workers unless Transport.Workers says otherwise.
 type NodeOptions struct {
-	DatabaseURL      string // PostgreSQL (required)
+	DatabaseURL      string // PostgreSQL (required); migrated on start
 	Transport        transport.Options
 	Kind             string // engine kind (default: platform default)
 	HandshakeTimeout time.Duration
@@ -43,7 +45,7 @@ type NodeOptions struct {
 	Logger           *slog.Logger
 }
 
-// Node is an ElChat node wired like cmd/elchat/serve.go, in process.
+// Node is an ElChat node built by node.New, in process.
 type Node struct {
 	Addr    string
 	Store   store.Store
@@ -51,7 +53,55 @@ type Node struct {
 	Engine  transport.Engine
 	Server  *server.Server
 	Metrics *metrics.Metrics
-	stop    func()
+	Node    *node.Node
+}
+
+// Config maps o onto a node configuration.
+func (o NodeOptions) Config() node.Config {
+	cfg := node.DefaultConfig()
+	cfg.Secret = string(Secret)
+	cfg.DatabaseURL = o.DatabaseURL
+	cfg.Migrate = true
+	cfg.AllowedOrigins = o.Origins
+	cfg.Engine.Workers = 32
+	t := o.Transport
+	set := func(dst *int, v int) {
+		if v != 0 {
+			*dst = v
+		}
+	}
+	setD := func(dst *time.Duration, v time.Duration) {
+		if v != 0 {
+			*dst = v
+		}
+	}
+	set(&cfg.Engine.Workers, t.Workers)
+	set(&cfg.Engine.MaxMessageSize, t.MaxMessageSize)
+	setD(&cfg.Engine.IdleTimeout, t.IdleTimeout)
+	set(&cfg.Engine.MaxQueueBytes, t.MaxQueueBytes)
+	set(&cfg.Engine.MaxQueueFrames, t.MaxQueueFrames)
+	setD(&cfg.Engine.WriteTimeout, t.WriteTimeout)
+	cfg.Engine.Logger = t.Logger
+	if o.Kind != "" {
+		cfg.Transport = o.Kind
+	}
+	setD(&cfg.HandshakeTimeout, o.HandshakeTimeout)
+	set(&cfg.MaxHandshakes, o.MaxHandshakes)
+	cfg.MaxConnsPerUser, cfg.MaxConnsPerIP = o.PerUser, o.PerIP
+	cfg.UpgradeRate = o.UpgradeRate
+	set(&cfg.UpgradeBurst, o.UpgradeBurst)
+	if o.PushRate != 0 {
+		cfg.PushRate = o.PushRate
+	}
+	set(&cfg.PushBurst, o.PushBurst)
+	setD(&cfg.StoreTimeout, o.StoreTimeout)
+	// Cleanup closes whatever sockets a test left open at once.
+	cfg.DrainTimeout = 0
+	cfg.Logger = o.Logger
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	return cfg
 }
 
 // StartNode starts a node on a free loopback port; it stops in t.Cleanup.
@@ -59,58 +109,23 @@ func StartNode(t testing.TB, o NodeOptions) *Node {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	log := o.Logger
-	if log == nil {
-		log = slog.New(slog.NewTextHandler(io.Discard, nil))
-	}
-	m := metrics.New()
-	st, err := postgres.Open(ctx, o.DatabaseURL, postgres.Options{Migrate: true, Batch: store.BatchConfig{Observer: m.StoreBatch}})
+	nd, err := node.New(ctx, o.Config())
 	if err != nil {
-		t.Fatalf("open store: %v", err)
+		t.Fatalf("start node: %v", err)
 	}
-	h := hub.New(hub.Config{Store: st, Metrics: m, Logger: log, PushRate: o.PushRate, PushBurst: o.PushBurst,
-		StoreTimeout: o.StoreTimeout})
-	hubCtx, stopHub := context.WithCancel(context.Background())
-	go h.Run(hubCtx) //nolint:errcheck
-	kind := o.Kind
-	if kind == "" {
-		kind = transport.DefaultKind()
-	}
-	to := o.Transport
-	to.Logger = log
-	if to.Workers == 0 {
-		to.Workers = 32
-	}
-	engine, err := transport.New(kind, to)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mux := http.NewServeMux()
-	srv := server.New(server.Config{
-		Verifier: auth.NewVerifier(Secret), Origins: server.ParseOrigins(o.Origins), Engine: engine, Hub: h, HTTP: mux,
-		HandshakeTimeout: o.HandshakeTimeout, MaxHandshakes: o.MaxHandshakes,
-		Limits:      &server.Limits{PerUser: o.PerUser, PerIP: o.PerIP},
-		UpgradeRate: o.UpgradeRate, UpgradeBurst: o.UpgradeBurst, Logger: log, Metrics: m,
-	})
-	mux.Handle("GET /metrics", m.Handler())
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") }) //nolint:errcheck
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
+		nd.Shutdown(context.Background()) //nolint:errcheck
 		t.Fatal(err)
 	}
-	go srv.Serve(ln) //nolint:errcheck
-	n := &Node{Addr: ln.Addr().String(), Store: st, Hub: h, Engine: engine, Server: srv, Metrics: m}
-	n.stop = func() {
-		srv.StopAccepting()
+	nd.Start(ln)
+	t.Cleanup(func() {
 		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		_ = engine.Shutdown(sctx)
-		_ = srv.Close(sctx)
-		stopHub()
-		st.Close()
-	}
-	t.Cleanup(n.stop)
-	return n
+		nd.Shutdown(sctx) //nolint:errcheck
+	})
+	return &Node{Addr: nd.Addr(), Store: nd.Store(), Hub: nd.Hub(), Engine: nd.Engine(), Server: nd.Server(),
+		Metrics: nd.Metrics(), Node: nd}
 }
 
 // Token mints a valid token for user.

@@ -13,6 +13,11 @@ import (
 // holds one small entry per connection, not a timer.
 const expirySlot = 5 * time.Second
 
+// slotSeconds is expirySlot in whole seconds. Slots count seconds, not
+// nanoseconds: UnixNano overflows after 2262, and a token may be valid until
+// year 9999 (exp 253402300799) or beyond.
+const slotSeconds = int64(expirySlot / time.Second)
+
 // expiries closes connections when their token expires.
 type expiries struct {
 	mu    sync.Mutex
@@ -23,8 +28,33 @@ func newExpiries() *expiries {
 	return &expiries{slots: make(map[int64]map[hub.Conn]struct{})}
 }
 
+// slotOf returns the first slot that starts at or after t, so a connection
+// is never closed before its token expires.
 func slotOf(t time.Time) int64 {
-	return (t.UnixNano() + int64(expirySlot) - 1) / int64(expirySlot)
+	sec := t.Unix()
+	if t.Nanosecond() > 0 {
+		sec++ // round up: a fractional second still belongs to the token
+	}
+	return ceilDiv(sec, slotSeconds)
+}
+
+// slotNow returns the last slot that has started by now.
+func slotNow(now time.Time) int64 { return floorDiv(now.Unix(), slotSeconds) }
+
+func floorDiv(a, b int64) int64 {
+	q := a / b
+	if a%b != 0 && a < 0 {
+		q--
+	}
+	return q
+}
+
+func ceilDiv(a, b int64) int64 {
+	q := a / b
+	if a%b != 0 && a > 0 {
+		q++
+	}
+	return q
 }
 
 func (e *expiries) add(c hub.Conn, at time.Time) int64 {
@@ -66,7 +96,7 @@ func (e *expiries) run(ctx context.Context) {
 }
 
 func (e *expiries) sweep(now time.Time) {
-	cur := now.UnixNano() / int64(expirySlot)
+	cur := slotNow(now)
 	var due []hub.Conn
 	e.mu.Lock()
 	for s, m := range e.slots {

@@ -1,0 +1,225 @@
+package node
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/elchat/elchat/pkg/metrics"
+	"github.com/elchat/elchat/pkg/transport"
+)
+
+// Config is every setting of one ElChat node. cmd/elchat fills it from
+// flags and ELCHAT_* variables, internal/phxtest from its NodeOptions; both
+// start from DefaultConfig, which is the one place defaults are defined.
+//
+// New fills a field left at its zero value from DefaultConfig when zero is
+// not a meaningful setting for it. Zero stays zero (off) for
+// MaxConnsPerUser, MaxConnsPerIP, UpgradeRate and DrainTimeout, and for the
+// strings and booleans.
+type Config struct {
+	// Secret is the HS256 secret shared with the host app, at least 16
+	// bytes. Required unless Dev; refused with Dev (see ErrDevWithSecret).
+	Secret string
+	// Dev serves the demo page and its token endpoint at "/" and signs with
+	// the public DevSecret. Such a node must never face the internet.
+	Dev bool
+	// AllowedOrigins is a comma-separated list of browser origins allowed
+	// to connect ("*": any); same-origin pages are always allowed.
+	AllowedOrigins string
+
+	// DatabaseURL is a postgres:// URL; empty: the embedded SQLite store
+	// in DataDir (single node only, see ErrRedisWithoutDatabase).
+	DatabaseURL string
+	DataDir     string // directory of the embedded store
+	Migrate     bool   // apply PostgreSQL migrations before opening
+	// StoreTimeout bounds one store call made for a client.
+	StoreTimeout time.Duration
+
+	// RedisURL joins a cluster (redis://…); empty: single node.
+	RedisURL    string
+	RedisPrefix string        // prefix of every Redis key and channel
+	PresenceTTL time.Duration // how long a dead node's presence may outlive it
+	// ActionCablePrefix is the Action Cable channel_prefix whose
+	// broadcasts to user: and chat: streams are relayed (empty: off).
+	// Needs RedisURL.
+	ActionCablePrefix string
+	// NodeID names this node in the cluster (empty: random).
+	NodeID string
+
+	// Transport is the socket engine kind: "epoll" (Linux) or "portable".
+	Transport string
+	// Engine configures the socket engine; its Logger defaults to Logger.
+	Engine transport.Options
+
+	MaxChannels  int     // channels one connection may join
+	MaxBodyBytes int     // message body limit in bytes
+	PushRate     float64 // channel events and joins per second per connection
+	PushBurst    int     // burst above PushRate
+
+	HandshakeTimeout time.Duration // deadline for the HTTP upgrade
+	MaxHandshakes    int           // upgrades in progress at once
+	MaxConnsPerUser  int           // sockets per user on this node (0: unlimited)
+	MaxConnsPerIP    int           // sockets per source address on this node (0: unlimited)
+	UpgradeRate      float64       // upgrades per second on this node (0: no cap)
+	UpgradeBurst     int           // burst above UpgradeRate
+	// DrainTimeout is how long Shutdown spreads the 1012 closes over
+	// (0: all at once).
+	DrainTimeout time.Duration
+
+	// APIKey is the bearer key of /api/v1/ (empty: API off).
+	APIKey string
+
+	Logger  *slog.Logger     // nil: slog.Default()
+	Metrics *metrics.Metrics // nil: a new registry; never share one between nodes
+}
+
+// DevSecret signs tokens in Dev mode only; it is public, so a node that
+// uses it must never face the internet.
+const DevSecret = "elchat-development-secret-do-not-use-in-production"
+
+// DefaultConfig returns the defaults of every setting.
+func DefaultConfig() Config {
+	return Config{
+		DataDir:      "./data",
+		StoreTimeout: 5 * time.Second,
+		RedisPrefix:  "elchat:",
+		PresenceTTL:  30 * time.Second,
+		Transport:    transport.DefaultKind(),
+		Engine: transport.Options{
+			Workers:        256,
+			MaxMessageSize: 64 << 10,
+			IdleTimeout:    60 * time.Second,
+			MaxQueueBytes:  1 << 20,
+			MaxQueueFrames: 1024,
+			WriteTimeout:   10 * time.Second,
+		},
+		MaxChannels:      100,
+		MaxBodyBytes:     4096,
+		PushRate:         20,
+		PushBurst:        40,
+		HandshakeTimeout: 10 * time.Second,
+		MaxHandshakes:    1024,
+		MaxConnsPerUser:  20,
+		MaxConnsPerIP:    0,
+		UpgradeRate:      2000,
+		UpgradeBurst:     4000,
+		DrainTimeout:     20 * time.Second,
+	}
+}
+
+// Refusals of New: configurations that would lose data or leak access.
+var (
+	// ErrRedisWithoutDatabase: in a cluster each node with its own
+	// embedded SQLite file numbers messages on its own, so ids collide
+	// across nodes and clients skip or repeat messages.
+	ErrRedisWithoutDatabase = errors.New("--redis-url needs --database-url: with the embedded SQLite store every node keeps its own message ids, which collide across the cluster; point every node at the same PostgreSQL")
+	// ErrDevWithSecret: the demo token endpoint signs tokens for demo
+	// users 1–5 with the node's secret; with a real secret that would let
+	// anybody act as the host app's users 1–5.
+	ErrDevWithSecret = errors.New("--dev refuses --secret (ELCHAT_SECRET): the demo token endpoint would sign tokens for users 1-5 with that secret; unset the secret to use the public development secret, or drop --dev")
+	ErrNoSecret      = errors.New("set ELCHAT_SECRET (or --secret) to the HS256 secret shared with the host app, or pass --dev")
+	ErrShortSecret   = errors.New("ELCHAT_SECRET must be at least 16 bytes")
+	// ErrCableWithoutRedis: Action Cable broadcasts arrive through Redis.
+	ErrCableWithoutRedis = errors.New("--actioncable-prefix needs --redis-url")
+	ErrDatabaseURL       = errors.New("ELCHAT_DATABASE_URL must be a postgres:// URL")
+)
+
+// withDefaults fills the fields whose zero value means "unset".
+func (c Config) withDefaults() Config {
+	d := DefaultConfig()
+	setStr := func(v *string, def string) {
+		if *v == "" {
+			*v = def
+		}
+	}
+	setInt := func(v *int, def int) {
+		if *v == 0 {
+			*v = def
+		}
+	}
+	setDur := func(v *time.Duration, def time.Duration) {
+		if *v == 0 {
+			*v = def
+		}
+	}
+	setStr(&c.DataDir, d.DataDir)
+	setDur(&c.StoreTimeout, d.StoreTimeout)
+	setStr(&c.RedisPrefix, d.RedisPrefix)
+	setDur(&c.PresenceTTL, d.PresenceTTL)
+	setStr(&c.Transport, d.Transport)
+	setInt(&c.Engine.Workers, d.Engine.Workers)
+	setInt(&c.Engine.MaxMessageSize, d.Engine.MaxMessageSize)
+	setDur(&c.Engine.IdleTimeout, d.Engine.IdleTimeout)
+	setInt(&c.Engine.MaxQueueBytes, d.Engine.MaxQueueBytes)
+	setInt(&c.Engine.MaxQueueFrames, d.Engine.MaxQueueFrames)
+	setDur(&c.Engine.WriteTimeout, d.Engine.WriteTimeout)
+	setInt(&c.MaxChannels, d.MaxChannels)
+	setInt(&c.MaxBodyBytes, d.MaxBodyBytes)
+	if c.PushRate == 0 {
+		c.PushRate = d.PushRate
+	}
+	setInt(&c.PushBurst, d.PushBurst)
+	setDur(&c.HandshakeTimeout, d.HandshakeTimeout)
+	setInt(&c.MaxHandshakes, d.MaxHandshakes)
+	setInt(&c.UpgradeBurst, d.UpgradeBurst)
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Engine.Logger == nil {
+		c.Engine.Logger = c.Logger
+	}
+	return c
+}
+
+// validate refuses configurations that lose data or leak access, and
+// returns the token signing key.
+func (c *Config) validate() ([]byte, error) {
+	var key []byte
+	switch {
+	case c.Dev && c.Secret != "":
+		return nil, ErrDevWithSecret
+	case c.Dev:
+		key = []byte(DevSecret)
+	case c.Secret == "":
+		return nil, ErrNoSecret
+	case len(c.Secret) < 16:
+		return nil, ErrShortSecret
+	default:
+		key = []byte(c.Secret)
+	}
+	if c.DatabaseURL != "" && !strings.HasPrefix(c.DatabaseURL, "postgres://") && !strings.HasPrefix(c.DatabaseURL, "postgresql://") {
+		return nil, ErrDatabaseURL
+	}
+	if c.RedisURL != "" && c.DatabaseURL == "" {
+		return nil, ErrRedisWithoutDatabase
+	}
+	if c.ActionCablePrefix != "" && c.RedisURL == "" {
+		return nil, ErrCableWithoutRedis
+	}
+	if c.Transport != "epoll" && c.Transport != "portable" {
+		return nil, fmt.Errorf("--transport %q: want epoll or portable", c.Transport)
+	}
+	for _, f := range []struct {
+		flag string
+		v    float64
+	}{
+		{"workers", float64(c.Engine.Workers)}, {"max-frame", float64(c.Engine.MaxMessageSize)},
+		{"idle-timeout", float64(c.Engine.IdleTimeout)}, {"queue-bytes", float64(c.Engine.MaxQueueBytes)},
+		{"queue-frames", float64(c.Engine.MaxQueueFrames)}, {"write-timeout", float64(c.Engine.WriteTimeout)},
+		{"max-channels", float64(c.MaxChannels)}, {"max-body", float64(c.MaxBodyBytes)},
+		{"push-rate", c.PushRate}, {"push-burst", float64(c.PushBurst)},
+		{"handshake-timeout", float64(c.HandshakeTimeout)}, {"max-handshakes", float64(c.MaxHandshakes)},
+		{"max-conns-per-user", float64(c.MaxConnsPerUser)}, {"max-conns-per-ip", float64(c.MaxConnsPerIP)},
+		{"upgrade-rate", c.UpgradeRate}, {"upgrade-burst", float64(c.UpgradeBurst)},
+		{"drain-timeout", float64(c.DrainTimeout)}, {"presence-ttl", float64(c.PresenceTTL)},
+		{"store-timeout", float64(c.StoreTimeout)},
+	} {
+		if f.v < 0 {
+			return nil, fmt.Errorf("--%s must not be negative", f.flag)
+		}
+	}
+	return key, nil
+}

@@ -1,0 +1,303 @@
+// Package node wires one ElChat node: store, Redis bus, hub, socket engine,
+// server, metrics, HTTP API, health endpoints and, in development mode, the
+// demo page. It is the only place a node is put together: cmd/elchat and
+// the in-process test nodes of internal/phxtest both call New.
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/elchat/elchat/pkg/api"
+	"github.com/elchat/elchat/pkg/auth"
+	"github.com/elchat/elchat/pkg/demo"
+	"github.com/elchat/elchat/pkg/hub"
+	"github.com/elchat/elchat/pkg/metrics"
+	"github.com/elchat/elchat/pkg/redisbus"
+	"github.com/elchat/elchat/pkg/server"
+	"github.com/elchat/elchat/pkg/store"
+	"github.com/elchat/elchat/pkg/store/postgres"
+	"github.com/elchat/elchat/pkg/store/sqlite"
+	"github.com/elchat/elchat/pkg/transport"
+)
+
+// Node is a running ElChat node. Serve (or Start) it on a listener; stop
+// it with Shutdown.
+type Node struct {
+	cfg    Config // immutable after New, with defaults filled in
+	log    *slog.Logger
+	st     store.Store
+	bus    *redisbus.Bus // nil: single node
+	hub    *hub.Hub
+	engine transport.Engine
+	srv    *server.Server
+	m      *metrics.Metrics
+	mux    *http.ServeMux
+
+	stopHub context.CancelFunc
+	bg      sync.WaitGroup // hub.Run, TrackWatermark
+	abandon func()         // drops outage events from the bus; nil: single node
+
+	mu sync.Mutex
+	ln net.Listener // guarded by mu
+
+	shutdownOnce sync.Once
+	shutdownErr  error
+}
+
+// New validates cfg, opens the store and, with RedisURL, the Redis bus, and
+// builds the hub, the engine, the server and the HTTP handlers. ctx bounds
+// the opening only; the node runs until Shutdown. On error everything
+// opened so far is closed again.
+func New(ctx context.Context, cfg Config) (_ *Node, err error) {
+	cfg = cfg.withDefaults()
+	key, err := cfg.validate()
+	if err != nil {
+		return nil, err
+	}
+	log := cfg.Logger
+	if cfg.Dev {
+		log.Warn("development mode: demo token endpoint signs with the public development secret; never expose this node")
+	}
+	m := cfg.Metrics
+	if m == nil {
+		m = metrics.New()
+	}
+	n := &Node{cfg: cfg, log: log, m: m, mux: http.NewServeMux()}
+
+	// undo closes, newest first, what New opened if it fails.
+	var undo []func()
+	defer func() {
+		if err != nil {
+			for i := len(undo) - 1; i >= 0; i-- {
+				undo[i]()
+			}
+		}
+	}()
+
+	if n.st, err = openStore(ctx, &cfg, store.BatchConfig{Observer: m.StoreBatch}); err != nil {
+		return nil, err
+	}
+	undo = append(undo, func() { n.st.Close() })
+
+	hcfg := hub.Config{
+		Store:        n.st,
+		Metrics:      m,
+		Logger:       log,
+		MaxChannels:  cfg.MaxChannels,
+		MaxBodyBytes: cfg.MaxBodyBytes,
+		StoreTimeout: cfg.StoreTimeout,
+		PushRate:     cfg.PushRate,
+		PushBurst:    cfg.PushBurst,
+	}
+	var attach func(context.Context, *hub.Hub, *redisbus.Bus)
+	if cfg.RedisURL != "" {
+		opts := redisbus.Options{
+			URL: cfg.RedisURL, Prefix: cfg.RedisPrefix, NodeID: cfg.NodeID,
+			PresenceTTL: cfg.PresenceTTL, Logger: log, OnPublish: m.BusPublished,
+		}
+		attach, n.abandon = relayOutages(&opts, log)
+		if n.bus, err = redisbus.New(ctx, opts); err != nil {
+			return nil, fmt.Errorf("redis: %w", err)
+		}
+		// abandon first: it frees callbacks waiting for a hub.
+		undo = append(undo, n.bus.Close, n.abandon)
+		hcfg.Bus, hcfg.Presence = n.bus, n.bus.Presence()
+	}
+
+	n.engine, err = transport.New(cfg.Transport, cfg.Engine)
+	if err != nil {
+		return nil, err
+	}
+	undo = append(undo, func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = n.engine.Shutdown(sctx)
+	})
+
+	n.hub = hub.New(hcfg)
+	hubCtx, stopHub := context.WithCancel(context.Background())
+	n.stopHub = stopHub
+	n.bg.Add(1)
+	go func() {
+		defer n.bg.Done()
+		n.hub.Run(hubCtx) //nolint:errcheck // ends with hubCtx
+	}()
+	undo = append(undo, func() { stopHub(); n.bg.Wait() })
+	if n.bus != nil {
+		attach(hubCtx, n.hub, n.bus)
+		n.bg.Add(1)
+		go func() {
+			defer n.bg.Done()
+			n.hub.TrackWatermark(hubCtx, 5*time.Second)
+		}()
+		if cfg.ActionCablePrefix != "" {
+			if err = n.bus.ListenActionCable(hubCtx, cfg.ActionCablePrefix, nil); err != nil {
+				return nil, fmt.Errorf("action cable listener: %w", err)
+			}
+		}
+	}
+
+	n.srv = server.New(server.Config{
+		Verifier:         auth.NewVerifier(key),
+		Origins:          server.ParseOrigins(cfg.AllowedOrigins),
+		Engine:           n.engine,
+		Hub:              n.hub,
+		HTTP:             n.mux,
+		HandshakeTimeout: cfg.HandshakeTimeout,
+		MaxHandshakes:    cfg.MaxHandshakes,
+		Limits:           &server.Limits{PerUser: cfg.MaxConnsPerUser, PerIP: cfg.MaxConnsPerIP},
+		UpgradeRate:      cfg.UpgradeRate,
+		UpgradeBurst:     cfg.UpgradeBurst,
+		Logger:           log,
+		Metrics:          m,
+	})
+	n.registerMetrics()
+	n.routes(key)
+	return n, nil
+}
+
+func openStore(ctx context.Context, c *Config, batch store.BatchConfig) (store.Store, error) {
+	if c.DatabaseURL == "" {
+		st, err := sqlite.OpenWith(ctx, c.DataDir, sqlite.Options{Batch: batch})
+		if err != nil {
+			return nil, fmt.Errorf("store: %w", err)
+		}
+		return st, nil
+	}
+	if c.Migrate {
+		c.Logger.Info("applying migrations")
+	}
+	st, err := postgres.Open(ctx, c.DatabaseURL, postgres.Options{Batch: batch, Migrate: c.Migrate})
+	if err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	return st, nil
+}
+
+func (n *Node) registerMetrics() {
+	m, engine, h := n.m, n.engine, n.hub
+	m.GaugeFunc("elchat_connections", "WebSocket connections open on this node.", func() float64 { return float64(engine.Len()) })
+	m.GaugeFunc("elchat_clients", "Authenticated clients on this node.", func() float64 { return float64(h.Clients()) })
+	m.CounterFunc("elchat_slow_consumer_closes_total", "Connections dropped because their outbound queue overflowed or stalled.",
+		func() float64 { return float64(engine.Stats().SlowConsumerCloses) })
+	m.CounterFunc("elchat_idle_closes_total", "Connections closed by the idle timeout.",
+		func() float64 { return float64(engine.Stats().IdleCloses) })
+	m.CounterFunc("elchat_protocol_error_closes_total", "Connections closed for a WebSocket protocol error.",
+		func() float64 { return float64(engine.Stats().ProtocolErrorCloses) })
+	m.CounterFunc("elchat_ws_frames_in_total", "WebSocket frames received.", func() float64 { return float64(engine.Stats().FramesIn) })
+	m.CounterFunc("elchat_ws_frames_out_total", "WebSocket frames written.", func() float64 { return float64(engine.Stats().FramesOut) })
+	m.CounterFunc("elchat_ws_bytes_in_total", "WebSocket bytes received.", func() float64 { return float64(engine.Stats().BytesIn) })
+	m.CounterFunc("elchat_ws_bytes_out_total", "WebSocket bytes written.", func() float64 { return float64(engine.Stats().BytesOut) })
+	if bus := n.bus; bus != nil {
+		m.CounterFunc("elchat_bus_published_total", "Frames published to Redis.", func() float64 { return float64(bus.Stats().Published) })
+		m.CounterFunc("elchat_bus_lost_total", "Frames dropped or failed on the way to Redis (outage or full queue).",
+			func() float64 { st := bus.Stats(); return float64(st.Dropped + st.Failed) })
+	}
+}
+
+func (n *Node) routes(key []byte) {
+	n.mux.Handle("GET /metrics", n.m.Handler())
+	n.mux.Handle("/api/v1/", api.New(n.cfg.APIKey, n.hub))
+	if n.cfg.Dev {
+		n.mux.Handle("/", demo.New(key, n.hub.Presence()))
+	}
+	n.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		io.WriteString(w, "ok\n") //nolint:errcheck
+	})
+	r := &readiness{draining: n.srv.Draining, store: n.st.Ping, log: n.log, every: readyLogEvery}
+	if n.bus != nil {
+		r.redis = n.bus.Ready
+	}
+	n.mux.Handle("GET /readyz", r)
+}
+
+// Serve accepts connections on ln until Shutdown; it returns nil then.
+func (n *Node) Serve(ln net.Listener) error {
+	n.setListener(ln)
+	return n.srv.Serve(ln)
+}
+
+// Start serves ln in the background; Addr is set when it returns.
+func (n *Node) Start(ln net.Listener) {
+	n.setListener(ln)
+	go n.srv.Serve(ln) //nolint:errcheck // returns nil after Shutdown
+}
+
+func (n *Node) setListener(ln net.Listener) {
+	n.mu.Lock()
+	n.ln = ln
+	n.mu.Unlock()
+}
+
+// Addr is the address being served ("" before Serve or Start).
+func (n *Node) Addr() string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.ln == nil {
+		return ""
+	}
+	return n.ln.Addr().String()
+}
+
+// Config returns the node's configuration, defaults filled in.
+func (n *Node) Config() Config { return n.cfg }
+
+// Hub, Store, Engine, Server, Metrics, Bus, Handler (the HTTP side) and
+// Logger expose the parts, for tests and diagnostics. Bus is nil on a
+// single node.
+func (n *Node) Hub() *hub.Hub             { return n.hub }
+func (n *Node) Store() store.Store        { return n.st }
+func (n *Node) Engine() transport.Engine  { return n.engine }
+func (n *Node) Server() *server.Server    { return n.srv }
+func (n *Node) Metrics() *metrics.Metrics { return n.m }
+func (n *Node) Bus() *redisbus.Bus        { return n.bus }
+func (n *Node) Handler() http.Handler     { return n.mux }
+func (n *Node) Logger() *slog.Logger      { return n.log }
+
+// Shutdown drains and stops the node: it stops accepting (so /readyz says
+// draining and load balancers move on), closes the sockets with 1012 in
+// batches spread over DrainTimeout (clients reconnect elsewhere without a
+// thundering herd), shuts the engine and the HTTP side down, stops the hub,
+// closes the Redis bus (withdrawing this node's presence at once) and
+// finally the store, which flushes its pending batch. The drain gives up
+// DrainTimeout+5s after it started or when ctx ends, whichever comes
+// first. Later calls return the first call's result.
+func (n *Node) Shutdown(ctx context.Context) error {
+	n.shutdownOnce.Do(func() { n.shutdownErr = n.shutdown(ctx) })
+	return n.shutdownErr
+}
+
+func (n *Node) shutdown(ctx context.Context) error {
+	n.log.Info("draining", "timeout", n.cfg.DrainTimeout)
+	n.srv.StopAccepting()
+	dctx, cancel := context.WithTimeout(ctx, n.cfg.DrainTimeout+5*time.Second)
+	defer cancel()
+	transport.Drain(dctx, n.engine, hub.CloseServiceRestart, "server restart", n.cfg.DrainTimeout)
+	var errs []error
+	if err := n.engine.Shutdown(dctx); err != nil {
+		n.log.Warn("transport shutdown", "err", err)
+		errs = append(errs, fmt.Errorf("transport: %w", err))
+	}
+	if err := n.srv.Close(dctx); err != nil {
+		errs = append(errs, fmt.Errorf("http: %w", err))
+	}
+	n.stopHub()
+	n.bg.Wait()
+	if n.bus != nil {
+		n.abandon()
+		n.bus.Close()
+	}
+	if err := n.st.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("store: %w", err))
+	}
+	n.log.Info("stopped")
+	return errors.Join(errs...)
+}
