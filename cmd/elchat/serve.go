@@ -60,6 +60,8 @@ func (c *config) flags(fs *flag.FlagSet) {
 	fs.IntVar(&n.UpgradeBurst, "upgrade-burst", d.UpgradeBurst, "burst above --upgrade-rate")
 	fs.Float64Var(&n.PushRate, "push-rate", d.PushRate, "channel events and joins per second per connection (token bucket; heartbeats and leaves exempt)")
 	fs.IntVar(&n.PushBurst, "push-burst", d.PushBurst, "burst above --push-rate")
+	fs.IntVar(&n.RequestWorkers, "request-workers", d.RequestWorkers, "store and presence calls running at once (the hub's request stage; sockets never wait for them)")
+	fs.IntVar(&n.RequestQueue, "request-queue", d.RequestQueue, "requests of one connection waiting for the store before its reads pause")
 	fs.StringVar(&n.APIKey, "api-key", d.APIKey, "bearer key of the server-to-server HTTP API under /api/v1/ (empty: API off)")
 	fs.StringVar(&n.RedisURL, "redis-url", d.RedisURL, "Redis URL (redis://...); set on every node of a cluster, with --database-url; empty: single node")
 	fs.StringVar(&n.RedisPrefix, "redis-prefix", d.RedisPrefix, "prefix of every Redis key and channel ElChat uses")

@@ -13,6 +13,8 @@ type discard struct{}
 
 func (discard) Send([]byte) error { return nil }
 func (discard) Close(int, string) {}
+func (discard) PauseReads()       {}
+func (discard) ResumeReads()      {}
 
 var payload = []byte(`{"id":12345,"room":"chat:1:2","user_id":"1","opponent_id":"2","body":"hello there, how are you doing today?","client_id":"c-1","sent_at":"2026-11-27T10:00:00.123456Z","is_delivered":false}`)
 
@@ -61,7 +63,7 @@ func BenchmarkPresenceDiff(b *testing.B) {
 	m := Meta{Ref: "GOviyct85Uyk0zNl", Name: "Alice", OnlineAt: 1795778232}
 	b.ReportAllocs()
 	for b.Loop() {
-		encodeDiff("1", m, true)
+		encodeDiff(map[string][]Meta{"1": {m}}, nil)
 	}
 }
 

@@ -1,7 +1,7 @@
 package hub_test
 
 import (
-	"encoding/binary"
+	"context"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -12,7 +12,7 @@ import (
 	"github.com/elchat/elchat/pkg/hub"
 	"github.com/elchat/elchat/pkg/phx"
 	"github.com/elchat/elchat/pkg/store"
-	"github.com/elchat/elchat/pkg/store/sqlite"
+	"github.com/elchat/elchat/pkg/store/memstore"
 )
 
 // recorder is a hub.Conn that keeps what the hub sent, decoded.
@@ -21,10 +21,12 @@ type recorder struct {
 	frames []phx.Frame
 	closed int
 	reason string
+	// paused and resumed count PauseReads and ResumeReads calls.
+	paused, resumed int
 }
 
-func (r *recorder) Send(frame []byte) error {
-	payload := unframe(frame)
+func (r *recorder) Send(msg []byte) error {
+	payload := msg
 	f, err := phx.Decode(payload)
 	if err != nil {
 		panic(fmt.Sprintf("hub sent an undecodable frame %q: %v", payload, err))
@@ -51,16 +53,16 @@ func (r *recorder) take() []phx.Frame {
 	return out
 }
 
-// unframe strips the header of an unmasked server WebSocket frame.
-func unframe(b []byte) []byte {
-	n := int(b[1] & 0x7f)
-	switch n {
-	case 126:
-		return b[4 : 4+int(binary.BigEndian.Uint16(b[2:]))]
-	case 127:
-		return b[10 : 10+int(binary.BigEndian.Uint64(b[2:]))]
-	}
-	return b[2 : 2+n]
+func (r *recorder) PauseReads() {
+	r.mu.Lock()
+	r.paused++
+	r.mu.Unlock()
+}
+
+func (r *recorder) ResumeReads() {
+	r.mu.Lock()
+	r.resumed++
+	r.mu.Unlock()
 }
 
 type env struct {
@@ -71,16 +73,35 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	st, err := sqlite.Open(t.Context(), t.TempDir())
-	if err != nil {
-		t.Fatal(err)
+	return newEnvWith(t, hub.Config{PushRate: 1e6, PushBurst: 1e6})
+}
+
+// newEnvWith makes a hub on an in-memory store (cfg.Store, when nil).
+func newEnvWith(t *testing.T, cfg hub.Config) *env {
+	t.Helper()
+	if cfg.Store == nil {
+		st := memstore.New()
+		t.Cleanup(func() { st.Close() })
+		cfg.Store = st
 	}
-	t.Cleanup(func() { st.Close() })
-	return &env{t: t, store: st, hub: hub.New(hub.Config{Store: st, PushRate: 1e6, PushBurst: 1e6})}
+	h := hub.New(cfg)
+	t.Cleanup(h.Close)
+	return &env{t: t, store: cfg.Store, hub: h}
+}
+
+// settle waits until the hub's request stage has handled everything.
+func settle(t *testing.T, h *hub.Hub) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := h.Drain(ctx); err != nil {
+		t.Fatalf("hub requests still running: %v", err)
+	}
 }
 
 type client struct {
 	t   *testing.T
+	h   *hub.Hub
 	c   *hub.Client
 	rec *recorder
 	ref int
@@ -88,7 +109,7 @@ type client struct {
 
 func (e *env) connect(user string) *client {
 	rec := &recorder{}
-	return &client{t: e.t, c: e.hub.Connect(rec, user, "name-"+user), rec: rec}
+	return &client{t: e.t, h: e.hub, c: e.hub.Connect(rec, user, "name-"+user), rec: rec}
 }
 
 // send sends a frame and returns its ref.
@@ -104,6 +125,7 @@ func (c *client) send(joinRef, topic, event string, payload any) string {
 		c.t.Fatal(err)
 	}
 	c.c.HandleText(phx.AppendMessage(nil, joinRef, ref, topic, event, p))
+	settle(c.t, c.h)
 	return ref
 }
 
@@ -378,6 +400,7 @@ func TestCloseLeavesPresence(t *testing.T) {
 	b.join("chat:1:2", nil)
 	a.rec.take()
 	b.c.Closed()
+	settle(t, e.hub)
 	if diff := events(a.rec.take(), "presence_diff"); len(diff) != 1 || !strings.Contains(string(diff[0].Payload), `"leaves":{"2"`) {
 		t.Fatalf("leave diff on close: %+v", diff)
 	}
@@ -391,15 +414,13 @@ func TestCloseLeavesPresence(t *testing.T) {
 
 // Two hubs on one LocalBus behave as two nodes of a cluster.
 func TestTwoNodes(t *testing.T) {
-	st, err := sqlite.Open(t.Context(), t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := memstore.New()
 	defer st.Close()
 	bus, pres := hub.NewLocalBus(), hub.NewMemoryPresence()
 	var nodes []*hub.Hub
 	for range 2 {
 		h := hub.New(hub.Config{Store: st, Bus: bus.Node(), Presence: pres})
+		t.Cleanup(h.Close)
 		go h.Run(t.Context()) //nolint:errcheck
 		nodes = append(nodes, h)
 	}
@@ -425,12 +446,7 @@ func TestTwoNodes(t *testing.T) {
 }
 
 func TestPushRateLimit(t *testing.T) {
-	st, err := sqlite.Open(t.Context(), t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	e := &env{t: t, store: st, hub: hub.New(hub.Config{Store: st, PushRate: 1, PushBurst: 3})}
+	e := newEnvWith(t, hub.Config{PushRate: 1, PushBurst: 3})
 	a := e.connect("1")
 	jr, _ := a.join("chat:1:2", nil)
 	limited := 0
@@ -466,12 +482,7 @@ func TestResyncAsksEveryChannelToRejoin(t *testing.T) {
 }
 
 func TestJoinsAreRateLimited(t *testing.T) {
-	st, err := sqlite.Open(t.Context(), t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	e := &env{t: t, store: st, hub: hub.New(hub.Config{Store: st, PushRate: 1, PushBurst: 5})}
+	e := newEnvWith(t, hub.Config{PushRate: 1, PushBurst: 5})
 	a := e.connect("1")
 	limited := 0
 	for range 20 {
@@ -488,12 +499,7 @@ func TestJoinsAreRateLimited(t *testing.T) {
 }
 
 func TestChannelLimit(t *testing.T) {
-	st, err := sqlite.Open(t.Context(), t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	e := &env{t: t, store: st, hub: hub.New(hub.Config{Store: st, MaxChannels: 3, PushRate: 1e6, PushBurst: 1e6})}
+	e := newEnvWith(t, hub.Config{MaxChannels: 3, PushRate: 1e6, PushBurst: 1e6})
 	a := e.connect("1")
 	for _, topic := range []string{"user:1", "chat:1:2", "chat:1:3"} {
 		a.join(topic, nil)

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/elchat/elchat/pkg/hub"
 	"github.com/elchat/elchat/pkg/metrics"
 	"github.com/elchat/elchat/pkg/transport"
 )
@@ -58,6 +59,13 @@ type Config struct {
 	MaxBodyBytes int     // message body limit in bytes
 	PushRate     float64 // channel events and joins per second per connection
 	PushBurst    int     // burst above PushRate
+	// RequestWorkers is the hub's request stage: how many store and
+	// presence calls run at once on this node. Sockets never wait for
+	// them on the event loop.
+	RequestWorkers int
+	// RequestQueue is how many requests of one connection may wait for
+	// the stage before the connection stops being read.
+	RequestQueue int
 
 	HandshakeTimeout time.Duration // deadline for the HTTP upgrade
 	MaxHandshakes    int           // upgrades in progress at once
@@ -100,6 +108,8 @@ func DefaultConfig() Config {
 		MaxBodyBytes:     4096,
 		PushRate:         20,
 		PushBurst:        40,
+		RequestWorkers:   hub.DefaultWorkers,
+		RequestQueue:     hub.DefaultMailboxSize,
 		HandshakeTimeout: 10 * time.Second,
 		MaxHandshakes:    1024,
 		MaxConnsPerUser:  20,
@@ -151,6 +161,8 @@ func (c Config) withDefaults() Config {
 	setDur(&c.PresenceTTL, d.PresenceTTL)
 	setStr(&c.Transport, d.Transport)
 	setInt(&c.Engine.Workers, d.Engine.Workers)
+	setInt(&c.RequestWorkers, d.RequestWorkers)
+	setInt(&c.RequestQueue, d.RequestQueue)
 	setInt(&c.Engine.MaxMessageSize, d.Engine.MaxMessageSize)
 	setDur(&c.Engine.IdleTimeout, d.Engine.IdleTimeout)
 	setInt(&c.Engine.MaxQueueBytes, d.Engine.MaxQueueBytes)

@@ -13,8 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/elchat/elchat/pkg/hub"
-	"github.com/elchat/elchat/pkg/redisbus"
 )
 
 type syncBuffer struct {
@@ -90,54 +88,3 @@ func TestReadyzFixedReasons(t *testing.T) {
 	}
 }
 
-// TestRelayOutagesBeforeHub: outage events that the bus reports before the
-// hub exists wait for it instead of dereferencing a nil hub, and events of
-// a node that never got a hub are dropped.
-func TestRelayOutagesBeforeHub(t *testing.T) {
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	var opts redisbus.Options
-	attach, abandon := relayOutages(&opts, quiet)
-	done := make(chan struct{})
-	go func() {
-		opts.OnDown()
-		close(done)
-	}()
-	select {
-	case <-done:
-		t.Fatal("OnDown returned before the hub existed")
-	case <-time.After(50 * time.Millisecond):
-	}
-	h := hub.New(hub.Config{Logger: quiet})
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	attach(ctx, h, nil)
-	select {
-	case <-done:
-	case <-time.After(5 * time.Second):
-		t.Fatal("OnDown still waiting after attach")
-	}
-	// The hub took it: a resync announced by another node now is skipped,
-	// this node being in an outage of its own, so its watermark stays.
-	h.ResyncRequested(ctx, 42, 0, 0)
-	if w := h.Watermark(); w == 42 {
-		t.Fatal("the hub never saw BusDown")
-	}
-	abandon()
-
-	var opts2 redisbus.Options
-	_, abandon2 := relayOutages(&opts2, quiet)
-	returned := make(chan struct{})
-	go func() {
-		opts2.OnDown()
-		opts2.OnRecover()
-		opts2.OnResync(5, "other")
-		close(returned)
-	}()
-	abandon2()
-	abandon2() // idempotent
-	select {
-	case <-returned:
-	case <-time.After(5 * time.Second):
-		t.Fatal("callbacks of an abandoned node still waiting")
-	}
-}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/elchat/elchat/pkg/api"
 	"github.com/elchat/elchat/pkg/auth"
+	"github.com/elchat/elchat/pkg/closecode"
 	"github.com/elchat/elchat/pkg/demo"
 	"github.com/elchat/elchat/pkg/hub"
 	"github.com/elchat/elchat/pkg/metrics"
@@ -42,8 +43,7 @@ type Node struct {
 	mux    *http.ServeMux
 
 	stopHub context.CancelFunc
-	bg      sync.WaitGroup // hub.Run, TrackWatermark
-	abandon func()         // drops outage events from the bus; nil: single node
+	bg      sync.WaitGroup // hub.Run
 
 	mu sync.Mutex
 	ln net.Listener // guarded by mu
@@ -96,19 +96,23 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 		StoreTimeout: cfg.StoreTimeout,
 		PushRate:     cfg.PushRate,
 		PushBurst:    cfg.PushBurst,
+		Workers:      cfg.RequestWorkers,
+		MailboxSize:  cfg.RequestQueue,
+		// A reply over the outbound queue bound would get the socket
+		// dropped as a slow consumer: keep pages well below it.
+		MaxReplyBytes: min(hub.DefaultMaxReplyBytes, cfg.Engine.MaxQueueBytes/4),
 	}
-	var attach func(context.Context, *hub.Hub, *redisbus.Bus)
 	if cfg.RedisURL != "" {
 		opts := redisbus.Options{
 			URL: cfg.RedisURL, Prefix: cfg.RedisPrefix, NodeID: cfg.NodeID,
 			PresenceTTL: cfg.PresenceTTL, Logger: log, OnPublish: m.BusPublished,
 		}
-		attach, n.abandon = relayOutages(&opts, log)
+		// The bus reports outages and remote messages to the hub through
+		// hub.Run, so nothing it sees before the hub exists is lost.
 		if n.bus, err = redisbus.New(ctx, opts); err != nil {
 			return nil, fmt.Errorf("redis: %w", err)
 		}
-		// abandon first: it frees callbacks waiting for a hub.
-		undo = append(undo, n.bus.Close, n.abandon)
+		undo = append(undo, n.bus.Close)
 		hcfg.Bus, hcfg.Presence = n.bus, n.bus.Presence()
 	}
 
@@ -123,6 +127,7 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 	})
 
 	n.hub = hub.New(hcfg)
+	undo = append(undo, n.hub.Close)
 	hubCtx, stopHub := context.WithCancel(context.Background())
 	n.stopHub = stopHub
 	n.bg.Add(1)
@@ -132,12 +137,6 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 	}()
 	undo = append(undo, func() { stopHub(); n.bg.Wait() })
 	if n.bus != nil {
-		attach(hubCtx, n.hub, n.bus)
-		n.bg.Add(1)
-		go func() {
-			defer n.bg.Done()
-			n.hub.TrackWatermark(hubCtx, 5*time.Second)
-		}()
 		if cfg.ActionCablePrefix != "" {
 			if err = n.bus.ListenActionCable(hubCtx, cfg.ActionCablePrefix, nil); err != nil {
 				return nil, fmt.Errorf("action cable listener: %w", err)
@@ -280,7 +279,7 @@ func (n *Node) shutdown(ctx context.Context) error {
 	n.srv.StopAccepting()
 	dctx, cancel := context.WithTimeout(ctx, n.cfg.DrainTimeout+5*time.Second)
 	defer cancel()
-	transport.Drain(dctx, n.engine, hub.CloseServiceRestart, "server restart", n.cfg.DrainTimeout)
+	transport.Drain(dctx, n.engine, closecode.ServiceRestart, "server restart", n.cfg.DrainTimeout)
 	var errs []error
 	if err := n.engine.Shutdown(dctx); err != nil {
 		n.log.Warn("transport shutdown", "err", err)
@@ -289,12 +288,17 @@ func (n *Node) shutdown(ctx context.Context) error {
 	if err := n.srv.Close(dctx); err != nil {
 		errs = append(errs, fmt.Errorf("http: %w", err))
 	}
-	n.stopHub()
-	n.bg.Wait()
+	// The closed sockets' presence is withdrawn on the hub's request
+	// stage: let it finish while the bus still carries the leaves.
+	if err := n.hub.Drain(dctx); err != nil {
+		n.log.Warn("hub requests still running at shutdown", "err", err)
+	}
 	if n.bus != nil {
-		n.abandon()
 		n.bus.Close()
 	}
+	n.stopHub()
+	n.bg.Wait()
+	n.hub.Close()
 	if err := n.st.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("store: %w", err))
 	}

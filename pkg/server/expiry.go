@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/elchat/elchat/pkg/closecode"
-	"github.com/elchat/elchat/pkg/hub"
 )
 
 // expirySlot groups deadlines so the sweeper wakes rarely and the table
@@ -18,14 +17,17 @@ const expirySlot = 5 * time.Second
 // year 9999 (exp 253402300799) or beyond.
 const slotSeconds = int64(expirySlot / time.Second)
 
+// closer is what expiries needs of a connection.
+type closer interface{ Close(code int, reason string) }
+
 // expiries closes connections when their token expires.
 type expiries struct {
 	mu    sync.Mutex
-	slots map[int64]map[hub.Conn]struct{} // guarded by mu: slot → connections expiring in it
+	slots map[int64]map[closer]struct{} // guarded by mu: slot → connections expiring in it
 }
 
 func newExpiries() *expiries {
-	return &expiries{slots: make(map[int64]map[hub.Conn]struct{})}
+	return &expiries{slots: make(map[int64]map[closer]struct{})}
 }
 
 // slotOf returns the first slot that starts at or after t, so a connection
@@ -57,12 +59,12 @@ func ceilDiv(a, b int64) int64 {
 	return q
 }
 
-func (e *expiries) add(c hub.Conn, at time.Time) int64 {
+func (e *expiries) add(c closer, at time.Time) int64 {
 	s := slotOf(at)
 	e.mu.Lock()
 	m := e.slots[s]
 	if m == nil {
-		m = make(map[hub.Conn]struct{})
+		m = make(map[closer]struct{})
 		e.slots[s] = m
 	}
 	m[c] = struct{}{}
@@ -70,7 +72,7 @@ func (e *expiries) add(c hub.Conn, at time.Time) int64 {
 	return s
 }
 
-func (e *expiries) remove(c hub.Conn, slot int64) {
+func (e *expiries) remove(c closer, slot int64) {
 	e.mu.Lock()
 	if m := e.slots[slot]; m != nil {
 		delete(m, c)
@@ -97,7 +99,7 @@ func (e *expiries) run(ctx context.Context) {
 
 func (e *expiries) sweep(now time.Time) {
 	cur := slotNow(now)
-	var due []hub.Conn
+	var due []closer
 	e.mu.Lock()
 	for s, m := range e.slots {
 		if s <= cur {

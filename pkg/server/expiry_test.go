@@ -4,6 +4,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/elchat/elchat/pkg/closecode"
 )
 
 type expiryConn struct{ code atomic.Int32 }
@@ -45,8 +47,8 @@ func TestExpiryDue(t *testing.T) {
 		t.Fatal("closed before the token expired")
 	}
 	e.sweep(at.Add(expirySlot))
-	if got := c.code.Load(); got != CloseTokenExpired {
-		t.Fatalf("close code %d, want %d", got, CloseTokenExpired)
+	if got := c.code.Load(); got != closecode.TokenExpired {
+		t.Fatalf("close code %d, want %d", got, closecode.TokenExpired)
 	}
 	if len(e.slots) != 0 {
 		t.Fatalf("slots left: %v", e.slots)

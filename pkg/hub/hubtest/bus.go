@@ -470,6 +470,9 @@ func testConcurrent(t *testing.T, newCluster func(t *testing.T, nodes int) []hub
 // a flap (unsubscribe and subscribe again) included, to catch the race.
 func testConfirmed(t *testing.T, newCluster func(t *testing.T, nodes int) []hub.Bus) {
 	nodes := start(t, newCluster, 2)
+	// Run starts asynchronously: make sure both nodes are running first.
+	subscribe(t, nodes[1], "chat:warm:up")
+	await(t, nodes[0], "chat:warm:up", nodes[1])
 	for i := range 50 {
 		topic := fmt.Sprintf("chat:%d:confirm%d", i, i)
 		live := subscribe(t, nodes[1], topic)

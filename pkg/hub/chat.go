@@ -1,0 +1,262 @@
+package hub
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/elchat/elchat/pkg/phx"
+	"github.com/elchat/elchat/pkg/store"
+	"github.com/elchat/elchat/pkg/topic"
+)
+
+// lobbyJoin reads the user's unread chats for the lobby's join reply.
+func (c *Client) lobbyJoin() ([]byte, error) {
+	ctx, cancel := c.hub.ctx()
+	defer cancel()
+	unread, err := c.hub.cfg.Store.Unread(ctx, c.user)
+	if err != nil {
+		return nil, err
+	}
+	return encodeUnread(unread, c.hub.cfg.MaxReplyBytes)
+}
+
+// chatJoin reads a chat's join reply: what came after last_id, or the
+// newest page of history.
+func (c *Client) chatJoin(t topic.Topic, lastID *int64) ([]byte, error) {
+	ctx, cancel := c.hub.ctx()
+	defer cancel()
+	if lastID != nil {
+		return c.since(ctx, t.String(), c.hub.catchUpFrom(*lastID), c.hub.cfg.CatchUpLimit)
+	}
+	return c.history(ctx, t.String(), 0)
+}
+
+// since is a page of up to lim messages after after, oldest first.
+func (c *Client) since(ctx context.Context, room string, after int64, lim int) ([]byte, error) {
+	msgs, err := c.hub.cfg.Store.Since(ctx, room, after, lim+1)
+	if err != nil {
+		return nil, err
+	}
+	more := false
+	if len(msgs) > lim {
+		msgs, more = msgs[:lim], true
+	}
+	return encodePage(msgs, more, false, c.hub.cfg.MaxReplyBytes)
+}
+
+// history is the page of messages before before (0: the newest), oldest
+// first.
+func (c *Client) history(ctx context.Context, room string, before int64) ([]byte, error) {
+	lim := c.hub.cfg.HistoryLimit
+	msgs, err := c.hub.cfg.Store.History(ctx, room, before, lim+1)
+	if err != nil {
+		return nil, err
+	}
+	more := false
+	if len(msgs) > lim {
+		msgs, more = msgs[1:], true // oldest first: the extra one is the oldest
+	}
+	return encodePage(msgs, more, true, c.hub.cfg.MaxReplyBytes)
+}
+
+// typingLocked relays a typing notice to the other side, here and on the
+// other nodes. It waits on nothing.
+func (c *Client) typingLocked(f *phx.Frame) {
+	ch, ok := c.channelLocked(f)
+	if !ok {
+		return
+	}
+	if ch.topic.Kind != topic.Chat {
+		c.replyError(ch.joinRef, f.Ref, f.Topic, "unknown event")
+		return
+	}
+	payload := append([]byte(`{"user_id":`), phx.AppendString(nil, c.user)...)
+	payload = append(append(payload, `,"name":`...), phx.AppendString(nil, c.name)...)
+	payload = append(payload, '}')
+	c.reply(ch.joinRef, f.Ref, f.Topic, "ok", nil)
+	c.hub.broadcastFrom(ch.name, "typing", payload, nil, c)
+}
+
+// chatChannel is channel for the chat-only events.
+func (c *Client) chatChannel(f *phx.Frame) (channel, bool) {
+	ch, ok := c.channel(f)
+	if ok && ch.topic.Kind != topic.Chat {
+		c.replyError(ch.joinRef, f.Ref, f.Topic, "unknown event")
+		return channel{}, false
+	}
+	return ch, ok
+}
+
+func (c *Client) newMessage(f *phx.Frame) {
+	ch, ok := c.chatChannel(f)
+	if !ok {
+		return
+	}
+	var p struct {
+		Body     *string `json:"body"`
+		ClientID string  `json:"client_id"`
+	}
+	if err := json.Unmarshal(f.Payload, &p); err != nil || p.Body == nil {
+		c.replyError(ch.joinRef, f.Ref, f.Topic, "body must be a string")
+		return
+	}
+	if reason := c.hub.validateBody(*p.Body); reason != "" {
+		c.replyError(ch.joinRef, f.Ref, f.Topic, reason)
+		return
+	}
+	if len(p.ClientID) > 128 {
+		c.replyError(ch.joinRef, f.Ref, f.Topic, "client_id longer than 128 bytes")
+		return
+	}
+	msg, err := c.hub.save(c.user, ch.topic, *p.Body, p.ClientID)
+	if err != nil {
+		c.replyError(ch.joinRef, f.Ref, f.Topic, storeReason(err))
+		return
+	}
+	c.reply(ch.joinRef, f.Ref, f.Topic, "ok", msg)
+	c.hub.deliver(ch.topic, c.user, msg, c)
+}
+
+func (h *Hub) validateBody(body string) string {
+	switch {
+	case strings.TrimSpace(body) == "":
+		return "body is empty"
+	case len(body) > h.cfg.MaxBodyBytes:
+		return fmt.Sprintf("body longer than %d bytes", h.cfg.MaxBodyBytes)
+	case !utf8.ValidString(body):
+		return "body is not valid UTF-8"
+	case strings.IndexByte(body, 0) >= 0:
+		return "body contains a NUL character"
+	}
+	return ""
+}
+
+// save stores a message from user in chat t and returns it encoded. It is
+// acknowledged (returned) only once stored; delivery is the caller's next
+// step (see deliver), so an acknowledgement always precedes the broadcast
+// on the sender's connection.
+func (h *Hub) save(user string, t topic.Topic, body, clientID string) ([]byte, error) {
+	ctx, cancel := h.ctx()
+	defer cancel()
+	msg, _, err := h.cfg.Store.Save(ctx, store.NewMessage{
+		Room: t.String(), UserID: user, OpponentID: t.Other(user), Body: body, ClientID: clientID,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return json.Marshal(msg)
+}
+
+// deliver broadcasts a stored message to its chat and, when the recipient
+// is not in the chat anywhere in the cluster, notifies their lobby. A
+// retried message is delivered again: the first delivery may never have
+// happened, and clients dedupe by id.
+func (h *Hub) deliver(t topic.Topic, sender string, msg []byte, origin *Client) {
+	room := t.String()
+	h.broadcastFrom(room, "new_message", msg, origin, nil)
+	other := t.Other(sender)
+	// No deadline of our own: Present answers from memory (in-process, or
+	// the Redis bus's mirror of subscribed topics), and its rare Redis
+	// fallback is bounded by the client's read timeout. A context per
+	// message would be the routing path's largest allocation.
+	present, err := h.cfg.Presence.Present(context.Background(), room, other)
+	if err != nil {
+		h.cfg.Logger.Warn("presence lookup failed; notifying lobby", "topic", room, "err", err)
+	}
+	if present {
+		return
+	}
+	note := make([]byte, 0, len(room)+len(msg)+32)
+	note = append(note, `{"room":`...)
+	note = phx.AppendString(note, room)
+	note = append(note, `,"message":`...)
+	note = append(note, msg...)
+	note = append(note, '}')
+	h.Broadcast(topic.LobbyName(other), "notification", note)
+}
+
+// PostAndDeliver stores a message from user in chat t and delivers it like
+// one sent over a socket. The HTTP API uses it.
+func (h *Hub) PostAndDeliver(user string, t topic.Topic, body, clientID string) ([]byte, error) {
+	if reason := h.validateBody(body); reason != "" {
+		return nil, &InputError{reason}
+	}
+	msg, err := h.save(user, t, body, clientID)
+	if err != nil {
+		if reason := storeReason(err); reason != "store unavailable" && reason != "store error" {
+			return nil, &InputError{reason}
+		}
+		return nil, err
+	}
+	h.deliver(t, user, msg, nil)
+	return msg, nil
+}
+
+// InputError is a request the hub refuses because of its content.
+type InputError struct{ Reason string }
+
+func (e *InputError) Error() string { return e.Reason }
+
+func (c *Client) read(f *phx.Frame) {
+	ch, ok := c.chatChannel(f)
+	if !ok {
+		return
+	}
+	var p struct {
+		LastID json.Number `json:"last_id"`
+	}
+	if err := json.Unmarshal(f.Payload, &p); err != nil {
+		c.replyError(ch.joinRef, f.Ref, f.Topic, "last_id must be a message id")
+		return
+	}
+	lastID, err := strconv.ParseInt(p.LastID.String(), 10, 64)
+	if err != nil || lastID <= 0 {
+		c.replyError(ch.joinRef, f.Ref, f.Topic, "last_id must be a message id")
+		return
+	}
+	ctx, cancel := c.hub.ctx()
+	n, err := c.hub.cfg.Store.MarkRead(ctx, ch.name, c.user, lastID)
+	cancel()
+	if err != nil {
+		c.replyError(ch.joinRef, f.Ref, f.Topic, storeReason(err))
+		return
+	}
+	c.reply(ch.joinRef, f.Ref, f.Topic, "ok", []byte(`{"marked":`+strconv.FormatInt(n, 10)+`}`))
+	payload := append([]byte(`{"user_id":`), phx.AppendString(nil, c.user)...)
+	payload = append(append(payload, `,"last_id":`...), strconv.FormatInt(lastID, 10)...)
+	payload = append(payload, '}')
+	c.hub.broadcastFrom(ch.name, "read", payload, c, nil)
+}
+
+func (c *Client) historyPage(f *phx.Frame) {
+	ch, ok := c.chatChannel(f)
+	if !ok {
+		return
+	}
+	var p struct {
+		Before int64 `json:"before"`
+		After  int64 `json:"after"`
+	}
+	if err := json.Unmarshal(f.Payload, &p); err != nil {
+		c.replyError(ch.joinRef, f.Ref, f.Topic, "before must be a message id")
+		return
+	}
+	ctx, cancel := c.hub.ctx()
+	defer cancel()
+	var resp []byte
+	var err error
+	if p.After > 0 {
+		resp, err = c.since(ctx, ch.name, p.After, c.hub.cfg.HistoryLimit)
+	} else {
+		resp, err = c.history(ctx, ch.name, p.Before)
+	}
+	if err != nil {
+		c.replyError(ch.joinRef, f.Ref, f.Topic, storeReason(err))
+		return
+	}
+	c.reply(ch.joinRef, f.Ref, f.Topic, "ok", resp)
+}

@@ -1,0 +1,12 @@
+package hub
+
+import (
+	"context"
+	"time"
+)
+
+// ResyncRequested exposes what the bus handler does on another node's
+// announcement, with the delays the test picks.
+func (h *Hub) ResyncRequested(ctx context.Context, watermark int64, delay, spread time.Duration) int {
+	return h.resyncRequested(ctx, watermark, delay, spread)
+}
