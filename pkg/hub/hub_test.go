@@ -13,6 +13,7 @@ import (
 	"github.com/elchat/elchat/pkg/phx"
 	"github.com/elchat/elchat/pkg/store"
 	"github.com/elchat/elchat/pkg/store/memstore"
+	"github.com/elchat/elchat/pkg/topic"
 )
 
 // recorder is a hub.Conn that keeps what the hub sent, decoded.
@@ -57,6 +58,19 @@ func (r *recorder) PauseReads() {
 	r.mu.Lock()
 	r.paused++
 	r.mu.Unlock()
+}
+
+// waitReadable blocks while reads are paused, as the transport would.
+func (r *recorder) waitReadable() {
+	for {
+		r.mu.Lock()
+		open := r.paused == r.resumed
+		r.mu.Unlock()
+		if open {
+			return
+		}
+		time.Sleep(100 * time.Microsecond)
+	}
 }
 
 func (r *recorder) ResumeReads() {
@@ -543,4 +557,212 @@ func TestResyncRequested(t *testing.T) {
 	if n := e.hub.ResyncRequested(t.Context(), 0, 0, 0); n != 0 {
 		t.Fatalf("second resync covered %d topics", n)
 	}
+}
+
+// TestClientIDPerChat: a client_id reused in another chat is a new message
+// there, never the first chat's message delivered to the wrong user; reused
+// in the same chat for another body it is refused.
+func TestClientIDPerChat(t *testing.T) {
+	e := newEnv(t)
+	a, b, c := e.connect("1"), e.connect("2"), e.connect("3")
+	j12, _ := a.join("chat:1:2", nil)
+	j13, _ := a.join("chat:1:3", nil)
+	b.join("chat:1:2", nil)
+	c.join("chat:1:3", nil)
+	b.rec.take()
+	c.rec.take()
+	first := a.replyTo(a.send(j12, "chat:1:2", "new_message", map[string]any{"body": "private note", "client_id": "c-1"}), "ok")
+	second := a.replyTo(a.send(j13, "chat:1:3", "new_message", map[string]any{"body": "hello", "client_id": "c-1"}), "ok")
+	if second["room"] != "chat:1:3" || second["body"] != "hello" || second["id"] == first["id"] {
+		t.Fatalf("reused client_id in chat:1:3 answered %v", second)
+	}
+	for _, f := range c.rec.take() {
+		if strings.Contains(string(f.Payload), "private note") {
+			t.Fatalf("user 3 received chat:1:2's message: %s", f.Payload)
+		}
+	}
+	// A retry with the same body is idempotent; another body is refused.
+	if again := a.replyTo(a.send(j12, "chat:1:2", "new_message", map[string]any{"body": "private note", "client_id": "c-1"}), "ok"); again["id"] != first["id"] {
+		t.Fatalf("retry answered %v, want message %v", again, first["id"])
+	}
+	r := a.replyTo(a.send(j12, "chat:1:2", "new_message", map[string]any{"body": "changed", "client_id": "c-1"}), "error")
+	if r["reason"] != "client_id already used for a different message" {
+		t.Fatalf("reused client_id with another body: %v", r)
+	}
+}
+
+// lateBus is a node of a LocalBus whose subscriptions take effect, and are
+// confirmed, only after a delay, like a Redis SUBSCRIBE in flight.
+type lateBus struct {
+	hub.Bus
+	delay time.Duration
+}
+
+func (b *lateBus) Subscribe(topic string) (<-chan struct{}, error) {
+	live := make(chan struct{})
+	go func() {
+		time.Sleep(b.delay)
+		inner, _ := b.Bus.Subscribe(topic)
+		<-inner
+		close(live)
+	}()
+	return live, nil
+}
+
+// TestFirstJoinMissesNothing: a first join on a node whose bus confirms
+// subscriptions late gets every message written on another node during
+// its subscription, in its reply or live. Reading history before the
+// subscription was live lost the ones in between for good.
+func TestFirstJoinMissesNothing(t *testing.T) {
+	st := memstore.New()
+	defer st.Close()
+	bus, pres := hub.NewLocalBus(), hub.NewMemoryPresence()
+	writerHub := hub.New(hub.Config{Store: st, Bus: bus.Node(), Presence: pres, PushRate: 1e6, PushBurst: 1e6})
+	readerHub := hub.New(hub.Config{Store: st, Bus: &lateBus{Bus: bus.Node(), delay: 30 * time.Millisecond}, Presence: pres, PushRate: 1e6, PushBurst: 1e6})
+	for _, h := range []*hub.Hub{writerHub, readerHub} {
+		t.Cleanup(h.Close)
+		go h.Run(t.Context()) //nolint:errcheck
+	}
+	time.Sleep(20 * time.Millisecond) // let Run attach the handlers
+	for round := range 5 {
+		room := topic.ChatName(fmt.Sprint("w", round), fmt.Sprint("r", round))
+		w := (&env{t: t, hub: writerHub}).connect(fmt.Sprint("w", round))
+		wj, _ := w.join(room, nil)
+		stop := make(chan struct{})
+		acked := make(chan []float64)
+		go func() {
+			var ids []float64
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					acked <- ids
+					return
+				default:
+				}
+				ref := w.send(wj, room, "new_message", map[string]any{"body": fmt.Sprint("m", i)})
+				ids = append(ids, w.replyTo(ref, "ok")["id"].(float64))
+				time.Sleep(time.Millisecond)
+			}
+		}()
+		time.Sleep(10 * time.Millisecond)
+		r := (&env{t: t, hub: readerHub}).connect(fmt.Sprint("r", round))
+		_, resp := r.join(room, map[string]any{"last_id": 0})
+		time.Sleep(50 * time.Millisecond)
+		close(stop)
+		ids := <-acked
+		settle(t, writerHub)
+		settle(t, readerHub)
+		got := map[float64]bool{}
+		for _, m := range resp["messages"].([]any) {
+			got[m.(map[string]any)["id"].(float64)] = true
+		}
+		for _, f := range events(r.rec.take(), "new_message") {
+			var m map[string]any
+			if err := json.Unmarshal(f.Payload, &m); err != nil {
+				t.Fatal(err)
+			}
+			got[m["id"].(float64)] = true
+		}
+		for _, id := range ids {
+			if !got[id] {
+				t.Fatalf("round %d: message %v neither in the join reply nor live (%d acked)", round, id, len(ids))
+			}
+		}
+	}
+}
+
+// orderBus records, per topic, whether the node is subscribed, as the bus
+// sees the calls.
+type orderBus struct {
+	hub.Bus
+	mu  sync.Mutex
+	sub map[string]bool
+}
+
+func (b *orderBus) Subscribe(topic string) (<-chan struct{}, error) {
+	b.mu.Lock()
+	b.sub[topic] = true
+	b.mu.Unlock()
+	return b.Bus.Subscribe(topic)
+}
+
+func (b *orderBus) Unsubscribe(topic string) error {
+	b.mu.Lock()
+	b.sub[topic] = false
+	b.mu.Unlock()
+	return b.Bus.Unsubscribe(topic)
+}
+
+// TestSubscribeOrder: joins and leaves of one topic racing on several
+// connections reach the bus in the order the hub decided them, so a topic
+// with local subscribers is always subscribed on the bus.
+func TestSubscribeOrder(t *testing.T) {
+	bus := &orderBus{Bus: hub.NewLocalBus().Node(), sub: map[string]bool{}}
+	e := newEnvWith(t, hub.Config{Bus: bus, PushRate: 1e6, PushBurst: 1e6})
+	const room = "chat:1:2"
+	var wg sync.WaitGroup
+	for u := range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rec := &recorder{}
+			c := e.hub.Connect(rec, fmt.Sprint(u+1), "n")
+			for i := range 300 {
+				jr := fmt.Sprint(i)
+				rec.waitReadable()
+				c.HandleText(phx.AppendMessage(nil, jr, jr, room, "phx_join", nil))
+				rec.waitReadable()
+				c.HandleText(phx.AppendMessage(nil, jr, jr+"l", room, "phx_leave", nil))
+			}
+			rec.waitReadable()
+			c.HandleText(phx.AppendMessage(nil, "last", "last", room, "phx_join", nil))
+		}()
+	}
+	wg.Wait()
+	settle(t, e.hub)
+	bus.mu.Lock()
+	defer bus.mu.Unlock()
+	if !bus.sub[room] {
+		t.Fatalf("both connections joined (%d local subscribers), but the bus was last told to unsubscribe", e.hub.Subscribers(room))
+	}
+}
+
+// TestQueuedRequestsPauseReads: requests waiting for a slow store pile up
+// in the connection's mailbox; past its bound the connection's reads are
+// paused, and resumed once the stage has drained it.
+func TestQueuedRequestsPauseReads(t *testing.T) {
+	st := &slowStore{Store: memstore.New(), release: make(chan struct{})}
+	e := newEnvWith(t, hub.Config{Store: st, MailboxSize: 4, Workers: 1, PushRate: 1e6, PushBurst: 1e6})
+	rec := &recorder{}
+	c := e.hub.Connect(rec, "1", "n")
+	for i := range 8 {
+		ref := fmt.Sprint(i)
+		c.HandleText(phx.AppendMessage(nil, ref, ref, "user:1", "phx_join", nil))
+	}
+	// Heartbeats are answered while the joins wait.
+	c.HandleText(phx.AppendMessage(nil, "", "hb", "phoenix", "heartbeat", nil))
+	rec.mu.Lock()
+	paused, hb := rec.paused, len(rec.frames)
+	rec.mu.Unlock()
+	if paused != 1 || hb != 1 {
+		t.Fatalf("paused %d times, %d frames before the store answered", paused, hb)
+	}
+	close(st.release)
+	settle(t, e.hub)
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if rec.resumed != 1 {
+		t.Fatalf("resumed %d times", rec.resumed)
+	}
+}
+
+// slowStore's Unread waits for release.
+type slowStore struct {
+	*memstore.Store
+	release chan struct{}
+}
+
+func (s *slowStore) Unread(ctx context.Context, user string) ([]store.UnreadChat, error) {
+	<-s.release
+	return s.Store.Unread(ctx, user)
 }

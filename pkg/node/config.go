@@ -9,6 +9,7 @@ import (
 
 	"github.com/elchat/elchat/pkg/hub"
 	"github.com/elchat/elchat/pkg/metrics"
+	"github.com/elchat/elchat/pkg/store"
 	"github.com/elchat/elchat/pkg/transport"
 )
 
@@ -38,6 +39,10 @@ type Config struct {
 	Migrate     bool   // apply PostgreSQL migrations before opening
 	// StoreTimeout bounds one store call made for a client.
 	StoreTimeout time.Duration
+	// Store, when set, is used instead of opening one from DatabaseURL or
+	// DataDir (tests inject slow or failing stores this way); the node
+	// closes it on Shutdown.
+	Store store.Store
 
 	// RedisURL joins a cluster (redis://…); empty: single node.
 	RedisURL    string

@@ -12,7 +12,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-
 )
 
 type syncBuffer struct {
@@ -87,4 +86,3 @@ func TestReadyzFixedReasons(t *testing.T) {
 		t.Errorf("store failure logged %d times after the interval, want 2", n)
 	}
 }
-

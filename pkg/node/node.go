@@ -82,8 +82,10 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 		}
 	}()
 
-	if n.st, err = openStore(ctx, &cfg, store.BatchConfig{Observer: m.StoreBatch}); err != nil {
-		return nil, err
+	if n.st = cfg.Store; n.st == nil {
+		if n.st, err = openStore(ctx, &cfg, store.BatchConfig{Observer: m.StoreBatch}); err != nil {
+			return nil, err
+		}
 	}
 	undo = append(undo, func() { n.st.Close() })
 

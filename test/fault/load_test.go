@@ -209,7 +209,8 @@ func TestPushFlood(t *testing.T) {
 		}
 	}
 	t.Logf("flood of %d pushes: %d ok, %d rate limited, other %v", flood, len(okIDs), len(limitedIDs), other)
-	if len(limitedIDs) == 0 || len(okIDs) < 40 || len(other) != 0 {
+	// The join drew one token of the burst of 40.
+	if len(limitedIDs) == 0 || len(okIDs) < 39 || len(other) != 0 {
 		t.Errorf("flood: %d ok, %d rate limited, other %v", len(okIDs), len(limitedIDs), other)
 	}
 	if un := <-refDone; un != 0 {

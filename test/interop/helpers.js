@@ -119,7 +119,7 @@ class Server {
   }
 
   env() {
-    return {
+    const env = {
       ...baseEnv(),
       ELCHAT_ADDR: `127.0.0.1:${this.port}`,
       ELCHAT_SECRET: this.secret,
@@ -127,6 +127,10 @@ class Server {
       ELCHAT_ALLOWED_ORIGINS: this.allowedOrigin,
       ...this.extraEnv,
     };
+    // A --dev node refuses a real secret: it signs demo tokens with the
+    // public development secret.
+    if (env.ELCHAT_DEV === "true") delete env.ELCHAT_SECRET;
+    return env;
   }
 
   async start() {
