@@ -64,9 +64,10 @@ func encodePage(msgs []store.Message, more, keepNewest bool, limit int) ([]byte,
 	return out, nil
 }
 
-// encodeUnread renders the lobby's {"unread":[...],"has_more":more} within
-// limit bytes, keeping the most recently active chats (the store lists
-// them first).
+// encodeUnread renders the lobby's {"unread":[...]} within limit bytes,
+// keeping the most recently active chats (the store lists them first); a
+// cut list carries "has_more":true (only then, so the usual reply keeps
+// its one key).
 func encodeUnread(unread []store.UnreadChat, limit int) ([]byte, error) {
 	out := append(make([]byte, 0, 256), `{"unread":[`...)
 	more := false
@@ -75,7 +76,7 @@ func encodeUnread(unread []store.UnreadChat, limit int) ([]byte, error) {
 		if err != nil {
 			return nil, err
 		}
-		if len(out)+len(b)+len(`],"has_more":false}`)+1 > limit && i > 0 {
+		if len(out)+len(b)+len(`],"has_more":true}`)+1 > limit && i > 0 {
 			more = true
 			break
 		}
@@ -84,11 +85,10 @@ func encodeUnread(unread []store.UnreadChat, limit int) ([]byte, error) {
 		}
 		out = append(out, b...)
 	}
-	out = append(out, `],"has_more":`...)
 	if more {
-		return append(out, "true}"...), nil
+		return append(out, `],"has_more":true}`...), nil
 	}
-	return append(out, "false}"...), nil
+	return append(out, "]}"...), nil
 }
 
 // storeReason is the reason a client gets for a failed store call.
