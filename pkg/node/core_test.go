@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"slices"
 	"strings"
 	"sync"
@@ -11,7 +12,9 @@ import (
 	"time"
 
 	"github.com/elchat/elchat/internal/phxtest"
+	"github.com/elchat/elchat/pkg/auth"
 	"github.com/elchat/elchat/pkg/closecode"
+	"github.com/elchat/elchat/pkg/node"
 	"github.com/elchat/elchat/pkg/store"
 	"github.com/elchat/elchat/pkg/store/memstore"
 )
@@ -231,4 +234,66 @@ func TestLongRefsRefused(t *testing.T) {
 	if r, err := c.WaitReply("7", 5*time.Second); err != nil || r.Status != "ok" {
 		t.Fatalf("64-byte join_ref: %v %+v", err, r)
 	}
+}
+
+// BenchmarkHeartbeatWhileStoreStalls: heartbeat round trips of an idle
+// socket while every store call stalls and more requests wait on it than
+// the node has event-loop workers. Reports p50 and p99.
+//
+//	go test -run '^$' -bench HeartbeatWhileStoreStalls -benchtime 200x ./pkg/node
+func BenchmarkHeartbeatWhileStoreStalls(b *testing.B) {
+	st := &stallStore{Store: memstore.New()}
+	cfg := node.DefaultConfig()
+	cfg.Secret, cfg.Logger, cfg.DrainTimeout = secret, quiet, 0
+	cfg.DataDir = b.TempDir()
+	cfg.Store = st
+	cfg.Engine.Workers = 4
+	cfg.RequestWorkers = 4
+	cfg.StoreTimeout = 30 * time.Second
+	n, err := node.New(context.Background(), cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	n.Start(ln)
+	defer n.Shutdown(context.Background()) //nolint:errcheck
+	defer st.release()
+	mint := func(user string) *phxtest.Client {
+		tok, err := auth.Mint([]byte(secret), user, user, time.Hour)
+		if err != nil {
+			b.Fatal(err)
+		}
+		c, err := phxtest.Dial(n.Addr(), phxtest.DialOptions{Token: tok})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { c.Close() })
+		return c
+	}
+	idle := mint("idle")
+	if r, err := idle.Join("user:idle", nil, 5*time.Second); err != nil || r.Status != "ok" {
+		b.Fatalf("lobby join: %v %+v", err, r)
+	}
+	st.stall()
+	for i := range 16 {
+		c := mint(fmt.Sprint("busy", i))
+		if _, err := c.Push(fmt.Sprintf("user:busy%d", i), "phx_join", map[string]any{}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	time.Sleep(200 * time.Millisecond)
+	var took []time.Duration
+	for b.Loop() {
+		t0 := time.Now()
+		if err := idle.Heartbeat(10 * time.Second); err != nil {
+			b.Fatal(err)
+		}
+		took = append(took, time.Since(t0))
+	}
+	slices.Sort(took)
+	b.ReportMetric(float64(took[len(took)/2].Microseconds()), "p50-µs")
+	b.ReportMetric(float64(took[len(took)*99/100].Microseconds()), "p99-µs")
 }
