@@ -66,8 +66,10 @@ func (a *Handler) publish(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "topic: "+err.Error())
 		return
 	}
-	if req.Event == "" || strings.HasPrefix(req.Event, "phx_") || strings.HasPrefix(req.Event, "presence_") {
-		writeError(w, http.StatusBadRequest, "event must be set and not a reserved name")
+	// The same rule as the Redis ingresses: clients trust ElChat's own
+	// events to come from ElChat.
+	if err := hub.ValidHostEvent(req.Topic, req.Event); err != nil {
+		writeError(w, http.StatusBadRequest, "event must be set and not a reserved name: "+err.Error())
 		return
 	}
 	if len(req.Payload) == 0 {
@@ -156,7 +158,7 @@ func (a *Handler) online(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
 	defer cancel()
-	on, err := a.hub.Presence().Present(ctx, "user:"+id, id)
+	on, err := a.hub.Presence().Present(ctx, topic.LobbyName(id), id)
 	if err != nil {
 		writeError(w, http.StatusServiceUnavailable, "presence unavailable")
 		return

@@ -20,6 +20,7 @@ import (
 
 	"github.com/elchat/elchat/pkg/auth"
 	"github.com/elchat/elchat/pkg/hub"
+	"github.com/elchat/elchat/pkg/topic"
 )
 
 //go:embed static
@@ -100,7 +101,7 @@ func (h *handler) users(w http.ResponseWriter, r *http.Request) {
 	if h.presence != nil {
 		for i := range list {
 			ctx, cancel := context.WithTimeout(r.Context(), presenceTimeout)
-			online, err := h.presence.Present(ctx, "user:"+list[i].ID, list[i].ID)
+			online, err := h.presence.Present(ctx, topic.LobbyName(list[i].ID), list[i].ID)
 			cancel()
 			list[i].Online = err == nil && online
 		}

@@ -17,6 +17,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/elchat/elchat/pkg/hub"
+	"github.com/elchat/elchat/pkg/topic"
 )
 
 // Options configures a Bus. Zero fields take the documented defaults.
@@ -376,7 +377,7 @@ func (b *Bus) Subscribe(topic string) (<-chan struct{}, error) {
 // asked about only by the HTTP API, and every connected user has one, so a
 // lobby mirror would be idle memory per connection and a Redis read per
 // connect for nothing.
-func mirrorable(topic string) bool { return strings.HasPrefix(topic, "chat:") }
+func mirrorable(name string) bool { return topic.IsChat(name) }
 
 // Unsubscribe records that this node has no subscribers left for topic.
 func (b *Bus) Unsubscribe(topic string) error {

@@ -13,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/elchat/elchat/pkg/hub"
+	"github.com/elchat/elchat/pkg/topic"
 )
 
 // The scripts keep each change atomic: the entry, its count, the node
@@ -193,11 +194,8 @@ func (p *presence) keys(topic, lobbyUser string) []string {
 	}
 }
 
-func lobbyUser(topic string) string {
-	u, _ := strings.CutPrefix(topic, "user:")
-	if len(u) == len(topic) {
-		return ""
-	}
+func lobbyUser(name string) string {
+	u, _ := topic.LobbyUser(name)
 	return u
 }
 

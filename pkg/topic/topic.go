@@ -123,6 +123,9 @@ func Parse(s string) (Topic, error) {
 // LobbyName returns the name of user's lobby.
 func LobbyName(user string) string { return lobbyPrefix + user }
 
+// LobbyUser returns the user of a lobby name, false for other names.
+func LobbyUser(name string) (string, bool) { return strings.CutPrefix(name, lobbyPrefix) }
+
 // IsLobby and IsChat tell a topic's kind from its name without parsing it
 // whole, for code that only routes by kind.
 func IsLobby(name string) bool { return strings.HasPrefix(name, lobbyPrefix) }
