@@ -433,11 +433,16 @@ func (b *Bus) subLoop() {
 		for t := range dirty {
 			_, want := b.topics[t]
 			_, have := applied[t]
-			if live := b.waiting[t]; live != nil && want {
-				// Whether this round sends the SUBSCRIBE or an earlier one
-				// did, the barrier PING sent after this round proves it.
-				confirm = append(confirm, live)
+			if live := b.waiting[t]; live != nil {
 				delete(b.waiting, t)
+				if want {
+					// Whether this round sends the SUBSCRIBE or an earlier
+					// one did, the barrier PING sent after this round
+					// proves it.
+					confirm = append(confirm, live)
+				} else {
+					close(live) // unsubscribed already: nobody waits for it
+				}
 			}
 			switch {
 			case want && !have:

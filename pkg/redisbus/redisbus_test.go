@@ -4,9 +4,12 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"fmt"
+	"errors"
 	"io"
 	"log/slog"
+	"maps"
+	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -61,6 +64,26 @@ func kill(b *Bus) {
 	}
 }
 
+// subscribe subscribes b to topic and returns the confirmation channel.
+func subscribe(t testing.TB, b *Bus, topic string) <-chan struct{} {
+	t.Helper()
+	live, err := b.Subscribe(topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return live
+}
+
+// confirmed waits until live is closed.
+func confirmed(t testing.TB, live <-chan struct{}, d time.Duration) {
+	t.Helper()
+	select {
+	case <-live:
+	case <-time.After(d):
+		t.Fatalf("subscription not confirmed within %v", d)
+	}
+}
+
 func TestBusContract(t *testing.T) {
 	url := testenv.Redis(t)
 	hubtest.RunBus(t, func(t *testing.T, nodes int) []hub.Bus {
@@ -85,63 +108,164 @@ func TestPresenceContract(t *testing.T) {
 	})
 }
 
-// recorder collects what a Bus's Run delivers.
-type recorder struct {
-	mu     sync.Mutex
-	frames []string // guarded by mu: "topic|frame"
+// Kinds of recorded handler calls.
+const (
+	kDeliver  = "deliver"
+	kIngress  = "ingress" // accepted by Ingress
+	kRefused  = "refused" // refused by Ingress
+	kPresence = "presence"
+	kDown     = "down"
+	kUp       = "up"
+	kResync   = "resync"
+)
+
+// call is one hub.BusHandler call a recorder received.
+type call struct {
+	kind          string
+	source        string // ingress, refused
+	topic         string // deliver, ingress, refused, presence
+	event         string // ingress, refused
+	data          string // deliver: the message; ingress, refused: the payload
+	err           error  // refused: what Ingress returned
+	joins, leaves map[string][]hub.Meta
+	watermark     int64  // resync
+	node          string // resync
 }
 
+// recorder is a hub.BusHandler that records every call. Its Ingress
+// refuses what the hub would (hub.ValidHostEvent) and returns that error
+// to the bus, as the hub does.
+type recorder struct {
+	mu    sync.Mutex
+	calls []call // guarded by mu
+}
+
+var _ hub.BusHandler = (*recorder)(nil)
+
+func (r *recorder) add(c call) {
+	r.mu.Lock()
+	r.calls = append(r.calls, c)
+	r.mu.Unlock()
+}
+
+func (r *recorder) Deliver(topic string, msg []byte) {
+	r.add(call{kind: kDeliver, topic: topic, data: string(msg)})
+}
+
+func (r *recorder) Ingress(source, topic, event string, payload []byte) error {
+	err := hub.ValidHostEvent(topic, event)
+	kind := kIngress
+	if err != nil {
+		kind = kRefused
+	}
+	r.add(call{kind: kind, source: source, topic: topic, event: event, data: string(payload), err: err})
+	return err
+}
+
+func (r *recorder) PresenceChanged(topic string, joins, leaves map[string][]hub.Meta) {
+	r.add(call{kind: kPresence, topic: topic, joins: cloneMetas(joins), leaves: cloneMetas(leaves)})
+}
+
+func (r *recorder) Down() { r.add(call{kind: kDown}) }
+func (r *recorder) Up()   { r.add(call{kind: kUp}) }
+
+func (r *recorder) ResyncRequested(watermark int64, node string) {
+	r.add(call{kind: kResync, watermark: watermark, node: node})
+}
+
+func cloneMetas(m map[string][]hub.Meta) map[string][]hub.Meta {
+	if m == nil {
+		return nil
+	}
+	out := maps.Clone(m)
+	for k, v := range out {
+		out[k] = slices.Clone(v)
+	}
+	return out
+}
+
+// run runs b with a new recorder until the test ends.
 func run(t testing.TB, b *Bus) *recorder {
 	r := &recorder{}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		b.Run(ctx, func(topic string, frame []byte) {
-			r.mu.Lock()
-			r.frames = append(r.frames, topic+"|"+string(frame))
-			r.mu.Unlock()
-		})
+		b.Run(ctx, r)
 	}()
 	t.Cleanup(func() { cancel(); <-done })
 	return r
 }
 
-// wait returns the first frame for which match holds, failing after d.
-func (r *recorder) wait(t testing.TB, d time.Duration, match func(topic, frame string) bool) string {
+// wait returns the first call for which match holds, failing after d.
+func (r *recorder) wait(t testing.TB, d time.Duration, what string, match func(call) bool) call {
 	t.Helper()
 	deadline := time.Now().Add(d)
-	for time.Now().Before(deadline) {
+	for {
 		r.mu.Lock()
-		for _, f := range r.frames {
-			topic, frame, _ := strings.Cut(f, "|")
-			if match(topic, frame) {
+		for _, c := range r.calls {
+			if match(c) {
 				r.mu.Unlock()
-				return frame
+				return c
 			}
 		}
 		r.mu.Unlock()
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: no matching handler call within %v", what, d)
+		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	t.Fatalf("no matching frame within %v", d)
-	return ""
 }
 
-func (r *recorder) count(match func(topic, frame string) bool) int {
+func (r *recorder) count(match func(call) bool) int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	n := 0
-	for _, f := range r.frames {
-		topic, frame, _ := strings.Cut(f, "|")
-		if match(topic, frame) {
+	for _, c := range r.calls {
+		if match(c) {
 			n++
 		}
 	}
 	return n
 }
 
-func contains(topic, sub string) func(string, string) bool {
-	return func(t, f string) bool { return t == topic && strings.Contains(f, sub) }
+func (r *recorder) all(match func(call) bool) []call {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []call
+	for _, c := range r.calls {
+		if match(c) {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// Matchers.
+
+func anyCall(call) bool { return true }
+
+func kindIs(kind string) func(call) bool {
+	return func(c call) bool { return c.kind == kind }
+}
+
+// delivered matches Deliver calls on topic whose message contains sub.
+func delivered(topic, sub string) func(call) bool {
+	return func(c call) bool { return c.kind == kDeliver && c.topic == topic && strings.Contains(c.data, sub) }
+}
+
+// ingressed matches accepted Ingress calls of event on topic.
+func ingressed(topic, event string) func(call) bool {
+	return func(c call) bool { return c.kind == kIngress && c.topic == topic && c.event == event }
+}
+
+// presenceOn matches PresenceChanged calls on topic.
+func presenceOn(topic string) func(call) bool {
+	return func(c call) bool { return c.kind == kPresence && c.topic == topic }
+}
+
+func onTopic(topic string) func(call) bool {
+	return func(c call) bool { return c.topic == topic }
 }
 
 func eventually(t testing.TB, d time.Duration, what string, cond func() bool) {
@@ -161,6 +285,14 @@ func mirrored(b *Bus, topic string) bool {
 	defer b.pres.mirMu.RUnlock()
 	m := b.pres.mirrors[topic]
 	return m != nil && m.loaded
+}
+
+// unhealthy reports whether b has registered an outage (and told its
+// handler, if it had one).
+func unhealthy(b *Bus) bool {
+	b.healthMu.Lock()
+	defer b.healthMu.Unlock()
+	return !b.healthy
 }
 
 func commandCalls(t testing.TB, rdb *redis.Client, cmd string) int64 {
@@ -184,6 +316,13 @@ func commandCalls(t testing.TB, rdb *redis.Client, cmd string) int64 {
 	return 0
 }
 
+func must(t testing.TB, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestPresentMirror: on a subscribed topic Present follows changes made on
 // other nodes without asking Redis.
 func TestPresentMirror(t *testing.T) {
@@ -195,9 +334,7 @@ func TestPresentMirror(t *testing.T) {
 	if err := a.Presence().Track(ctx, topic, "ben", hub.Meta{Ref: "b1", Name: "Ben"}); err != nil {
 		t.Fatal(err)
 	}
-	if err := b.Subscribe(topic); err != nil {
-		t.Fatal(err)
-	}
+	subscribe(t, b, topic)
 	eventually(t, 5*time.Second, "mirror loaded", func() bool { return mirrored(b, topic) })
 
 	before := commandCalls(t, b.rdb, "hget")
@@ -232,7 +369,8 @@ func TestPresentMirror(t *testing.T) {
 }
 
 // TestNodeDeath: a node that dies without cleanup loses its presence within
-// the TTL, and the survivors' clients get the leaves.
+// the TTL, and the survivor's hub is told the leaves (once, for the chat
+// only: lobbies carry no presence to clients).
 func TestNodeDeath(t *testing.T) {
 	const ttl = 2 * time.Second
 	c := cluster{url: testenv.Redis(t), prefix: prefix(t), ttl: ttl}
@@ -240,9 +378,7 @@ func TestNodeDeath(t *testing.T) {
 	rec := run(t, live)
 	ctx := context.Background()
 	const topic = "chat:dan:eve"
-	if err := live.Subscribe(topic); err != nil {
-		t.Fatal(err)
-	}
+	subscribe(t, live, topic)
 	eventually(t, 5*time.Second, "mirror loaded", func() bool { return mirrored(live, topic) })
 	dp := dead.Presence()
 	must(t, dp.Track(ctx, topic, "dan", hub.Meta{Ref: "ghost1", Name: "Dan"}))
@@ -259,10 +395,10 @@ func TestNodeDeath(t *testing.T) {
 		return err == nil && len(l["dan"]) == 0 && len(l["eve"]) == 1
 	})
 	t.Logf("presence of the dead node gone after %v (TTL %v)", time.Since(killed).Round(10*time.Millisecond), ttl)
-	frame := rec.wait(t, 2*time.Second, contains(topic, `"presence_diff"`))
-	want := string(encodeBroadcast(topic, "presence_diff", hub.EncodeLeaves(map[string][]hub.Meta{"dan": {{Ref: "ghost1", Name: "Dan"}}})))
-	if frame != want {
-		t.Fatalf("leaves frame %q, want %q", frame, want)
+	got := rec.wait(t, 2*time.Second, "leaves reported", presenceOn(topic))
+	wantLeaves := map[string][]hub.Meta{"dan": {{Ref: "ghost1", Name: "Dan"}}}
+	if len(got.joins) != 0 || !reflect.DeepEqual(got.leaves, wantLeaves) {
+		t.Fatalf("PresenceChanged(%q) joins %v leaves %v, want leaves %v", topic, got.joins, got.leaves, wantLeaves)
 	}
 	eventually(t, time.Second, "mirror follows", func() bool {
 		ok, _ := live.Presence().Present(ctx, topic, "dan")
@@ -277,43 +413,53 @@ func TestNodeDeath(t *testing.T) {
 	if n, _ := live.rdb.ZScore(ctx, c.prefix+"nodes", dead.NodeID()).Result(); n != 0 {
 		t.Fatal("dead node still in the nodes set")
 	}
+	if n := rec.count(kindIs(kPresence)); n != 1 {
+		t.Fatalf("%d PresenceChanged calls, want 1 (the chat's leaves): %+v", n, rec.all(kindIs(kPresence)))
+	}
 }
 
-// TestCloseCleansUp: a graceful Close removes the node's presence at once.
+// TestCloseCleansUp: a graceful Close removes the node's presence at once
+// and reports the leaves to the closing node's own hub, which announces
+// them cluster-wide; the other nodes are not told a second time.
 func TestCloseCleansUp(t *testing.T) {
 	c := cluster{url: testenv.Redis(t), prefix: prefix(t), ttl: 30 * time.Second}
 	a, b := c.node(t), c.node(t)
-	rec := run(t, b)
+	recA, recB := run(t, a), run(t, b)
 	const topic = "chat:fay:gus"
-	must(t, b.Subscribe(topic))
+	subscribe(t, b, topic)
 	eventually(t, 5*time.Second, "mirror loaded", func() bool { return mirrored(b, topic) })
 	must(t, a.Presence().Track(context.Background(), topic, "fay", hub.Meta{Ref: "f1", Name: "Fay"}))
 	a.Close()
-	rec.wait(t, 2*time.Second, contains(topic, `"leaves":{"fay"`))
+	got := recA.wait(t, 2*time.Second, "leaves reported", presenceOn(topic))
+	wantLeaves := map[string][]hub.Meta{"fay": {{Ref: "f1", Name: "Fay"}}}
+	if len(got.joins) != 0 || !reflect.DeepEqual(got.leaves, wantLeaves) {
+		t.Fatalf("PresenceChanged(%q) joins %v leaves %v, want leaves %v", topic, got.joins, got.leaves, wantLeaves)
+	}
 	l, err := b.Presence().List(context.Background(), topic)
 	if err != nil || len(l) != 0 {
 		t.Fatalf("List after Close = %v, %v", l, err)
 	}
-}
-
-func must(t testing.TB, err error) {
-	t.Helper()
-	if err != nil {
-		t.Fatal(err)
+	eventually(t, 2*time.Second, "b's mirror follows", func() bool {
+		ok, _ := b.Presence().Present(context.Background(), topic, "fay")
+		return !ok
+	})
+	if n := recB.count(kindIs(kPresence)); n != 0 {
+		t.Fatalf("b's hub got %d PresenceChanged calls for a's close", n)
 	}
 }
 
 // TestRedisRestart: Redis goes away and comes back empty; the Buses are not
-// recreated, yet delivery resumes on the same subscriptions and presence is
-// re-asserted.
+// recreated, yet delivery resumes on the same subscriptions, presence is
+// re-asserted (and the restored chat entries reported as joins to the
+// node's hub), and the handlers hear Down then Up.
 func TestRedisRestart(t *testing.T) {
 	srv := testenv.StartRedisServer(t)
 	c := cluster{url: srv.URL(), prefix: prefix(t), ttl: 2 * time.Second}
 	a, b := c.node(t), c.node(t)
-	rec := run(t, b)
+	recA, recB := run(t, a), run(t, b)
 	const topic = "chat:hal:ivy"
 	ctx := context.Background()
-	must(t, b.Subscribe(topic))
+	confirmed(t, subscribe(t, b, topic), 5*time.Second)
 	must(t, a.Presence().Track(ctx, topic, "hal", hub.Meta{Ref: "h1", Name: "Hal", OnlineAt: 7}))
 	must(t, a.Presence().Track(ctx, "user:hal", "hal", hub.Meta{Ref: "h2", Name: "Hal", OnlineAt: 7}))
 	probe := func(body string) {
@@ -321,13 +467,21 @@ func TestRedisRestart(t *testing.T) {
 		eventually(t, 15*time.Second, "delivery of "+body, func() bool {
 			_ = a.Publish(topic, hubtest.Frame(topic, "probe", body))
 			time.Sleep(50 * time.Millisecond)
-			return rec.count(contains(topic, body)) > 0
+			return recB.count(delivered(topic, body)) > 0
 		})
 	}
 	probe("before")
+	for _, r := range []*recorder{recA, recB} {
+		if n := r.count(func(c call) bool { return c.kind == kDown || c.kind == kUp }); n != 0 {
+			t.Fatalf("%d Down/Up calls before the outage", n)
+		}
+	}
 
 	srv.Stop()
 	eventually(t, 10*time.Second, "Ready reports the outage", func() bool { return a.Ready() != nil && b.Ready() != nil })
+	for _, r := range []*recorder{recA, recB} {
+		r.wait(t, 5*time.Second, "Down", kindIs(kDown))
+	}
 	// Publishing during the outage neither blocks nor queues without bound.
 	start := time.Now()
 	var failed int
@@ -346,6 +500,12 @@ func TestRedisRestart(t *testing.T) {
 
 	must(t, srv.Start())
 	eventually(t, 15*time.Second, "Ready after restart", func() bool { return a.Ready() == nil && b.Ready() == nil })
+	for _, r := range []*recorder{recA, recB} {
+		r.wait(t, 5*time.Second, "Up", kindIs(kUp))
+		if n := r.count(kindIs(kDown)); n != 1 {
+			t.Fatalf("%d Down calls for one outage", n)
+		}
+	}
 	probe("after") // b's subscription was restored by itself
 	eventually(t, 10*time.Second, "presence re-asserted", func() bool {
 		l, err := b.Presence().List(ctx, topic)
@@ -354,32 +514,84 @@ func TestRedisRestart(t *testing.T) {
 	if n, _ := b.rdb.Get(ctx, c.prefix+"online:hal").Int(); n != 1 {
 		t.Fatalf("online:hal = %d after re-assert, want 1", n)
 	}
-	// No joins frame is asserted here: it may be published before b's
-	// subscription is back, and b's clients never saw hal leave anyway.
-	// TestSweptWhileAlive covers it.
+	// a re-asserted hal's entries: its hub hears the chat's join (the lobby
+	// carries no presence to clients), and b's hub nothing.
+	got := recA.wait(t, 5*time.Second, "joins reported", presenceOn(topic))
+	wantJoins := map[string][]hub.Meta{"hal": {{Ref: "h1", Name: "Hal", OnlineAt: 7}}}
+	if len(got.leaves) != 0 || !reflect.DeepEqual(got.joins, wantJoins) {
+		t.Fatalf("PresenceChanged(%q) joins %v leaves %v, want joins %v", topic, got.joins, got.leaves, wantJoins)
+	}
+	if n := recA.count(kindIs(kPresence)); n != 1 {
+		t.Fatalf("a: %d PresenceChanged calls, want 1: %+v", n, recA.all(kindIs(kPresence)))
+	}
+	if n := recB.count(kindIs(kPresence)); n != 0 {
+		t.Fatalf("b: %d PresenceChanged calls, want 0: %+v", n, recB.all(kindIs(kPresence)))
+	}
 	eventually(t, 5*time.Second, "mirror reloaded", func() bool {
 		ok, _ := b.Presence().Present(ctx, topic, "hal")
 		return mirrored(b, topic) && ok
 	})
 }
 
+// TestDownBeforeRun: a Bus whose Redis went away before Run tells the
+// handler as soon as Run starts, and Up once Redis is back; a Bus that is
+// healthy when Run starts reports nothing.
+func TestDownBeforeRun(t *testing.T) {
+	srv := testenv.StartRedisServer(t)
+	c := cluster{url: srv.URL(), prefix: prefix(t), ttl: 30 * time.Second}
+	a, b := c.node(t), c.node(t)
+	recB := run(t, b) // healthy: no Down
+	time.Sleep(200 * time.Millisecond)
+	if n := recB.count(anyCall); n != 0 {
+		t.Fatalf("healthy bus: %d handler calls, want none: %+v", n, recB.all(anyCall))
+	}
+
+	srv.Stop()
+	eventually(t, 10*time.Second, "a notices the outage", func() bool { return unhealthy(a) && a.Ready() != nil })
+	recA := run(t, a)
+	recA.wait(t, 2*time.Second, "Down at Run", kindIs(kDown))
+	recB.wait(t, 2*time.Second, "Down while running", kindIs(kDown))
+	time.Sleep(200 * time.Millisecond)
+	for _, r := range []*recorder{recA, recB} {
+		if n := r.count(kindIs(kDown)); n != 1 {
+			t.Fatalf("%d Down calls, want 1", n)
+		}
+		if n := r.count(kindIs(kUp)); n != 0 {
+			t.Fatalf("Up during the outage")
+		}
+	}
+
+	must(t, srv.Start())
+	for _, r := range []*recorder{recA, recB} {
+		r.wait(t, 15*time.Second, "Up after restart", kindIs(kUp))
+	}
+}
+
 // TestSweptWhileAlive: a node swept as dead while it still runs (a long
-// pause) notices at its next heartbeat, restores its presence and
-// announces it again.
+// pause) notices at its next heartbeat, restores its presence and reports
+// the restored entries as joins to its hub; the sweeper reports the
+// leaves to its own.
 func TestSweptWhileAlive(t *testing.T) {
 	c := cluster{url: testenv.Redis(t), prefix: prefix(t), ttl: 2 * time.Second}
 	a, b := c.node(t), c.node(t)
-	rec := run(t, b)
+	recA, recB := run(t, a), run(t, b)
 	const topic = "chat:kim:lee"
 	ctx := context.Background()
-	must(t, b.Subscribe(topic))
+	subscribe(t, b, topic)
 	eventually(t, 5*time.Second, "mirror loaded", func() bool { return mirrored(b, topic) })
 	must(t, a.Presence().Track(ctx, topic, "kim", hub.Meta{Ref: "k1", Name: "Kim", OnlineAt: 3}))
 	// Make a look expired and sweep it as b's sweeper would.
 	must(t, b.rdb.ZAdd(ctx, c.prefix+"nodes", redis.Z{Score: 0, Member: a.NodeID()}).Err())
-	must(t, b.pres.sweep(ctx, a.NodeID(), false))
-	rec.wait(t, time.Second, contains(topic, `"leaves":{"kim"`))
-	rec.wait(t, 5*time.Second, contains(topic, `"joins":{"kim":{"metas":[{"phx_ref":"k1"`))
+	must(t, b.pres.sweep(ctx, a.NodeID(), nil))
+	kim := map[string][]hub.Meta{"kim": {{Ref: "k1", Name: "Kim", OnlineAt: 3}}}
+	got := recB.wait(t, time.Second, "leaves reported", presenceOn(topic))
+	if len(got.joins) != 0 || !reflect.DeepEqual(got.leaves, kim) {
+		t.Fatalf("b: PresenceChanged(%q) joins %v leaves %v, want leaves %v", topic, got.joins, got.leaves, kim)
+	}
+	got = recA.wait(t, 5*time.Second, "joins reported", presenceOn(topic))
+	if len(got.leaves) != 0 || !reflect.DeepEqual(got.joins, kim) {
+		t.Fatalf("a: PresenceChanged(%q) joins %v leaves %v, want joins %v", topic, got.joins, got.leaves, kim)
+	}
 	eventually(t, 2*time.Second, "present again", func() bool {
 		ok, _ := b.Presence().Present(ctx, topic, "kim")
 		return ok
@@ -394,8 +606,8 @@ func TestActionCable(t *testing.T) {
 	ctx := context.Background()
 	must(t, a.ListenActionCable(ctx, ac, nil))
 	must(t, b.ListenActionCable(ctx, ac, nil))
-	must(t, b.Subscribe("user:42"))
-	must(t, b.Subscribe("chat:4:5"))
+	subscribe(t, b, "user:42")
+	subscribe(t, b, "chat:4:5")
 	pub := redis.NewClient(&redis.Options{Addr: a.rdb.Options().Addr})
 	defer pub.Close()
 
@@ -404,8 +616,9 @@ func TestActionCable(t *testing.T) {
 	eventually(t, 5*time.Second, "pattern live", func() bool {
 		send(ac+":user:42", `{"event":"warmup","payload":{}}`)
 		time.Sleep(20 * time.Millisecond)
-		return recB.count(contains("user:42", "warmup")) > 0
+		return recB.count(ingressed("user:42", "warmup")) > 0
 	})
+	refused0 := b.Stats().Refused
 	send(ac+":user:42", `{"event":"x","payload":{"a": 1}}`)
 	send(ac+":chat:4:5", `{"kind":"raw","n":2}`)                    // no event: the whole object
 	send(ac+":user:42", `"just a string"`)                          // dropped
@@ -414,34 +627,40 @@ func TestActionCable(t *testing.T) {
 	send(ac+":other:42", `{"event":"x","payload":{}}`)              // not a pattern we listen to
 	send(ac+":user:42", `{"event":"last","payload":{"done":true}}`) // ordering fence
 
-	recB.wait(t, 2*time.Second, contains("user:42", `"last"`))
-	if got := recB.wait(t, time.Second, contains("user:42", `"x"`)); got != string(encodeBroadcast("user:42", "x", []byte(`{"a":1}`))) {
-		t.Fatalf("frame %q", got)
+	recB.wait(t, 2*time.Second, "fence", ingressed("user:42", "last"))
+	if got := recB.wait(t, time.Second, "x", ingressed("user:42", "x")); got.source != "action cable" || got.data != `{"a":1}` {
+		t.Fatalf("Ingress(%q, user:42, x, %q)", got.source, got.data)
 	}
-	if got := recB.wait(t, time.Second, contains("chat:4:5", `"broadcast"`)); got != string(encodeBroadcast("chat:4:5", "broadcast", []byte(`{"kind":"raw","n":2}`))) {
-		t.Fatalf("frame %q", got)
+	if got := recB.wait(t, time.Second, "broadcast", ingressed("chat:4:5", "broadcast")); got.data != `{"kind":"raw","n":2}` {
+		t.Fatalf("Ingress(chat:4:5, broadcast, %q)", got.data)
 	}
-	for _, bad := range []string{"just a string", `"bad"`, "phx_close"} {
-		if recB.count(contains("user:42", bad)) != 0 {
+	for _, bad := range []string{"just a string", "bad", "phx_close"} {
+		if n := recB.count(func(c call) bool { return c.kind == kIngress && (c.event == bad || strings.Contains(c.data, bad)) }); n != 0 {
 			t.Fatalf("%s was delivered", bad)
 		}
 	}
+	if n := recB.count(kindIs(kDeliver)); n != 0 {
+		t.Fatalf("host-app messages reached Deliver %d times", n)
+	}
+	// "bad" (payload not an object) and phx_close; a string that is not an
+	// object at all is dropped before the ingress.
+	if n := b.Stats().Refused - refused0; n != 2 {
+		t.Fatalf("b refused %d messages, want 2", n)
+	}
 	// Exactly once cluster-wide: a has no subscriber, b delivered once.
-	if n := recB.count(contains("user:42", `"x"`)); n != 1 {
+	if n := recB.count(ingressed("user:42", "x")); n != 1 {
 		t.Fatalf("delivered %d times on b", n)
 	}
-	if n := recA.count(func(string, string) bool { return true }); n != 0 {
-		t.Fatalf("a delivered %d frames without subscribers", n)
+	if n := recA.count(anyCall); n != 0 {
+		t.Fatalf("a's handler was called %d times without subscribers: %+v", n, recA.all(anyCall))
 	}
 
-	// An explicit deliver function gets the parsed message.
-	got := make(chan string, 1)
+	// An explicit deliver function gets the parsed message, still
+	// validated like the hub's ingress.
+	got := make(chan string, 1000)
 	ctx2, cancel := context.WithCancel(ctx)
 	must(t, a.ListenActionCable(ctx2, ac+"2", func(topic, event string, payload []byte) {
-		select {
-		case got <- topic + " " + event + " " + string(payload):
-		default:
-		}
+		got <- topic + " " + event + " " + string(payload)
 	}))
 	eventually(t, 5*time.Second, "explicit deliver", func() bool {
 		send(ac+"2:chat:1:2", `{"event":"y","payload":{"b":2}}`)
@@ -455,6 +674,27 @@ func TestActionCable(t *testing.T) {
 			return false
 		}
 	})
+	refusedA := a.Stats().Refused
+	for _, ev := range []string{"new_message", "presence_diff", "phx_reply"} {
+		send(ac+"2:chat:1:2", `{"event":"`+ev+`","payload":{}}`)
+	}
+	send(ac+"2:chat:1:2", `{"event":"z","payload":{}}`)
+	for fence := false; !fence; {
+		select {
+		case g := <-got:
+			switch {
+			case g == `chat:1:2 z {}`:
+				fence = true
+			case g != `chat:1:2 y {"b":2}`: // a late warmup
+				t.Fatalf("explicit deliver got %q", g)
+			}
+		case <-time.After(2 * time.Second):
+			t.Fatal("fence never delivered")
+		}
+	}
+	if n := a.Stats().Refused - refusedA; n != 3 {
+		t.Fatalf("explicit deliver: %d refused, want 3", n)
+	}
 	cancel()
 	if err := a.ListenActionCable(ctx, ac, nil); err == nil {
 		t.Fatal("listening twice to one prefix succeeded")
@@ -465,25 +705,115 @@ func TestPlainPublish(t *testing.T) {
 	c := cluster{url: testenv.Redis(t), prefix: prefix(t), ttl: 30 * time.Second}
 	a, b := c.node(t), c.node(t)
 	recA, recB := run(t, a), run(t, b)
-	must(t, a.Subscribe("chat:7:8"))
-	must(t, b.Subscribe("chat:7:8"))
+	liveA, liveB := subscribe(t, a, "chat:7:8"), subscribe(t, b, "chat:7:8")
 	ctx := context.Background()
-	// The ingress channel is subscribed in New; wait until the topic is
-	// (deliver is local-only and skips topics without subscribers). A chat,
-	// whose mirror loading tells when the subscription is confirmed.
-	eventually(t, 5*time.Second, "subscribed", func() bool { return mirrored(a, "chat:7:8") && mirrored(b, "chat:7:8") })
+	// The ingress channel is subscribed in New, but asynchronously: publish
+	// until both nodes hear it. The topic must be subscribed too (ingress
+	// is local-only and skips topics without subscribers).
+	confirmed(t, liveA, 5*time.Second)
+	confirmed(t, liveB, 5*time.Second)
+	eventually(t, 5*time.Second, "ingress live", func() bool {
+		must(t, a.rdb.Publish(ctx, c.prefix+"publish", `{"topic":"chat:7:8","event":"warmup"}`).Err())
+		time.Sleep(20 * time.Millisecond)
+		return recA.count(ingressed("chat:7:8", "warmup")) > 0 && recB.count(ingressed("chat:7:8", "warmup")) > 0
+	})
+	refA, refB := a.Stats().Refused, b.Stats().Refused
 	must(t, a.rdb.Publish(ctx, c.prefix+"publish", `{"topic":"chat:7:8","event":"note","payload":{"x":"y"}}`).Err())
 	must(t, a.rdb.Publish(ctx, c.prefix+"publish", `{"topic":"room:7","event":"note","payload":{}}`).Err())
 	must(t, a.rdb.Publish(ctx, c.prefix+"publish", `{"topic":"chat:7:8","event":"fence","payload":{}}`).Err())
-	want := string(encodeBroadcast("chat:7:8", "note", []byte(`{"x":"y"}`)))
 	for _, r := range []*recorder{recA, recB} {
-		r.wait(t, 2*time.Second, contains("chat:7:8", "fence"))
-		if n := r.count(func(_, f string) bool { return f == want }); n != 1 {
-			t.Fatalf("note delivered %d times on a node, want 1", n)
+		r.wait(t, 2*time.Second, "fence", ingressed("chat:7:8", "fence"))
+		if n := r.count(func(c call) bool {
+			return c.kind == kIngress && c.source == "publish" && c.topic == "chat:7:8" && c.event == "note" && c.data == `{"x":"y"}`
+		}); n != 1 {
+			t.Fatalf("note delivered %d times on a node, want 1: %+v", n, r.all(anyCall))
 		}
-		if n := r.count(contains("room:7", "")); n != 0 {
+		if n := r.count(onTopic("room:7")); n != 0 {
 			t.Fatal("room:7 accepted")
 		}
+	}
+	if da, db := a.Stats().Refused-refA, b.Stats().Refused-refB; da != 1 || db != 1 {
+		t.Fatalf("refused %d and %d, want 1 each (room:7)", da, db)
+	}
+}
+
+// TestIngressRefusesElChatEvents: a host app cannot forge ElChat's own
+// events (clients trust them to come from ElChat) through either ingress:
+// they reach the hub's Ingress, which refuses them, or are refused by the
+// bus itself for a topic without subscribers; Stats counts them all. A
+// custom event still arrives.
+func TestIngressRefusesElChatEvents(t *testing.T) {
+	c := cluster{url: testenv.Redis(t), prefix: prefix(t), ttl: 30 * time.Second}
+	a := c.node(t)
+	rec := run(t, a)
+	ac := "app" + strings.TrimSuffix(c.prefix, ":")
+	ctx := context.Background()
+	must(t, a.ListenActionCable(ctx, ac, nil))
+	const topic, nobody = "chat:1:2", "chat:9:9"
+	confirmed(t, subscribe(t, a, topic), 5*time.Second)
+	plain := func(topic, event string) {
+		must(t, a.rdb.Publish(ctx, c.prefix+"publish", `{"topic":"`+topic+`","event":"`+event+`","payload":{"body":"forged"}}`).Err())
+	}
+	cable := func(topic, event string) {
+		must(t, a.rdb.Publish(ctx, ac+":"+topic, `{"event":"`+event+`","payload":{"body":"forged"}}`).Err())
+	}
+	fromPlain := func(c call) bool { return c.source == "publish" }
+	fromCable := func(c call) bool { return c.source == "action cable" }
+	// Both ingresses are subscribed asynchronously: warm them up.
+	eventually(t, 5*time.Second, "ingresses live", func() bool {
+		plain(topic, "warmup")
+		cable(topic, "warmup")
+		time.Sleep(20 * time.Millisecond)
+		w := ingressed(topic, "warmup")
+		return rec.count(func(c call) bool { return w(c) && fromPlain(c) }) > 0 &&
+			rec.count(func(c call) bool { return w(c) && fromCable(c) }) > 0
+	})
+	time.Sleep(50 * time.Millisecond) // late warmups
+	refused0, delivered0 := a.Stats().Refused, a.Stats().Delivered
+
+	forged := []string{"new_message", "read", "typing", "notification", "presence_diff", "phx_reply"}
+	for _, ev := range forged {
+		plain(topic, ev)
+		cable(topic, ev)
+		plain(nobody, ev)
+		cable(nobody, ev)
+	}
+	plain(topic, "custom")
+	cable(topic, "custom")
+	for _, from := range []func(call) bool{fromPlain, fromCable} {
+		custom := ingressed(topic, "custom")
+		got := rec.wait(t, 2*time.Second, "custom event", func(c call) bool { return custom(c) && from(c) })
+		if got.data != `{"body":"forged"}` {
+			t.Fatalf("custom event payload %q", got.data)
+		}
+	}
+
+	for _, ev := range forged {
+		if n := rec.count(func(c call) bool { return c.kind == kIngress && c.event == ev }); n != 0 {
+			t.Errorf("%s was delivered %d times", ev, n)
+		}
+		// On the subscribed topic the hub's Ingress saw and refused it,
+		// once per ingress.
+		for _, from := range []func(call) bool{fromPlain, fromCable} {
+			if n := rec.count(func(c call) bool {
+				return c.kind == kRefused && c.topic == topic && c.event == ev && from(c) && errors.Is(c.err, hub.ErrReservedEvent)
+			}); n != 1 {
+				t.Errorf("%s: Ingress refused it %d times from one source, want 1", ev, n)
+			}
+		}
+	}
+	// Without subscribers the bus refuses without asking the hub.
+	if n := rec.count(onTopic(nobody)); n != 0 {
+		t.Errorf("the handler was called %d times for a topic without subscribers", n)
+	}
+	if n := rec.count(kindIs(kDeliver)); n != 0 {
+		t.Errorf("host-app messages reached Deliver %d times", n)
+	}
+	if n := a.Stats().Delivered - delivered0; n != 0 {
+		t.Errorf("Stats.Delivered grew by %d for host-app messages", n)
+	}
+	if n, want := a.Stats().Refused-refused0, uint64(4*len(forged)); n != want {
+		t.Errorf("Stats.Refused grew by %d, want %d", n, want)
 	}
 }
 
@@ -493,11 +823,11 @@ func TestKeyPrefix(t *testing.T) {
 	c := cluster{url: testenv.Redis(t), prefix: prefix(t), ttl: 30 * time.Second}
 	a := c.node(t)
 	ctx := context.Background()
-	must(t, a.Subscribe("chat:j:k"))
+	subscribe(t, a, "chat:j:k")
 	must(t, a.Presence().Track(ctx, "chat:j:k", "j", hub.Meta{Ref: "r1", Name: "J"}))
 	must(t, a.Presence().Track(ctx, "user:j", "j", hub.Meta{Ref: "r2", Name: "J"}))
 	must(t, a.Presence().Track(ctx, "user:j", "j", hub.Meta{Ref: "r3", Name: "J"}))
-	must(t, a.Publish("chat:j:k", []byte("frame")))
+	must(t, a.Publish("chat:j:k", hubtest.Frame("chat:j:k", "new_message", "x")))
 	keys, err := a.rdb.Keys(ctx, "*").Result()
 	if err != nil {
 		t.Fatal(err)
@@ -524,7 +854,9 @@ func TestKeyPrefix(t *testing.T) {
 	}
 }
 
-// TestSubscribeDoesNotBlock: Subscribe and Unsubscribe only queue work.
+// TestSubscribeDoesNotBlock: Subscribe and Unsubscribe only queue work, and
+// while the pub/sub connection is known down Subscribe's channel is closed
+// at once (nothing could confirm it).
 func TestSubscribeDoesNotBlock(t *testing.T) {
 	srv := testenv.StartRedisServer(t)
 	c := cluster{url: srv.URL(), prefix: prefix(t), ttl: 30 * time.Second}
@@ -533,52 +865,40 @@ func TestSubscribeDoesNotBlock(t *testing.T) {
 	start := time.Now()
 	for i := range 1000 {
 		topic := "chat:s:" + string(rune('a'+i%26))
-		must(t, a.Subscribe(topic))
+		subscribe(t, a, topic)
 		must(t, a.Unsubscribe(topic))
 	}
 	if d := time.Since(start); d > 500*time.Millisecond {
 		t.Fatalf("1000 Subscribe/Unsubscribe pairs with Redis down took %v", d)
 	}
+	eventually(t, 10*time.Second, "outage noticed", func() bool { return unhealthy(a) })
+	select {
+	case <-subscribe(t, a, "chat:s:down"):
+	default:
+		t.Fatal("Subscribe with the pub/sub connection down returned an open channel")
+	}
 }
 
-// TestAnnounceResync: a node's announcement reaches the other nodes with
-// its watermark, and not the node itself.
+// TestAnnounceResync: a node's announcement reaches the other nodes'
+// handlers with its watermark, and not the node itself.
 func TestAnnounceResync(t *testing.T) {
 	c := cluster{url: testenv.Redis(t), prefix: prefix(t), ttl: 30 * time.Second}
-	mk := func(heard chan string) *Bus {
-		b, err := New(context.Background(), Options{
-			URL: c.url, Prefix: c.prefix, PresenceTTL: c.ttl, Logger: testLogger(t),
-			OnResync: func(w int64, node string) { heard <- fmt.Sprint(w, " from ", node) },
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(b.Close)
-		return b
-	}
-	heardA, heardB := make(chan string, 100), make(chan string, 100)
-	a := mk(heardA)
-	mk(heardB)
+	a, b := c.node(t), c.node(t)
+	recA, recB := run(t, a), run(t, b)
 	// The control channel is subscribed in New but confirmed
 	// asynchronously: announce until the other node hears it.
-	want := fmt.Sprint(42, " from ", a.NodeID())
-	deadline := time.Now().Add(5 * time.Second)
-	for got := ""; got == ""; {
+	eventually(t, 5*time.Second, "announcement arrives", func() bool {
 		must(t, a.AnnounceResync(context.Background(), 42))
-		select {
-		case got = <-heardB:
-			if got != want {
-				t.Fatalf("b heard %q, want %q", got, want)
-			}
-		case <-time.After(100 * time.Millisecond):
-			if time.Now().After(deadline) {
-				t.Fatal("announcement never arrived")
-			}
+		time.Sleep(50 * time.Millisecond)
+		return recB.count(kindIs(kResync)) > 0
+	})
+	for _, got := range recB.all(kindIs(kResync)) {
+		if got.watermark != 42 || got.node != a.NodeID() {
+			t.Fatalf("b heard ResyncRequested(%d, %q), want (42, %q)", got.watermark, got.node, a.NodeID())
 		}
 	}
-	select {
-	case got := <-heardA:
-		t.Fatalf("the announcing node heard itself: %q", got)
-	case <-time.After(200 * time.Millisecond):
+	time.Sleep(200 * time.Millisecond)
+	if n := recA.count(kindIs(kResync)); n != 0 {
+		t.Fatalf("the announcing node heard itself %d times", n)
 	}
 }
