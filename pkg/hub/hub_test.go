@@ -687,6 +687,9 @@ func (b *orderBus) Subscribe(topic string) (<-chan struct{}, error) {
 }
 
 func (b *orderBus) Unsubscribe(topic string) error {
+	// A bus call that takes a moment (a lock, a queue) widens the window in
+	// which a call made after the hub's lock was released is overtaken.
+	time.Sleep(200 * time.Microsecond)
 	b.mu.Lock()
 	b.sub[topic] = false
 	b.mu.Unlock()
