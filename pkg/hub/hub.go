@@ -63,7 +63,9 @@ type Config struct {
 	// of being dropped as a slow consumer.
 	MaxReplyBytes int
 	// Workers is the request stage's pool: how many store and presence
-	// calls the node makes at once (default 64).
+	// calls the node makes at once (default 256). A message waits for its
+	// group commit holding a worker, so the pool also caps how many
+	// messages one commit can carry: too small a pool lowers throughput.
 	Workers int
 	// MailboxSize is how many requests of one connection may wait for the
 	// stage before its reads pause (default 16).
@@ -82,7 +84,7 @@ const (
 	DefaultMaxChannels   = 100
 	DefaultMaxBodyBytes  = 4096
 	DefaultMaxReplyBytes = 256 << 10
-	DefaultWorkers       = 64
+	DefaultWorkers       = 256
 	DefaultMailboxSize   = 16
 	// MaxRefLen bounds join_ref and ref: phoenix.js sends short counters,
 	// and both are kept per channel and echoed in every reply.

@@ -31,6 +31,14 @@ type laterSender interface {
 	SendLater(msg []byte) error
 }
 
+// holder is an optional ability of a Conn: between Hold and Release,
+// SendLater only queues, so the messages one request causes on its own
+// connection leave in one write (see Client.runOne).
+type holder interface {
+	Hold()
+	Release()
+}
+
 // Bus carries messages between the nodes of a cluster. The hub always
 // delivers to its own subscribers itself; a Bus only carries messages
 // between nodes, so the single-node bus does nothing and costs nothing.

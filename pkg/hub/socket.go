@@ -259,6 +259,10 @@ func (c *Client) runOne(panics func(any)) bool {
 	c.mu.Unlock()
 
 	func() {
+		if h, ok := c.conn.(holder); ok {
+			h.Hold()
+			defer h.Release()
+		}
 		defer func() {
 			if v := recover(); v != nil {
 				panics(v)

@@ -25,6 +25,7 @@ const (
 	fClosed                        // torn down; the socket is closed
 	fFinSent                       // write side shut after the close frame left
 	fPaused                        // PauseReads: read nothing more from the socket until ResumeReads
+	fHeld                          // Hold: SendLater queues until Release, like during a worker's turn
 )
 
 // readsPaused reports whether the read side must stop. A closing
@@ -129,6 +130,29 @@ func (c *Conn) Send(msg []byte) error { return c.send(ws.OpText, msg, false) }
 // leave in one system call. Called from anywhere else it is Send.
 func (c *Conn) SendLater(msg []byte) error { return c.send(ws.OpText, msg, true) }
 
+// Hold makes SendLater queue without writing until Release, as it does
+// while an epoll worker handles the connection's frames: whoever answers
+// a request of the connection off the event loop (the hub's request
+// stage) holds it, so the reply and the broadcasts the request caused
+// leave in one write. Send from anywhere else still writes at once (and
+// takes the held frames along, in order). One holder at a time.
+func (c *Conn) Hold() {
+	c.mu.Lock()
+	c.setLocked(fHeld)
+	c.mu.Unlock()
+}
+
+// Release ends Hold and writes what SendLater queued meanwhile.
+func (c *Conn) Release() {
+	c.mu.Lock()
+	c.clearLocked(fHeld)
+	f := c.flags.Load()
+	if f&(fInWorker|fWantWrite|fDead|fClosed) == 0 && c.pendingLocked() > 0 {
+		c.b.drv.flushLocked(c)
+	}
+	c.mu.Unlock()
+}
+
 func (c *Conn) send(op ws.OpCode, payload []byte, later bool) error {
 	e := frameOf(op, payload)
 	c.mu.Lock()
@@ -145,8 +169,8 @@ func (c *Conn) send(op ws.OpCode, payload []byte, later bool) error {
 		return ErrSlowConsumer
 	}
 	switch {
-	case later && f&fInWorker != 0:
-		c.enqueueLocked(e) // the worker flushes when its turn ends
+	case later && f&(fInWorker|fHeld) != 0:
+		c.enqueueLocked(e) // the worker's turn or Release flushes
 	case c.pendingLocked() == 0:
 		// Nothing queued to keep order with: write straight away and
 		// queue (which allocates) only the rest the socket refused.

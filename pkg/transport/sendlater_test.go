@@ -154,3 +154,55 @@ func TestCloseFrameReasonStaysUTF8(t *testing.T) {
 		t.Fatalf("close %d, reason of %d bytes, valid UTF-8 %v", code, len(reason), utf8.ValidString(reason))
 	}
 }
+
+// Between Hold and Release, SendLater queues and writes nothing; Release
+// writes the held frames in order; a Send meanwhile takes them along.
+func TestHoldRelease(t *testing.T) {
+	forEngines(t, func(t *testing.T, kind string) {
+		eng, err := New(kind, Options{Workers: 2})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer eng.Shutdown(t.Context()) //nolint:errcheck
+		srv, cli := tcpPair(t)
+		defer cli.Close()
+		up := make(chan error, 1)
+		go func() { _, err := ws.Upgrade(srv); up <- err }()
+		if _, _, err := ws.DefaultDialer.Upgrade(cli, mustURL(t, "ws://"+srv.LocalAddr().String()+"/")); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-up; err != nil {
+			t.Fatal(err)
+		}
+		conn, err := eng.Add(srv, func(c *Conn) Session { return &laterEcho{c: c, closed: make(chan struct{})} })
+		if err != nil {
+			t.Fatal(err)
+		}
+		read := func(timeout time.Duration) (string, error) {
+			_ = cli.SetReadDeadline(time.Now().Add(timeout))
+			f, err := ws.ReadFrame(cli)
+			return string(f.Payload), err
+		}
+		conn.Hold()
+		_ = conn.SendLater([]byte("a"))
+		_ = conn.SendLater([]byte("b"))
+		if p, err := read(200 * time.Millisecond); err == nil {
+			t.Fatalf("held frame %q written before Release", p)
+		}
+		conn.Release()
+		for _, want := range []string{"a", "b"} {
+			if p, err := read(5 * time.Second); err != nil || p != want {
+				t.Fatalf("after Release: %q, %v; want %q", p, err, want)
+			}
+		}
+		conn.Hold()
+		_ = conn.SendLater([]byte("c"))
+		_ = conn.Send([]byte("d")) // another producer: writes at once, held frames first
+		for _, want := range []string{"c", "d"} {
+			if p, err := read(5 * time.Second); err != nil || p != want {
+				t.Fatalf("Send during Hold: %q, %v; want %q", p, err, want)
+			}
+		}
+		conn.Release()
+	})
+}
