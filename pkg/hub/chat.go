@@ -1,6 +1,7 @@
 package hub
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -91,34 +92,103 @@ func (c *Client) chatChannel(f *phx.Frame) (channel, bool) {
 	return ch, ok
 }
 
+// newMessage stores a message on the request stage, waiting for its
+// group commit; stores that can commit asynchronously take
+// newMessageLocked instead.
 func (c *Client) newMessage(f *phx.Frame) {
 	ch, ok := c.chatChannel(f)
 	if !ok {
 		return
 	}
-	var p struct {
-		Body     *string `json:"body"`
-		ClientID string  `json:"client_id"`
-	}
-	if err := json.Unmarshal(f.Payload, &p); err != nil || p.Body == nil {
-		c.replyError(ch.joinRef, f.Ref, f.Topic, "body must be a string")
+	body, clientID, ok := c.messageParams(ch, f)
+	if !ok {
 		return
 	}
-	if reason := c.hub.validateBody(*p.Body); reason != "" {
-		c.replyError(ch.joinRef, f.Ref, f.Topic, reason)
-		return
-	}
-	if len(p.ClientID) > 128 {
-		c.replyError(ch.joinRef, f.Ref, f.Topic, "client_id longer than 128 bytes")
-		return
-	}
-	msg, err := c.hub.save(c.user, ch.topic, *p.Body, p.ClientID)
+	msg, err := c.hub.save(c.user, ch.topic, body, clientID)
 	if err != nil {
 		c.replyError(ch.joinRef, f.Ref, f.Topic, storeReason(err))
 		return
 	}
 	c.reply(ch.joinRef, f.Ref, f.Topic, "ok", msg)
 	c.hub.deliver(ch.topic, c.user, msg, c)
+}
+
+// newMessageLocked queues the message for the next group commit without
+// any goroutine waiting for it: the client stays busy (its later frames
+// queue) until the commit's answer resumes it on the stage, which then
+// replies and delivers. So the number of messages in one commit is not
+// bounded by the stage's pool, and a message costs no hand-off before its
+// commit.
+func (c *Client) newMessageLocked(f *phx.Frame) {
+	ch, ok := c.channelLocked(f)
+	if !ok {
+		return
+	}
+	if ch.topic.Kind != topic.Chat {
+		c.replyError(ch.joinRef, f.Ref, f.Topic, "unknown event")
+		return
+	}
+	body, clientID, ok := c.messageParams(ch, f)
+	if !ok {
+		return
+	}
+	h := c.hub
+	m := store.NewMessage{Room: ch.name, UserID: c.user, OpponentID: ch.topic.Other(c.user), Body: body, ClientID: clientID}
+	ref := f.Ref
+	ctx, cancel := h.ctx()
+	wasSched := c.sched
+	c.suspendLocked()
+	queued := h.cfg.Store.(store.AsyncSaver).SaveAsync(ctx, m, func(msg store.Message, _ bool, err error) {
+		cancel()
+		c.resume(func(c *Client) { c.messageStored(ch, ref, msg, err) })
+	})
+	if queued {
+		return
+	}
+	// The commit queue is full: wait for it on the stage instead.
+	cancel()
+	c.sched, c.suspended = wasSched, false
+	c.hub.stage.unparkIdle()
+	g := *f
+	g.Payload = bytes.Clone(f.Payload)
+	c.enqueueLocked(func(c *Client) { c.newMessage(&g) }, false)
+}
+
+// messageStored answers a message whose commit ended, on the stage.
+func (c *Client) messageStored(ch channel, ref string, msg store.Message, err error) {
+	if err != nil {
+		c.replyError(ch.joinRef, ref, ch.name, storeReason(err))
+		return
+	}
+	b, err := json.Marshal(msg)
+	if err != nil {
+		c.replyError(ch.joinRef, ref, ch.name, "store error")
+		return
+	}
+	c.reply(ch.joinRef, ref, ch.name, "ok", b)
+	c.hub.deliver(ch.topic, c.user, b, c)
+}
+
+// messageParams reads and checks a new_message payload, answering the
+// client when it is refused.
+func (c *Client) messageParams(ch channel, f *phx.Frame) (body, clientID string, ok bool) {
+	var p struct {
+		Body     *string `json:"body"`
+		ClientID string  `json:"client_id"`
+	}
+	if err := json.Unmarshal(f.Payload, &p); err != nil || p.Body == nil {
+		c.replyError(ch.joinRef, f.Ref, f.Topic, "body must be a string")
+		return "", "", false
+	}
+	if reason := c.hub.validateBody(*p.Body); reason != "" {
+		c.replyError(ch.joinRef, f.Ref, f.Topic, reason)
+		return "", "", false
+	}
+	if len(p.ClientID) > 128 {
+		c.replyError(ch.joinRef, f.Ref, f.Topic, "client_id longer than 128 bytes")
+		return "", "", false
+	}
+	return *p.Body, p.ClientID, true
 }
 
 func (h *Hub) validateBody(body string) string {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -768,4 +769,79 @@ type slowStore struct {
 func (s *slowStore) Unread(ctx context.Context, user string) ([]store.UnreadChat, error) {
 	<-s.release
 	return s.Store.Unread(ctx, user)
+}
+
+// asyncStore commits SaveAsync calls on a goroutine of its own after a
+// short delay, like the batcher of the real stores.
+type asyncStore struct {
+	*memstore.Store
+	delay time.Duration
+}
+
+func (s *asyncStore) SaveAsync(ctx context.Context, m store.NewMessage, then func(store.Message, bool, error)) bool {
+	go func() {
+		time.Sleep(s.delay)
+		then(s.Store.Save(ctx, m))
+	}()
+	return true
+}
+
+// TestAsyncSaveKeepsOrder: with a store that commits asynchronously, a
+// burst of messages is answered in order, delivered in order, and a
+// history request sent after them sees all of them: the connection's
+// requests still run one after the other.
+func TestAsyncSaveKeepsOrder(t *testing.T) {
+	e := newEnvWith(t, hub.Config{Store: &asyncStore{Store: memstore.New(), delay: time.Millisecond}, PushRate: 1e6, PushBurst: 1e6})
+	a, b := e.connect("1"), e.connect("2")
+	ja, _ := a.join("chat:1:2", nil)
+	b.join("chat:1:2", nil)
+	a.rec.take()
+	b.rec.take()
+	var refs []string
+	for i := range 40 {
+		a.c.HandleText(phx.AppendMessage(nil, ja, fmt.Sprint("m", i), "chat:1:2", "new_message", fmt.Appendf(nil, `{"body":"n%d"}`, i)))
+		refs = append(refs, fmt.Sprint("m", i))
+	}
+	a.c.HandleText(phx.AppendMessage(nil, ja, "h", "chat:1:2", "history", []byte(`{}`)))
+	settle(t, e.hub)
+	var replies []string
+	var page map[string]any
+	for _, f := range a.rec.take() {
+		if f.Event != "phx_reply" {
+			continue
+		}
+		if f.Ref == "h" {
+			var r struct {
+				Response map[string]any `json:"response"`
+			}
+			if err := json.Unmarshal(f.Payload, &r); err != nil {
+				t.Fatal(err)
+			}
+			page = r.Response
+			continue
+		}
+		replies = append(replies, f.Ref)
+	}
+	if !slices.Equal(replies, refs) {
+		t.Fatalf("replies in order %v, want %v", replies, refs)
+	}
+	if got := len(page["messages"].([]any)); got != 40 {
+		t.Fatalf("history after the burst has %d messages, want 40", got)
+	}
+	var bodies []string
+	for _, f := range events(b.rec.take(), "new_message") {
+		var m map[string]any
+		if err := json.Unmarshal(f.Payload, &m); err != nil {
+			t.Fatal(err)
+		}
+		bodies = append(bodies, m["body"].(string))
+	}
+	for i, body := range bodies {
+		if body != fmt.Sprint("n", i) {
+			t.Fatalf("delivered out of order: %v", bodies)
+		}
+	}
+	if len(bodies) != 40 {
+		t.Fatalf("delivered %d of 40", len(bodies))
+	}
 }

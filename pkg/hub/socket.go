@@ -9,6 +9,7 @@ import (
 
 	"github.com/elchat/elchat/pkg/closecode"
 	"github.com/elchat/elchat/pkg/phx"
+	"github.com/elchat/elchat/pkg/store"
 	"github.com/elchat/elchat/pkg/topic"
 )
 
@@ -37,6 +38,10 @@ type Client struct {
 	mbox   []task
 	sched  bool
 	paused bool // reads paused because mbox is full
+	// suspended is set while a request continues without a goroutine (a
+	// message waiting for its group commit): the client stays busy, out of
+	// the run queue, until resume.
+	suspended bool
 }
 
 type channel struct {
@@ -180,6 +185,9 @@ func (c *Client) routeLocked(f *phx.Frame) (fast, slow handler) {
 	}
 	switch f.Event {
 	case "new_message":
+		if _, ok := c.hub.cfg.Store.(store.AsyncSaver); ok {
+			return (*Client).newMessageLocked, nil
+		}
 		return nil, (*Client).newMessage
 	case "read":
 		return nil, (*Client).read
@@ -273,6 +281,9 @@ func (c *Client) runOne(panics func(any)) bool {
 
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.suspended {
+		return false // resume reschedules the client
+	}
 	if c.paused && len(c.mbox) <= c.hub.cfg.MailboxSize/2 {
 		c.paused = false
 		if !c.closed {
@@ -285,6 +296,24 @@ func (c *Client) runOne(panics func(any)) bool {
 		return false
 	}
 	return true
+}
+
+// suspendLocked marks the client busy with a request that goes on without
+// a goroutine; resume hands its continuation to the stage, ahead of what
+// queued meanwhile.
+func (c *Client) suspendLocked() {
+	c.sched, c.suspended = true, true
+	c.hub.stage.park()
+}
+
+func (c *Client) resume(then func(*Client)) {
+	c.mu.Lock()
+	c.mbox = append(c.mbox, task{})
+	copy(c.mbox[1:], c.mbox)
+	c.mbox[0] = task{run: then, cleanup: true} // a stored message is delivered even if the sender left
+	c.suspended = false
+	c.hub.stage.unpark(c)
+	c.mu.Unlock()
 }
 
 // leaveLocked answers phx_leave at once; the presence change follows on

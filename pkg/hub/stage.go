@@ -31,6 +31,7 @@ type stage struct {
 	queue  []*Client // guarded by mu; clients with tasks, FIFO from head
 	head   int       // guarded by mu
 	busy   int       // guarded by mu; clients being run right now
+	parked int       // guarded by mu; clients suspended on a request that goes on without a goroutine
 	stop   bool      // guarded by mu
 	idle   sync.Cond // signalled when the queue is empty and nothing runs; uses mu
 	wg     sync.WaitGroup
@@ -52,6 +53,32 @@ func newStage(workers int, panics func(any)) *stage {
 // scheduled, so c is never queued twice.
 func (s *stage) schedule(c *Client) {
 	s.mu.Lock()
+	s.queue = append(s.queue, c)
+	s.mu.Unlock()
+	s.cond.Signal()
+}
+
+// park counts a suspended client, so that wait also waits for it; unpark
+// schedules it again.
+func (s *stage) park() {
+	s.mu.Lock()
+	s.parked++
+	s.mu.Unlock()
+}
+
+// unparkIdle undoes a park whose request never started.
+func (s *stage) unparkIdle() {
+	s.mu.Lock()
+	s.parked--
+	if s.busy == 0 && s.parked == 0 && s.head == len(s.queue) {
+		s.idle.Broadcast()
+	}
+	s.mu.Unlock()
+}
+
+func (s *stage) unpark(c *Client) {
+	s.mu.Lock()
+	s.parked--
 	s.queue = append(s.queue, c)
 	s.mu.Unlock()
 	s.cond.Signal()
@@ -85,7 +112,7 @@ func (s *stage) next() *Client {
 func (s *stage) done() {
 	s.mu.Lock()
 	s.busy--
-	if s.busy == 0 && s.head == len(s.queue) {
+	if s.busy == 0 && s.parked == 0 && s.head == len(s.queue) {
 		s.idle.Broadcast()
 	}
 	s.mu.Unlock()
@@ -115,7 +142,7 @@ func (s *stage) wait(ctx context.Context) error {
 	defer stopWake()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for s.busy > 0 || s.head < len(s.queue) {
+	for s.busy > 0 || s.parked > 0 || s.head < len(s.queue) {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}

@@ -108,8 +108,18 @@ type saveRequest struct {
 	ctx context.Context
 	msg NewMessage
 	// done is buffered (cap 1) so a flusher never blocks on a caller that
-	// already gave up.
+	// already gave up. Nil for SaveAsync, which has then.
 	done chan saveReply
+	then func(Message, bool, error)
+}
+
+// answer reports r's outcome to its caller.
+func (r *saveRequest) answer(rep saveReply) {
+	if r.then != nil {
+		r.then(rep.res.Msg, rep.res.Created, rep.err)
+		return
+	}
+	r.done <- rep
 }
 
 type saveReply struct {
@@ -180,6 +190,31 @@ func (b *Batcher) Save(ctx context.Context, m NewMessage) (Message, bool, error)
 		return r.res.Msg, r.res.Created, r.err
 	case <-ctx.Done():
 		return Message{}, false, ctx.Err()
+	}
+}
+
+// SaveAsync enqueues m without waiting: then is called with Save's results
+// once the batch holding m committed (or failed, or ctx ended first), on a
+// flusher goroutine, so it must be quick and must not call back into the
+// Batcher. It returns false, and never calls then, when m cannot be queued
+// at once (the queue is full or the Batcher closed): the caller falls back
+// to Save or reports the store busy. Its point is that no goroutine waits
+// for the commit, so callers are not bounded by how many can wait.
+func (b *Batcher) SaveAsync(ctx context.Context, m NewMessage, then func(Message, bool, error)) bool {
+	if err := m.Validate(); err != nil {
+		return false
+	}
+	req := &saveRequest{ctx: ctx, msg: m, then: then}
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	if b.closed {
+		return false
+	}
+	select {
+	case b.queue <- req:
+		return true
+	default:
+		return false
 	}
 }
 
@@ -311,9 +346,13 @@ func expand(batch []NewMessage, res []SaveResult, slot []int) []SaveResult {
 func (b *Batcher) write(batch []*saveRequest) {
 	live := batch[:0:0]
 	for _, r := range batch {
-		if r.ctx.Err() == nil {
-			live = append(live, r)
+		if err := r.ctx.Err(); err != nil {
+			if r.then != nil {
+				r.answer(saveReply{err: err}) // nobody else tells it
+			}
+			continue
 		}
+		live = append(live, r)
 	}
 	if len(live) == 0 {
 		return
@@ -336,11 +375,11 @@ func (b *Batcher) write(batch []*saveRequest) {
 	}
 	if err != nil {
 		for _, r := range live {
-			r.done <- saveReply{err: err}
+			r.answer(saveReply{err: err})
 		}
 		return
 	}
 	for i, out := range expand(in, res, slot) {
-		live[i].done <- saveReply{res: out, err: out.Err}
+		live[i].answer(saveReply{res: out, err: out.Err})
 	}
 }

@@ -304,3 +304,47 @@ func TestBatcherFoldsPerRoomAndBody(t *testing.T) {
 		t.Errorf("batches = %v, want [1 message] then [2 distinct]", rec.batches)
 	}
 }
+
+// SaveAsync: answers arrive through the callback with Save's results, in
+// the same batches as waiting callers; a message whose context ended
+// before its flush is answered with that error; a full queue or a closed
+// Batcher refuse at once without calling back.
+func TestBatcherSaveAsync(t *testing.T) {
+	rec := &recorder{gate: make(chan struct{}), entered: make(chan struct{}, 8)}
+	b := NewBatcher(BatchConfig{Flushers: 1, MaxBatch: 2}, rec.flush)
+	got := make(chan reply, 16)
+	then := func(m Message, created bool, err error) { got <- reply{m, created, err} }
+	if !b.SaveAsync(context.Background(), nm("u", "a"), then) {
+		t.Fatal("first SaveAsync refused")
+	}
+	<-rec.entered // the flusher holds "a"; the rest queues behind it
+	gone, cancel := context.WithCancel(context.Background())
+	if !b.SaveAsync(gone, nm("u", "gone"), then) || !b.SaveAsync(context.Background(), nm("u", "b"), then) {
+		t.Fatal("SaveAsync refused with room in the queue")
+	}
+	cancel()
+	full := 0
+	for b.SaveAsync(context.Background(), nm("u", fmt.Sprint("f", full)), then) {
+		full++
+		if full > cap(b.queue) {
+			t.Fatal("SaveAsync never reports a full queue")
+		}
+	}
+	close(rec.gate) // let every flush through
+	answers := map[string]reply{}
+	for range 3 + full {
+		r := <-got
+		if r.err != nil {
+			answers["error"] = r
+			continue
+		}
+		answers[r.msg.ClientID] = r
+	}
+	if !answers["a"].created || !answers["b"].created || !errors.Is(answers["error"].err, context.Canceled) {
+		t.Fatalf("answers: %+v", answers)
+	}
+	b.Close()
+	if b.SaveAsync(context.Background(), nm("u", "late"), then) {
+		t.Fatal("SaveAsync accepted after Close")
+	}
+}

@@ -56,6 +56,14 @@ type UnreadChat struct {
 	Last       Message `json:"last_message"`
 }
 
+// AsyncSaver is an optional ability of a Store: SaveAsync queues m for
+// the next group commit without waiting and calls then with Save's
+// results from the committing goroutine (see Batcher.SaveAsync). It
+// returns false, without calling then, when m cannot be queued at once.
+type AsyncSaver interface {
+	SaveAsync(ctx context.Context, m NewMessage, then func(msg Message, created bool, err error)) bool
+}
+
 // Store is the durable side of ElChat. Every method is safe for concurrent
 // use. Errors caused by the database (not by arguments) wrap ErrUnavailable.
 type Store interface {

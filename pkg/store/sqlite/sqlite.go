@@ -150,6 +150,11 @@ func migrate(ctx context.Context, db *sql.DB) error {
 func Path(dataDir string) string { return filepath.Join(dataDir, FileName) }
 
 // Save implements store.Store through the group-commit batcher.
+// SaveAsync is Save without waiting (store.AsyncSaver).
+func (s *Store) SaveAsync(ctx context.Context, m store.NewMessage, then func(store.Message, bool, error)) bool {
+	return s.batch.SaveAsync(ctx, m, then)
+}
+
 func (s *Store) Save(ctx context.Context, m store.NewMessage) (store.Message, bool, error) {
 	return s.batch.Save(ctx, m)
 }
