@@ -46,6 +46,12 @@ type NewMessage struct {
 	OpponentID string
 	Body       string
 	ClientID   string
+	// NotifyAfter, when positive, asks for a message.unread webhook event
+	// to the recipient due NotifyAfter after the message is stored, unless
+	// it is read by then. The event row commits with the message (see
+	// Outbox); an event already pending for the recipient takes it in.
+	// Retries (created == false) add nothing.
+	NotifyAfter time.Duration
 }
 
 // UnreadChat summarises one room with messages the user has not read.
