@@ -9,12 +9,14 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/elchat/elchat/pkg/hub"
 	"github.com/elchat/elchat/pkg/store"
 	"github.com/elchat/elchat/pkg/topic"
+	"github.com/elchat/elchat/pkg/webhook"
 )
 
 // maxBody bounds request bodies; messages are small.
@@ -184,4 +186,42 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 
 func writeError(w http.ResponseWriter, status int, msg string) {
 	writeJSON(w, status, map[string]string{"error": msg})
+}
+
+// DeadEvents serves GET /api/v1/webhooks/dead from ob: the webhook events
+// given up on, newest first (?limit=N, default 100, at most 1000). Each is
+// the body that was POSTed plus state, attempts, last_error and
+// updated_at. Without a call (webhooks off) the path is 404.
+func (a *Handler) DeadEvents(ob store.Outbox) {
+	a.mux.HandleFunc("GET /api/v1/webhooks/dead", func(w http.ResponseWriter, r *http.Request) {
+		limit := 100
+		if v := r.URL.Query().Get("limit"); v != "" {
+			n, err := strconv.Atoi(v)
+			if err != nil || n <= 0 {
+				writeError(w, http.StatusBadRequest, "limit must be a positive integer")
+				return
+			}
+			limit = n
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+		defer cancel()
+		evs, err := ob.DeadEvents(ctx, limit)
+		if err != nil {
+			writeError(w, http.StatusServiceUnavailable, "store unavailable")
+			return
+		}
+		type dead struct {
+			webhook.Body
+			State     string    `json:"state"`
+			Attempts  int       `json:"attempts"`
+			LastError string    `json:"last_error"`
+			UpdatedAt time.Time `json:"updated_at"`
+		}
+		out := make([]dead, len(evs))
+		for i, e := range evs {
+			out[i] = dead{Body: webhook.Body{ID: webhook.EventID(e.ID), Type: e.Type, UserID: e.UserID, DueAt: e.DueAt, Messages: e.Messages},
+				State: e.State, Attempts: e.Attempts, LastError: e.LastError, UpdatedAt: e.UpdatedAt}
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"events": out})
+	})
 }

@@ -14,8 +14,12 @@ import (
 // instead of adding rows, so five messages make one event.
 //
 // Unread-ness is never copied into the outbox. It is read from the messages
-// when an event is claimed: an event whose messages have all been read by
-// then is dropped without a POST. A read therefore cancels a pending event
+// when an event is claimed: an event whose triggering messages (those saved
+// with NotifyAfter, ids first_message_id..last_message_id) have all been
+// read by then is dropped without a POST. One that is still due carries
+// every unread message to the user from its first one on, those that came
+// while the user was in the chat included: the receiver gets the user's
+// unread state, not a log of triggers. A read therefore cancels a pending event
 // simply by happening, and a read racing a send is not an error for anyone:
 // the read commits, and the receiver at worst gets an event about a message
 // that was read a moment ago (at-least-once, like everything else here).
@@ -114,12 +118,12 @@ func DecodeMessages(s string) ([]Message, error) {
 	return msgs, err
 }
 
-// Notify is one recipient's share of a batch for the outbox: the first
-// created message to UserID that asked for an event, and its delay.
+// Notify is one recipient's share of a batch for the outbox: the first and
+// last created messages to UserID that asked for an event, and its delay.
 type Notify struct {
-	UserID  string
-	FirstID int64
-	After   time.Duration
+	UserID          string
+	FirstID, LastID int64
+	After           time.Duration
 }
 
 // NotifyList folds the created messages of a batch that asked for an event
@@ -137,10 +141,12 @@ func NotifyList(batch []NewMessage, res []SaveResult) []Notify {
 		}
 		if j, ok := seen[m.OpponentID]; ok {
 			out[j].FirstID = min(out[j].FirstID, res[i].Msg.ID)
+			out[j].LastID = max(out[j].LastID, res[i].Msg.ID)
 			continue
 		}
 		seen[m.OpponentID] = len(out)
-		out = append(out, Notify{UserID: m.OpponentID, FirstID: res[i].Msg.ID, After: m.NotifyAfter})
+		id := res[i].Msg.ID
+		out = append(out, Notify{UserID: m.OpponentID, FirstID: id, LastID: id, After: m.NotifyAfter})
 	}
 	return out
 }

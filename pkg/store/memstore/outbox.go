@@ -14,7 +14,9 @@ var _ store.Outbox = (*Store)(nil)
 // event is one outbox row; guarded by Store.mu.
 type event struct {
 	store.Event
-	first, last int64 // message ids: the first the event covers, the last it carries
+	// Message ids: the first the event covers, and the last that asked for
+	// it (pending) or that it carries (sealed).
+	first, last int64
 	next        time.Time
 	owner       string
 }
@@ -22,7 +24,9 @@ type event struct {
 // notifyLocked adds a batch's events; the caller holds mu.
 func (s *Store) notifyLocked(now time.Time, ns []store.Notify) {
 	for _, n := range ns {
-		if _, ok := s.pending[n.UserID]; ok {
+		if id, ok := s.pending[n.UserID]; ok {
+			e := s.events[id]
+			e.last = max(e.last, n.LastID)
 			continue
 		}
 		s.nextEvent++
@@ -30,7 +34,7 @@ func (s *Store) notifyLocked(now time.Time, ns []store.Notify) {
 		s.events[s.nextEvent] = &event{
 			Event: store.Event{ID: s.nextEvent, Type: store.EventMessageUnread, UserID: n.UserID,
 				State: store.EventPending, DueAt: due, UpdatedAt: now},
-			first: n.FirstID, next: due,
+			first: n.FirstID, last: n.LastID, next: due,
 		}
 		s.pending[n.UserID] = s.nextEvent
 	}
@@ -68,22 +72,21 @@ func (s *Store) ClaimEvents(ctx context.Context, owner string, lease time.Durati
 		if len(out) == limit {
 			break
 		}
+		// Still worth sending while a triggering message (pending) or a
+		// carried one (sealed) is unread.
 		unread := false
-		if e.State == store.EventPending {
+		for id := e.first; id <= e.last && !unread; id++ {
+			unread = s.unreadLocked(e.UserID, id)
+		}
+		if unread && e.State == store.EventPending {
 			var msgs []store.Message
 			for id := e.first; id <= int64(len(s.msgs)) && len(msgs) < store.MaxEventMessages; id++ {
 				if s.unreadLocked(e.UserID, id) {
 					msgs = append(msgs, s.msgs[id-1])
 				}
 			}
-			if unread = len(msgs) > 0; unread {
-				e.Messages, e.last = msgs, msgs[len(msgs)-1].ID
-				delete(s.pending, e.UserID)
-			}
-		} else {
-			for id := e.first; id <= e.last && !unread; id++ {
-				unread = s.unreadLocked(e.UserID, id)
-			}
+			e.Messages, e.last = msgs, msgs[len(msgs)-1].ID
+			delete(s.pending, e.UserID)
 		}
 		if !unread {
 			if e.State == store.EventPending {

@@ -18,22 +18,23 @@ var _ store.Outbox = (*Store)(nil)
 // messages the seal could not see, or after it commits, and sees them.
 // DO NOTHING would lock nothing and could let a seal miss a message that
 // no later event covers.
-const upsertEventsSQL = `INSERT INTO webhook_events (type, user_id, state, first_message_id, due_at, next_at)
-SELECT '` + store.EventMessageUnread + `', t.user_id, 'pending', t.first_id,
+const upsertEventsSQL = `INSERT INTO webhook_events (type, user_id, state, first_message_id, last_message_id, due_at, next_at)
+SELECT '` + store.EventMessageUnread + `', t.user_id, 'pending', t.first_id, t.last_id,
 	now() + make_interval(secs => t.after), now() + make_interval(secs => t.after)
-FROM unnest($1::text[], $2::bigint[], $3::float8[]) AS t(user_id, first_id, after)
-ON CONFLICT (type, user_id) WHERE state = 'pending' DO UPDATE SET updated_at = excluded.updated_at`
+FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::float8[]) AS t(user_id, first_id, last_id, after)
+ON CONFLICT (type, user_id) WHERE state = 'pending' DO UPDATE
+SET last_message_id = GREATEST(webhook_events.last_message_id, excluded.last_message_id), updated_at = now()`
 
 // notify adds the batch's events to the outbox inside tx.
 func notify(ctx context.Context, tx pgx.Tx, ns []store.Notify) error {
 	if len(ns) == 0 {
 		return nil
 	}
-	users, firsts, secs := make([]string, len(ns)), make([]int64, len(ns)), make([]float64, len(ns))
+	users, firsts, lasts, secs := make([]string, len(ns)), make([]int64, len(ns)), make([]int64, len(ns)), make([]float64, len(ns))
 	for i, n := range ns {
-		users[i], firsts[i], secs[i] = n.UserID, n.FirstID, n.After.Seconds()
+		users[i], firsts[i], lasts[i], secs[i] = n.UserID, n.FirstID, n.LastID, n.After.Seconds()
 	}
-	_, err := tx.Exec(ctx, upsertEventsSQL, users, firsts, secs)
+	_, err := tx.Exec(ctx, upsertEventsSQL, users, firsts, lasts, secs)
 	return err
 }
 
@@ -87,8 +88,16 @@ func (s *Store) ClaimEvents(ctx context.Context, owner string, lease time.Durati
 		for _, c := range cands {
 			ev := store.Event{ID: c.id, Type: c.typ, UserID: c.user, State: store.EventSending,
 				DueAt: c.due.UTC(), Attempts: c.attempts + 1}
+			// Still worth sending while a triggering message (pending) or
+			// a carried one (sealed) is unread.
 			var unread bool
-			if c.state == store.EventPending {
+			if c.last != nil {
+				if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM messages
+WHERE opponent_id = $1 AND id BETWEEN $2 AND $3 AND NOT is_delivered)`, c.user, c.first, *c.last).Scan(&unread); err != nil {
+					return err
+				}
+			}
+			if unread && c.state == store.EventPending {
 				rows, err := tx.Query(ctx, eventMessagesSQL, c.user, c.first, store.MaxEventMessages)
 				if err != nil {
 					return err
@@ -96,16 +105,12 @@ func (s *Store) ClaimEvents(ctx context.Context, owner string, lease time.Durati
 				if ev.Messages, err = pgx.CollectRows(rows, scanMessage); err != nil {
 					return err
 				}
-				unread = len(ev.Messages) > 0
-			} else if c.last != nil && c.msgs != nil {
-				if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM messages
-WHERE opponent_id = $1 AND id BETWEEN $2 AND $3 AND NOT is_delivered)`, c.user, c.first, *c.last).Scan(&unread); err != nil {
-					return err
-				}
+			} else if unread && c.msgs != nil {
 				if ev.Messages, err = store.DecodeMessages(*c.msgs); err != nil {
 					return err
 				}
 			}
+			unread = unread && len(ev.Messages) > 0
 			if !unread {
 				if _, err := tx.Exec(ctx, `DELETE FROM webhook_events WHERE id = $1`, c.id); err != nil {
 					return err

@@ -11,18 +11,18 @@ import (
 var _ store.Outbox = (*Store)(nil)
 
 // SQLite has one writer, and the claim below runs on it: a message batch
-// and a claim never interleave, so DO NOTHING is enough here (compare the
-// PostgreSQL store's upsert).
-const upsertEventSQL = `INSERT INTO webhook_events (type, user_id, state, first_message_id, due_at, next_at, updated_at)
-VALUES ('` + store.EventMessageUnread + `', ?, 'pending', ?, ?, ?, ?)
-ON CONFLICT (type, user_id) WHERE state = 'pending' DO NOTHING`
+// and a claim never interleave (compare the PostgreSQL store's upsert).
+const upsertEventSQL = `INSERT INTO webhook_events (type, user_id, state, first_message_id, last_message_id, due_at, next_at, updated_at)
+VALUES ('` + store.EventMessageUnread + `', ?, 'pending', ?, ?, ?, ?, ?)
+ON CONFLICT (type, user_id) WHERE state = 'pending' DO UPDATE
+SET last_message_id = max(last_message_id, excluded.last_message_id), updated_at = excluded.updated_at`
 
 // notify adds the batch's events to the outbox inside tx; now is the
 // batch's sent_at.
 func notify(ctx context.Context, tx *sql.Tx, now time.Time, ns []store.Notify) error {
 	for _, n := range ns {
 		due := now.Add(n.After).UnixMicro()
-		if _, err := tx.ExecContext(ctx, upsertEventSQL, n.UserID, n.FirstID, due, due, now.UnixMicro()); err != nil {
+		if _, err := tx.ExecContext(ctx, upsertEventSQL, n.UserID, n.FirstID, n.LastID, due, due, now.UnixMicro()); err != nil {
 			return err
 		}
 	}
@@ -75,21 +75,25 @@ FROM webhook_events WHERE state IN ('pending', 'sending') AND next_at <= ? ORDER
 	for _, c := range cands {
 		ev := c.ev
 		ev.State, ev.Attempts = store.EventSending, ev.Attempts+1
+		// Still worth sending while a triggering message (pending) or a
+		// carried one (sealed) is unread.
 		var unread bool
-		if c.state == store.EventPending {
-			if ev.Messages, err = s.eventMessages(ctx, tx, ev.UserID, c.first); err != nil {
-				return nil, 0, ctxOr(ctx, err)
-			}
-			unread = len(ev.Messages) > 0
-		} else if c.last.Valid && c.msgs.Valid {
+		if c.last.Valid {
 			if err := tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM messages
 WHERE opponent_id = ? AND id BETWEEN ? AND ? AND NOT is_delivered)`, ev.UserID, c.first, c.last.Int64).Scan(&unread); err != nil {
 				return nil, 0, ctxOr(ctx, err)
 			}
+		}
+		if unread && c.state == store.EventPending {
+			if ev.Messages, err = s.eventMessages(ctx, tx, ev.UserID, c.first); err != nil {
+				return nil, 0, ctxOr(ctx, err)
+			}
+		} else if unread && c.msgs.Valid {
 			if ev.Messages, err = store.DecodeMessages(c.msgs.String); err != nil {
 				return nil, 0, err
 			}
 		}
+		unread = unread && len(ev.Messages) > 0
 		if !unread {
 			if _, err := tx.ExecContext(ctx, `DELETE FROM webhook_events WHERE id = ?`, ev.ID); err != nil {
 				return nil, 0, ctxOr(ctx, err)
