@@ -40,7 +40,11 @@ func notify(ctx context.Context, tx pgx.Tx, ns []store.Notify) error {
 
 // claimSQL picks due rows no other node holds: SKIP LOCKED lets several
 // nodes claim at once without waiting on each other, which spreads the
-// sending over the cluster.
+// sending over the cluster. A claim never waits on a message batch (it
+// skips rows a batch has locked and reads only committed messages); a
+// batch that touches a row being sealed waits for the claim, which is why
+// the claim transaction does no I/O but its own queries and stays short.
+// Neither waits on the other in a cycle, so they cannot deadlock.
 const claimSQL = `SELECT id, type, user_id, state, first_message_id, last_message_id, messages, due_at, attempts
 FROM webhook_events WHERE state IN ('pending', 'sending') AND next_at <= now()
 ORDER BY next_at LIMIT $1 FOR UPDATE SKIP LOCKED`

@@ -32,6 +32,17 @@ func notify(ctx context.Context, tx *sql.Tx, now time.Time, ns []store.Notify) e
 // ClaimEvents implements store.Outbox. One node owns a SQLite file, so
 // the lease only matters across a restart of that node.
 func (s *Store) ClaimEvents(ctx context.Context, owner string, lease time.Duration, limit int) (_ []store.Event, cancelled int, err error) {
+	now := time.Now().UTC()
+	// Most polls find nothing due: ask the read pool first, so an idle
+	// sender never takes the writer from the message batches.
+	var due bool
+	if err := s.r.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM webhook_events
+WHERE state IN ('pending', 'sending') AND next_at <= ?)`, now.UnixMicro()).Scan(&due); err != nil {
+		return nil, 0, ctxOr(ctx, err)
+	}
+	if !due {
+		return nil, 0, nil
+	}
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
 		return nil, 0, ctxOr(ctx, err)
@@ -41,7 +52,6 @@ func (s *Store) ClaimEvents(ctx context.Context, owner string, lease time.Durati
 			tx.Rollback()
 		}
 	}()
-	now := time.Now().UTC()
 	rows, err := tx.QueryContext(ctx, `SELECT id, type, user_id, state, first_message_id, last_message_id, messages, due_at, attempts
 FROM webhook_events WHERE state IN ('pending', 'sending') AND next_at <= ? ORDER BY next_at LIMIT ?`, now.UnixMicro(), limit)
 	if err != nil {
