@@ -191,7 +191,9 @@ func writeError(w http.ResponseWriter, status int, msg string) {
 // DeadEvents serves GET /api/v1/webhooks/dead from ob: the webhook events
 // given up on, newest first (?limit=N, default 100, at most 1000). Each is
 // the body that was POSTed plus state, attempts, last_error and
-// updated_at. Without a call (webhooks off) the path is 404.
+// updated_at. POST /api/v1/webhooks/dead/{id}/retry gives one a fresh set
+// of attempts (after the receiver is fixed). Without a call (webhooks
+// off) both paths are 404.
 func (a *Handler) DeadEvents(ob store.Outbox) {
 	a.mux.HandleFunc("GET /api/v1/webhooks/dead", func(w http.ResponseWriter, r *http.Request) {
 		limit := 100
@@ -223,5 +225,23 @@ func (a *Handler) DeadEvents(ob store.Outbox) {
 				State: e.State, Attempts: e.Attempts, LastError: e.LastError, UpdatedAt: e.UpdatedAt}
 		}
 		writeJSON(w, http.StatusOK, map[string]any{"events": out})
+	})
+	a.mux.HandleFunc("POST /api/v1/webhooks/dead/{id}/retry", func(w http.ResponseWriter, r *http.Request) {
+		id, err := strconv.ParseInt(strings.TrimPrefix(r.PathValue("id"), "evt_"), 10, 64)
+		if err != nil || id <= 0 {
+			writeError(w, http.StatusBadRequest, "id must be an event id (evt_N)")
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+		defer cancel()
+		ok, err := ob.RequeueEvent(ctx, id)
+		switch {
+		case err != nil:
+			writeError(w, http.StatusServiceUnavailable, "store unavailable")
+		case !ok:
+			writeError(w, http.StatusNotFound, "no dead event with that id")
+		default:
+			writeJSON(w, http.StatusAccepted, map[string]string{"id": webhook.EventID(id), "state": store.EventSending})
+		}
 	})
 }

@@ -97,6 +97,10 @@ type Outbox interface {
 	FinishEvent(ctx context.Context, id int64, owner string, o Outcome) (bool, error)
 	// DeadEvents lists up to limit dead events, newest first.
 	DeadEvents(ctx context.Context, limit int) ([]Event, error)
+	// RequeueEvent gives dead event id a fresh set of attempts, due now,
+	// with the same messages (and the same read check before it is sent).
+	// It reports false when no dead event has that id.
+	RequeueEvent(ctx context.Context, id int64) (bool, error)
 	// EventCounts counts events by state (pending, sending, dead).
 	EventCounts(ctx context.Context) (map[string]int64, error)
 }

@@ -403,6 +403,27 @@ func TestDeadLetters(t *testing.T) {
 		if n := len(rcv.got()); n != 4 {
 			t.Errorf("receiver got %d POSTs, want one more for the 410", n)
 		}
+
+		// The receiver is fixed; the operator requeues the first event.
+		rcv.mu.Lock()
+		rcv.status = nil
+		rcv.mu.Unlock()
+		if code := apiPost(t, nd, "/api/v1/webhooks/dead/"+hits[0].id+"/retry"); code != http.StatusAccepted {
+			t.Fatalf("retry: HTTP %d", code)
+		}
+		if code := apiPost(t, nd, "/api/v1/webhooks/dead/"+hits[0].id+"/retry"); code != http.StatusNotFound {
+			t.Errorf("second retry: HTTP %d, want 404", code)
+		}
+		got := rcv.waitHits(5, 10*time.Second)
+		if h := got[4]; h.id != hits[0].id || h.attempt != "1" || len(h.body.Messages) != 1 {
+			t.Errorf("requeued POST %+v", h)
+		}
+		if !phxtest.WaitFor(5*time.Second, func() bool { return nd.Webhooks().Stats().Sent == 1 }) {
+			t.Errorf("requeued event not sent: %+v", nd.Webhooks().Stats())
+		}
+		if dead := deadEvents(t, nd); len(dead) != 1 {
+			t.Errorf("dead events after the retry = %+v, want the 410 one only", dead)
+		}
 	})
 }
 
@@ -423,6 +444,18 @@ func deadEvents(t *testing.T, nd *node.Node) []map[string]any {
 		t.Fatal(err)
 	}
 	return out.Events
+}
+
+func apiPost(t *testing.T, nd *node.Node, path string) int {
+	t.Helper()
+	req, _ := http.NewRequest("POST", "http://"+nd.Addr()+path, nil)
+	req.Header.Set("Authorization", "Bearer "+apiKey)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
 }
 
 // Bad configuration stops the node at start-up with a reason.

@@ -154,6 +154,25 @@ func (s *Store) DeadEvents(ctx context.Context, limit int) ([]store.Event, error
 	return out[:min(len(out), store.ClampLimit(limit))], nil
 }
 
+// RequeueEvent implements store.Outbox.
+func (s *Store) RequeueEvent(ctx context.Context, id int64) (bool, error) {
+	if err := ctx.Err(); err != nil {
+		return false, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false, errClosed
+	}
+	e, ok := s.events[id]
+	if !ok || e.State != store.EventDead {
+		return false, nil
+	}
+	now := time.Now().UTC()
+	e.State, e.Attempts, e.next, e.owner, e.LastError, e.UpdatedAt = store.EventSending, 0, now, "", "", now
+	return true, nil
+}
+
 // EventCounts implements store.Outbox.
 func (s *Store) EventCounts(ctx context.Context) (map[string]int64, error) {
 	if err := ctx.Err(); err != nil {

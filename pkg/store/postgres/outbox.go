@@ -206,6 +206,21 @@ FROM webhook_events WHERE state = 'dead' ORDER BY id DESC LIMIT $1`, store.Clamp
 	return out, nil
 }
 
+// RequeueEvent implements store.Outbox.
+func (s *Store) RequeueEvent(ctx context.Context, id int64) (bool, error) {
+	var n int64
+	err := retry(ctx, func() error {
+		tag, err := s.pool.Exec(ctx, `UPDATE webhook_events SET state = 'sending', attempts = 0, next_at = now(),
+	claimed_by = NULL, last_error = '', updated_at = now() WHERE id = $1 AND state = 'dead'`, id)
+		n = tag.RowsAffected()
+		return err
+	})
+	if err != nil {
+		return false, classify(ctx, err)
+	}
+	return n == 1, nil
+}
+
 // EventCounts implements store.Outbox.
 func (s *Store) EventCounts(ctx context.Context) (map[string]int64, error) {
 	out := map[string]int64{store.EventPending: 0, store.EventSending: 0, store.EventDead: 0}

@@ -204,6 +204,21 @@ FROM webhook_events WHERE state = 'dead' ORDER BY id DESC LIMIT ?`, store.ClampL
 	return out, nil
 }
 
+// RequeueEvent implements store.Outbox.
+func (s *Store) RequeueEvent(ctx context.Context, id int64) (bool, error) {
+	now := time.Now().UTC().UnixMicro()
+	res, err := s.w.ExecContext(ctx, `UPDATE webhook_events SET state = 'sending', attempts = 0, next_at = ?,
+	claimed_by = NULL, last_error = '', updated_at = ? WHERE id = ? AND state = 'dead'`, now, now, id)
+	if err != nil {
+		return false, ctxOr(ctx, err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return false, ctxOr(ctx, err)
+	}
+	return n == 1, nil
+}
+
 // EventCounts implements store.Outbox.
 func (s *Store) EventCounts(ctx context.Context) (map[string]int64, error) {
 	out := map[string]int64{store.EventPending: 0, store.EventSending: 0, store.EventDead: 0}

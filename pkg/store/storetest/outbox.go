@@ -260,6 +260,24 @@ func testOutboxRetryAndDead(t *testing.T, s OutboxStore) {
 	if evs, _ := claim(t, s, "n1", time.Minute); len(evs) != 0 {
 		t.Fatalf("claimed a dead event: %+v", evs)
 	}
+
+	// Requeued, it is due at once with fresh attempts and the same body.
+	if ok, err := s.RequeueEvent(ctxT(t), ev.ID); err != nil || !ok {
+		t.Fatalf("RequeueEvent = %v, %v", ok, err)
+	}
+	if ok, err := s.RequeueEvent(ctxT(t), ev.ID); err != nil || ok {
+		t.Fatalf("RequeueEvent of an event no longer dead = %v, %v", ok, err)
+	}
+	if ok, err := s.RequeueEvent(ctxT(t), ev.ID+1000); err != nil || ok {
+		t.Fatalf("RequeueEvent of an unknown id = %v, %v", ok, err)
+	}
+	back, _ := claimDue(t, s, "n3", time.Minute)
+	if len(back) != 1 || back[0].ID != ev.ID || back[0].Attempts != 1 || back[0].Messages[0] != ev.Messages[0] {
+		t.Fatalf("requeued claim = %+v", back)
+	}
+	if dead, _ := s.DeadEvents(ctxT(t), 10); len(dead) != 0 {
+		t.Fatalf("DeadEvents after the requeue = %+v", dead)
+	}
 }
 
 func testOutboxLease(t *testing.T, s OutboxStore) {
