@@ -1,7 +1,9 @@
 // Package store keeps chat history. Three implementations satisfy Store and
 // pass the same suite (storetest): an embedded SQLite file for development
 // and small installs, PostgreSQL for clusters, and memstore, which keeps
-// nothing across restarts and exists so tests need no database.
+// nothing across restarts and exists so tests need no database. All three
+// also keep the webhook outbox (Outbox, outbox.go) beside the messages, and
+// pass its suite (storetest.RunOutbox).
 package store
 
 import (
