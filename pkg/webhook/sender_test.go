@@ -151,6 +151,7 @@ func TestShutdownRecordsInFlight(t *testing.T) {
 		t.Fatal(err)
 	}
 	nd.Start(ln)
+	t.Cleanup(func() { nd.Shutdown(context.Background()) }) //nolint:errcheck // idempotent; the test shuts it down itself
 	alice, room := chat(t, nd, "1", "2")
 	send(t, alice, room, "bye")
 	rcv.waitHits(1, notifyAfter+5*time.Second)
