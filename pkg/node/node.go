@@ -58,7 +58,9 @@ type Node struct {
 }
 
 // New validates cfg, opens the store and, with RedisURL, the Redis bus, and
-// builds the hub, the engine, the server and the HTTP handlers. ctx bounds
+// builds the hub, the engine, the server and the HTTP handlers. With
+// WebhookURL it also checks that the receiver accepts a TCP connection and
+// starts the webhook sender. ctx bounds
 // the opening only; the node runs until Shutdown. On error everything
 // opened so far is closed again.
 func New(ctx context.Context, cfg Config) (_ *Node, err error) {
@@ -328,8 +330,9 @@ func (n *Node) Logger() *slog.Logger      { return n.log }
 // draining and load balancers move on), closes the sockets with 1012 in
 // batches spread over DrainTimeout (clients reconnect elsewhere without a
 // thundering herd), shuts the engine and the HTTP side down, stops the hub,
-// closes the Redis bus (withdrawing this node's presence at once) and
-// finally the store, which flushes its pending batch. The drain gives up
+// closes the Redis bus (withdrawing this node's presence at once), stops
+// the webhook sender once its POSTs in flight are recorded, and finally
+// closes the store, which flushes its pending batch. The drain gives up
 // DrainTimeout+5s after it started or when ctx ends, whichever comes
 // first. Later calls return the first call's result.
 func (n *Node) Shutdown(ctx context.Context) error {
