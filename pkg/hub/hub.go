@@ -75,8 +75,9 @@ type Config struct {
 	// webhook event for every message whose recipient is not in the chat
 	// when it is saved, due NotifyAfter later (store.NewMessage). The
 	// event row commits in the message's own transaction, so the hub
-	// adds no call, no goroutine and no network wait per message: only
-	// the presence check deliver makes anyway, made before the save.
+	// adds no goroutine and no call to the receiver per message: only a
+	// presence lookup before the save, answered from memory like the one
+	// in deliver.
 	NotifyAfter time.Duration
 	// WatermarkPeriod is how often a clustered node samples the store's
 	// last id, the point clients catch up from after lost fanout
