@@ -9,12 +9,14 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/elchat/elchat/pkg/hub"
 	"github.com/elchat/elchat/pkg/store"
 	"github.com/elchat/elchat/pkg/topic"
+	"github.com/elchat/elchat/pkg/webhook"
 )
 
 // maxBody bounds request bodies; messages are small.
@@ -184,4 +186,62 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 
 func writeError(w http.ResponseWriter, status int, msg string) {
 	writeJSON(w, status, map[string]string{"error": msg})
+}
+
+// DeadEvents serves GET /api/v1/webhooks/dead from ob: the webhook events
+// given up on, newest first (?limit=N, default 100, at most 1000). Each is
+// the body that was POSTed plus state, attempts, last_error and
+// updated_at. POST /api/v1/webhooks/dead/{id}/retry gives one a fresh set
+// of attempts (after the receiver is fixed). Without a call (webhooks
+// off) both paths are 404.
+func (a *Handler) DeadEvents(ob store.Outbox) {
+	a.mux.HandleFunc("GET /api/v1/webhooks/dead", func(w http.ResponseWriter, r *http.Request) {
+		limit := 100
+		if v := r.URL.Query().Get("limit"); v != "" {
+			n, err := strconv.Atoi(v)
+			if err != nil || n <= 0 {
+				writeError(w, http.StatusBadRequest, "limit must be a positive integer")
+				return
+			}
+			limit = n
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+		defer cancel()
+		evs, err := ob.DeadEvents(ctx, limit)
+		if err != nil {
+			writeError(w, http.StatusServiceUnavailable, "store unavailable")
+			return
+		}
+		type dead struct {
+			webhook.Body
+			State     string    `json:"state"`
+			Attempts  int       `json:"attempts"`
+			LastError string    `json:"last_error"`
+			UpdatedAt time.Time `json:"updated_at"`
+		}
+		out := make([]dead, len(evs))
+		for i, e := range evs {
+			out[i] = dead{Body: webhook.Body{ID: webhook.EventID(e.ID), Type: e.Type, UserID: e.UserID, DueAt: e.DueAt, Messages: e.Messages},
+				State: e.State, Attempts: e.Attempts, LastError: e.LastError, UpdatedAt: e.UpdatedAt}
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"events": out})
+	})
+	a.mux.HandleFunc("POST /api/v1/webhooks/dead/{id}/retry", func(w http.ResponseWriter, r *http.Request) {
+		id, err := strconv.ParseInt(strings.TrimPrefix(r.PathValue("id"), "evt_"), 10, 64)
+		if err != nil || id <= 0 {
+			writeError(w, http.StatusBadRequest, "id must be an event id (evt_N)")
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+		defer cancel()
+		ok, err := ob.RequeueEvent(ctx, id)
+		switch {
+		case err != nil:
+			writeError(w, http.StatusServiceUnavailable, "store unavailable")
+		case !ok:
+			writeError(w, http.StatusNotFound, "no dead event with that id")
+		default:
+			writeJSON(w, http.StatusAccepted, map[string]string{"id": webhook.EventID(id), "state": store.EventSending})
+		}
+	})
 }

@@ -212,9 +212,17 @@ func (h *Hub) validateBody(body string) string {
 func (h *Hub) save(user string, t topic.Topic, body, clientID string) ([]byte, error) {
 	ctx, cancel := h.ctx()
 	defer cancel()
-	msg, _, err := h.cfg.Store.Save(ctx, store.NewMessage{
+	m := store.NewMessage{
 		Room: t.String(), UserID: user, OpponentID: t.Other(user), Body: body, ClientID: clientID,
-	})
+	}
+	if h.cfg.NotifyAfter > 0 {
+		// Asked before the save so the outbox row can commit with the
+		// message; a presence error counts as absent, as in deliver.
+		if present, err := h.cfg.Presence.Present(ctx, m.Room, m.OpponentID); err != nil || !present {
+			m.NotifyAfter = h.cfg.NotifyAfter
+		}
+	}
+	msg, _, err := h.cfg.Store.Save(ctx, m)
 	if err != nil {
 		return nil, err
 	}

@@ -73,6 +73,14 @@ type Config struct {
 	// ResyncDelay and ResyncSpread pace the rejoin of every client after
 	// the bus lost messages (defaults 2s and 5s).
 	ResyncDelay, ResyncSpread time.Duration
+	// NotifyAfter, when positive, asks the store for a message.unread
+	// webhook event for every message whose recipient is not in the chat
+	// when it is saved, due NotifyAfter later (store.NewMessage). The
+	// event row commits in the message's own transaction, so the hub
+	// adds no goroutine and no call to the receiver per message: only a
+	// presence lookup before the save, answered from memory like the one
+	// in deliver.
+	NotifyAfter time.Duration
 	// WatermarkPeriod is how often a clustered node samples the store's
 	// last id, the point clients catch up from after lost fanout
 	// (default 5s).

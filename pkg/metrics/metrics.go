@@ -28,6 +28,10 @@ type Metrics struct {
 	batchLatency                   prometheus.Histogram
 	busLag                         prometheus.Histogram
 	busBatch                       prometheus.Histogram
+
+	webhookSent, webhookFailed    prometheus.Counter
+	webhookDead, webhookCancelled prometheus.Counter
+	webhookDelay                  prometheus.Histogram
 }
 
 // New registers every ElChat metric plus the Go and process collectors.
@@ -77,6 +81,27 @@ func New() *Metrics {
 		Name: "elchat_bus_publish_batch_size", Help: "PUBLISHes per pipelined round trip to Redis.",
 		Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128, 256},
 	})
+	m.webhookSent = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "elchat_webhook_sent_total", Help: "Webhook events delivered (receiver answered 2xx).",
+	})
+	m.webhookFailed = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "elchat_webhook_failed_total", Help: "Webhook attempts that failed and will be retried.",
+	})
+	m.webhookDead = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "elchat_webhook_dead_total", Help: "Webhook events given up on (dead-lettered) by this node.",
+	})
+	m.webhookCancelled = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "elchat_webhook_cancelled_total", Help: "Webhook events dropped unsent because their messages were read.",
+	})
+	m.webhookDelay = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "elchat_webhook_delivery_seconds", Help: "Time from a webhook event falling due to the receiver's 2xx.",
+		Buckets: prometheus.ExponentialBuckets(0.01, 2, 18),
+	})
+	f(m.webhookSent)
+	f(m.webhookFailed)
+	f(m.webhookDead)
+	f(m.webhookCancelled)
+	f(m.webhookDelay)
 	f(m.busLag)
 	f(m.busBatch)
 	f(joins)
@@ -144,3 +169,13 @@ func (m *Metrics) StoreBatch(size int, d time.Duration) {
 	m.batchSize.Observe(float64(size))
 	m.batchLatency.Observe(d.Seconds())
 }
+
+// WebhookSent, WebhookFailed, WebhookDead and WebhookCancelled implement
+// webhook.Metrics.
+func (m *Metrics) WebhookSent(delay time.Duration) {
+	m.webhookSent.Inc()
+	m.webhookDelay.Observe(delay.Seconds())
+}
+func (m *Metrics) WebhookFailed()         { m.webhookFailed.Inc() }
+func (m *Metrics) WebhookDead()           { m.webhookDead.Inc() }
+func (m *Metrics) WebhookCancelled(n int) { m.webhookCancelled.Add(float64(n)) }

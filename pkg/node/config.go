@@ -11,6 +11,7 @@ import (
 	"github.com/elchat/elchat/pkg/metrics"
 	"github.com/elchat/elchat/pkg/store"
 	"github.com/elchat/elchat/pkg/transport"
+	"github.com/elchat/elchat/pkg/webhook"
 )
 
 // Config is every setting of one ElChat node. cmd/elchat fills it from
@@ -85,6 +86,22 @@ type Config struct {
 	// APIKey is the bearer key of /api/v1/ (empty: API off).
 	APIKey string
 
+	// WebhookURL receives the host-app webhooks (empty: off); it needs
+	// WebhookSecret, the HMAC key of ElChat-Signature (pkg/webhook).
+	WebhookURL    string
+	WebhookSecret string
+	// NotifyAfter is how long a message must stay unread, its recipient
+	// not in the chat, before a message.unread event goes out.
+	NotifyAfter time.Duration
+	// WebhookTimeout bounds one POST; a claim's lease is three times it
+	// plus 5s (how late a killed node's events can be).
+	WebhookTimeout time.Duration
+	// WebhookMaxAttempts and WebhookRetryBase shape the retries: attempt n
+	// fails into a wait of about RetryBase·2^(n-1), at most an hour, and
+	// after MaxAttempts the event is dead.
+	WebhookMaxAttempts int
+	WebhookRetryBase   time.Duration
+
 	Logger  *slog.Logger     // nil: slog.Default()
 	Metrics *metrics.Metrics // nil: a new registry; never share one between nodes
 }
@@ -122,6 +139,11 @@ func DefaultConfig() Config {
 		UpgradeRate:      2000,
 		UpgradeBurst:     4000,
 		DrainTimeout:     20 * time.Second,
+
+		NotifyAfter:        5 * time.Minute,
+		WebhookTimeout:     webhook.DefaultTimeout,
+		WebhookMaxAttempts: webhook.DefaultMaxAttempts,
+		WebhookRetryBase:   webhook.DefaultRetryBase,
 	}
 }
 
@@ -140,6 +162,9 @@ var (
 	// ErrCableWithoutRedis: Action Cable broadcasts arrive through Redis.
 	ErrCableWithoutRedis = errors.New("--actioncable-prefix needs --redis-url")
 	ErrDatabaseURL       = errors.New("ELCHAT_DATABASE_URL must be a postgres:// URL")
+	// ErrWebhookSecretWithoutURL: a secret alone suggests the URL was
+	// meant to be set too, and nothing would ever be sent.
+	ErrWebhookSecretWithoutURL = errors.New("--webhook-secret is set but --webhook-url is not: set both to send webhooks, or neither")
 )
 
 // withDefaults fills the fields whose zero value means "unset".
@@ -182,6 +207,10 @@ func (c Config) withDefaults() Config {
 	setDur(&c.HandshakeTimeout, d.HandshakeTimeout)
 	setInt(&c.MaxHandshakes, d.MaxHandshakes)
 	setInt(&c.UpgradeBurst, d.UpgradeBurst)
+	setDur(&c.NotifyAfter, d.NotifyAfter)
+	setDur(&c.WebhookTimeout, d.WebhookTimeout)
+	setInt(&c.WebhookMaxAttempts, d.WebhookMaxAttempts)
+	setDur(&c.WebhookRetryBase, d.WebhookRetryBase)
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -216,6 +245,13 @@ func (c *Config) validate() ([]byte, error) {
 	if c.ActionCablePrefix != "" && c.RedisURL == "" {
 		return nil, ErrCableWithoutRedis
 	}
+	if c.WebhookURL != "" {
+		if err := webhook.Validate(c.WebhookURL, c.WebhookSecret); err != nil {
+			return nil, err
+		}
+	} else if c.WebhookSecret != "" {
+		return nil, ErrWebhookSecretWithoutURL
+	}
 	if c.Transport != "epoll" && c.Transport != "portable" {
 		return nil, fmt.Errorf("--transport %q: want epoll or portable", c.Transport)
 	}
@@ -232,7 +268,9 @@ func (c *Config) validate() ([]byte, error) {
 		{"max-conns-per-user", float64(c.MaxConnsPerUser)}, {"max-conns-per-ip", float64(c.MaxConnsPerIP)},
 		{"upgrade-rate", c.UpgradeRate}, {"upgrade-burst", float64(c.UpgradeBurst)},
 		{"drain-timeout", float64(c.DrainTimeout)}, {"presence-ttl", float64(c.PresenceTTL)},
-		{"store-timeout", float64(c.StoreTimeout)},
+		{"store-timeout", float64(c.StoreTimeout)}, {"notify-after", float64(c.NotifyAfter)},
+		{"webhook-timeout", float64(c.WebhookTimeout)}, {"webhook-max-attempts", float64(c.WebhookMaxAttempts)},
+		{"webhook-retry-base", float64(c.WebhookRetryBase)},
 	} {
 		if f.v < 0 {
 			return nil, fmt.Errorf("--%s must not be negative", f.flag)

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"sync"
 	"time"
 
@@ -27,6 +28,7 @@ import (
 	"github.com/elchat/elchat/pkg/store/postgres"
 	"github.com/elchat/elchat/pkg/store/sqlite"
 	"github.com/elchat/elchat/pkg/transport"
+	"github.com/elchat/elchat/pkg/webhook"
 )
 
 // Node is a running ElChat node. Serve (or Start) it on a listener; stop
@@ -41,9 +43,12 @@ type Node struct {
 	srv    *server.Server
 	m      *metrics.Metrics
 	mux    *http.ServeMux
+	hooks  *webhook.Sender // nil: webhooks off
 
-	stopHub context.CancelFunc
-	bg      sync.WaitGroup // hub.Run
+	stopHub   context.CancelFunc
+	bg        sync.WaitGroup // hub.Run
+	stopHooks context.CancelFunc
+	hooksDone sync.WaitGroup // the webhook sender
 
 	mu sync.Mutex
 	ln net.Listener // guarded by mu
@@ -53,7 +58,9 @@ type Node struct {
 }
 
 // New validates cfg, opens the store and, with RedisURL, the Redis bus, and
-// builds the hub, the engine, the server and the HTTP handlers. ctx bounds
+// builds the hub, the engine, the server and the HTTP handlers. With
+// WebhookURL it also checks that the receiver accepts a TCP connection and
+// starts the webhook sender. ctx bounds
 // the opening only; the node runs until Shutdown. On error everything
 // opened so far is closed again.
 func New(ctx context.Context, cfg Config) (_ *Node, err error) {
@@ -128,6 +135,31 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 		_ = n.engine.Shutdown(sctx)
 	})
 
+	if cfg.WebhookURL != "" {
+		ob, ok := n.st.(store.Outbox)
+		if !ok {
+			return nil, fmt.Errorf("webhooks: the store (%T) keeps no outbox", n.st)
+		}
+		if err = webhook.Probe(ctx, cfg.WebhookURL); err != nil {
+			return nil, fmt.Errorf("%w (--webhook-url %s; start the receiver first)", err, cfg.WebhookURL)
+		}
+		owner := cfg.NodeID
+		if owner == "" {
+			owner = "node"
+		}
+		// Unique per process: a restarted node must not finish what its
+		// previous life claimed, so its claims expire instead.
+		owner += "-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+		if n.hooks, err = webhook.New(webhook.Config{
+			URL: cfg.WebhookURL, Secret: cfg.WebhookSecret, Outbox: ob, Owner: owner,
+			Timeout: cfg.WebhookTimeout, MaxAttempts: cfg.WebhookMaxAttempts, RetryBase: cfg.WebhookRetryBase,
+			Metrics: m, Logger: log,
+		}); err != nil {
+			return nil, err
+		}
+		hcfg.NotifyAfter = cfg.NotifyAfter
+	}
+
 	n.hub = hub.New(hcfg)
 	undo = append(undo, n.hub.Close)
 	hubCtx, stopHub := context.WithCancel(context.Background())
@@ -144,6 +176,13 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 				return nil, fmt.Errorf("action cable listener: %w", err)
 			}
 		}
+	}
+
+	if n.hooks != nil {
+		hctx, stop := context.WithCancel(context.Background())
+		n.stopHooks = stop
+		n.hooksDone.Go(func() { n.hooks.Run(hctx) })
+		undo = append(undo, n.stopWebhooks)
 	}
 
 	n.srv = server.New(server.Config{
@@ -197,6 +236,14 @@ func (n *Node) registerMetrics() {
 	m.CounterFunc("elchat_ws_frames_out_total", "WebSocket frames written.", func() float64 { return float64(engine.Stats().FramesOut) })
 	m.CounterFunc("elchat_ws_bytes_in_total", "WebSocket bytes received.", func() float64 { return float64(engine.Stats().BytesIn) })
 	m.CounterFunc("elchat_ws_bytes_out_total", "WebSocket bytes written.", func() float64 { return float64(engine.Stats().BytesOut) })
+	if hooks := n.hooks; hooks != nil {
+		m.GaugeFunc("elchat_webhook_pending", "Webhook events collecting messages until due (whole outbox, sampled every 5s).",
+			func() float64 { p, _, _ := hooks.Backlog(); return float64(p) })
+		m.GaugeFunc("elchat_webhook_sending", "Webhook events sealed and in flight or waiting for a retry (whole outbox).",
+			func() float64 { _, s, _ := hooks.Backlog(); return float64(s) })
+		m.GaugeFunc("elchat_webhook_dead", "Dead-lettered webhook events kept in the outbox (GET /api/v1/webhooks/dead).",
+			func() float64 { _, _, d := hooks.Backlog(); return float64(d) })
+	}
 	if bus := n.bus; bus != nil {
 		m.CounterFunc("elchat_bus_published_total", "Frames published to Redis.", func() float64 { return float64(bus.Stats().Published) })
 		m.CounterFunc("elchat_bus_lost_total", "Frames dropped or failed on the way to Redis (outage or full queue).",
@@ -206,7 +253,11 @@ func (n *Node) registerMetrics() {
 
 func (n *Node) routes(key []byte) {
 	n.mux.Handle("GET /metrics", n.m.Handler())
-	n.mux.Handle("/api/v1/", api.New(n.cfg.APIKey, n.hub))
+	a := api.New(n.cfg.APIKey, n.hub)
+	if n.hooks != nil {
+		a.DeadEvents(n.st.(store.Outbox))
+	}
+	n.mux.Handle("/api/v1/", a)
 	if n.cfg.Dev {
 		n.mux.Handle("/", demo.New(key, n.hub.Presence()))
 	}
@@ -219,6 +270,18 @@ func (n *Node) routes(key []byte) {
 	}
 	n.mux.Handle("GET /readyz", r)
 }
+
+// stopWebhooks stops the sender and waits for its POSTs in flight (each
+// bounded by WebhookTimeout) to be recorded, before the store closes.
+func (n *Node) stopWebhooks() {
+	if n.stopHooks != nil {
+		n.stopHooks()
+		n.hooksDone.Wait()
+	}
+}
+
+// Webhooks is the node's webhook sender (nil: webhooks off).
+func (n *Node) Webhooks() *webhook.Sender { return n.hooks }
 
 // Serve accepts connections on ln until Shutdown; it returns nil then.
 func (n *Node) Serve(ln net.Listener) error {
@@ -267,8 +330,9 @@ func (n *Node) Logger() *slog.Logger      { return n.log }
 // draining and load balancers move on), closes the sockets with 1012 in
 // batches spread over DrainTimeout (clients reconnect elsewhere without a
 // thundering herd), shuts the engine and the HTTP side down, stops the hub,
-// closes the Redis bus (withdrawing this node's presence at once) and
-// finally the store, which flushes its pending batch. The drain gives up
+// closes the Redis bus (withdrawing this node's presence at once), stops
+// the webhook sender once its POSTs in flight are recorded, and finally
+// closes the store, which flushes its pending batch. The drain gives up
 // DrainTimeout+5s after it started or when ctx ends, whichever comes
 // first. Later calls return the first call's result.
 func (n *Node) Shutdown(ctx context.Context) error {
@@ -301,6 +365,7 @@ func (n *Node) shutdown(ctx context.Context) error {
 	n.stopHub()
 	n.bg.Wait()
 	n.hub.Close()
+	n.stopWebhooks()
 	if err := n.st.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("store: %w", err))
 	}

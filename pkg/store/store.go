@@ -1,7 +1,9 @@
 // Package store keeps chat history. Three implementations satisfy Store and
 // pass the same suite (storetest): an embedded SQLite file for development
 // and small installs, PostgreSQL for clusters, and memstore, which keeps
-// nothing across restarts and exists so tests need no database.
+// nothing across restarts and exists so tests need no database. All three
+// also keep the webhook outbox (Outbox, outbox.go) beside the messages, and
+// pass its suite (storetest.RunOutbox).
 package store
 
 import (
@@ -46,6 +48,12 @@ type NewMessage struct {
 	OpponentID string
 	Body       string
 	ClientID   string
+	// NotifyAfter, when positive, asks for a message.unread webhook event
+	// to the recipient due NotifyAfter after the message is stored, unless
+	// it is read by then. The event row commits with the message (see
+	// Outbox); an event already pending for the recipient takes it in.
+	// Retries (created == false) add nothing.
+	NotifyAfter time.Duration
 }
 
 // UnreadChat summarises one room with messages the user has not read.

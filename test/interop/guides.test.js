@@ -187,3 +187,119 @@ if ((!ruby || !python) && !process.env.CI) {
     }
   });
 }
+
+// ---------------------------------------------------------------- webhooks
+// Each guide's webhook receiver (docs/examples/*_webhook.*) runs under its
+// real interpreter on a free port, a live node is pointed at it, and the
+// seed's story must arrive there verified: Bob offline, Alice writes three
+// messages, one message.unread event with the three after --notify-after.
+// Forged and stale signatures must be refused by the receiver's own code.
+const { spawn } = require("node:child_process");
+const crypto = require("node:crypto");
+const { freePort } = require("./helpers");
+
+const RECEIVERS = [
+  { guide: "rails.md", file: "rails_webhook.rb", cmd: () => (works("ruby", ["-ropenssl", "-e", "exit 0"]) ? "ruby" : null), missing: "ruby" },
+  { guide: "django.md", file: "django_webhook.py", cmd: () => (works("python3", ["-c", "import hmac"]) ? "python3" : null), missing: "python3" },
+  { guide: "node.md", file: "node_webhook.js", cmd: () => process.execPath, missing: "node" },
+];
+
+test("guides include the webhook receivers verbatim", () => {
+  for (const { guide, file } of RECEIVERS) {
+    const text = fs.readFileSync(path.join(DOCS, guide), "utf8");
+    const snippet = fs.readFileSync(path.join(EXAMPLES, file), "utf8").trim();
+    assert.ok(text.includes(snippet), `docs/${guide} must contain docs/examples/${file} verbatim`);
+  }
+});
+
+// startReceiver runs a receiver and resolves once it listens; lines() are
+// the events it printed so far.
+function startReceiver(cmd, file, port, secret) {
+  const env = { PATH: process.env.PATH, HOME: process.env.HOME || os.tmpdir(), ELCHAT_WEBHOOK_SECRET: secret };
+  const proc = spawn(cmd, [path.join(EXAMPLES, file), String(port)], { env, stdio: ["ignore", "pipe", "pipe"] });
+  let out = "";
+  let err = "";
+  proc.stdout.on("data", (d) => (out += d));
+  proc.stderr.on("data", (d) => (err += d));
+  const lines = () => out.split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l));
+  const ready = new Promise((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error(`${file} did not listen: ${out}${err}`)), 20000);
+    proc.stdout.on("data", () => {
+      if (out.includes("listening")) {
+        clearTimeout(t);
+        resolve();
+      }
+    });
+    proc.on("exit", (code) => reject(new Error(`${file} exited ${code}: ${err}`)));
+  });
+  return { proc, ready, lines, logs: () => out + err };
+}
+
+async function waitUntil(cond, ms, what) {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    if (cond()) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+for (const { guide, file, cmd: find, missing } of RECEIVERS) {
+  const cmd = find();
+  const name = `guides: docs/examples/${file} (${guide}) receives and verifies ElChat's webhook`;
+  if (!cmd && !process.env.CI) {
+    test(`${name} (skipped: no ${missing})`, { skip: `no ${missing}` }, () => {});
+    continue;
+  }
+  serverTest(name, { timeout: 45000, noServer: true }, async (ctx) => {
+    assert.ok(cmd, `CI is set but there is no ${missing}`);
+    const secret = "whsec-guides-0123456789abcdef";
+    const apiKey = "guides-api-key";
+    const port = await freePort();
+    const rcv = startReceiver(cmd, file, port, secret);
+    try {
+      await rcv.ready;
+      const server = await ctx.startServer({
+        env: {
+          ELCHAT_WEBHOOK_URL: `http://127.0.0.1:${port}/elchat/webhooks`,
+          ELCHAT_WEBHOOK_SECRET: secret,
+          ELCHAT_NOTIFY_AFTER: "500ms",
+          ELCHAT_API_KEY: apiKey,
+        },
+      });
+      const started = Date.now();
+      for (const [i, body] of ["hi Bob", "are you there?", "call me"].entries()) {
+        const res = await fetch(`${server.httpUrl}/api/v1/messages`, {
+          method: "POST",
+          headers: { Authorization: `Bearer ${apiKey}`, "Content-Type": "application/json" },
+          body: JSON.stringify({ from: "1", to: "2", body, client_id: `g-${i}` }),
+        });
+        assert.equal(res.status, 201);
+      }
+      await waitUntil(() => rcv.lines().length >= 1, 15000, `an event at ${file}: ${rcv.logs()}`);
+      assert.ok(Date.now() - started >= 500, "the event waited for --notify-after");
+      await new Promise((r) => setTimeout(r, 1000));
+      const events = rcv.lines();
+      assert.equal(events.length, 1, `one event: ${JSON.stringify(events)}`);
+      const [ev] = events;
+      assert.match(ev.id, /^evt_\d+$/);
+      assert.equal(ev.type, "message.unread");
+      assert.equal(ev.user_id, "2");
+      assert.deepEqual(ev.messages.map((m) => m.body), ["hi Bob", "are you there?", "call me"]);
+      for (const m of ev.messages) assert.equal(m.is_delivered, false);
+
+      // The receiver's verification refuses what ElChat did not sign now.
+      const body = JSON.stringify({ id: "evt_999", type: "message.unread", user_id: "2", messages: [] });
+      const sign = (t, key) => `t=${t},v1=${crypto.createHmac("sha256", key).update(`${t}.${body}`).digest("hex")}`;
+      const post = async (sig) =>
+        (await fetch(`http://127.0.0.1:${port}/elchat/webhooks`, { method: "POST", headers: { "ElChat-Signature": sig, "Content-Type": "application/json" }, body })).status;
+      const now = Math.floor(Date.now() / 1000);
+      assert.equal(await post(sign(now, secret + "x")), 400, "wrong secret");
+      assert.equal(await post(sign(now - 3600, secret)), 400, "an hour-old timestamp");
+      assert.equal(await post("v1=deadbeef"), 400, "no timestamp");
+      assert.equal(await post(sign(now, secret)), 200, "a good signature");
+    } finally {
+      rcv.proc.kill();
+    }
+  });
+}

@@ -32,6 +32,12 @@ type Store struct {
 	// unread[reader][room] lists, ascending, the ids of messages of room
 	// sent to reader and not yet delivered; emptied rooms are deleted.
 	unread map[string]map[string][]int64
+
+	// The webhook outbox (outbox.go): events by id, and the pending one
+	// of each user.
+	events    map[int64]*event
+	pending   map[string]int64
+	nextEvent int64
 }
 
 var _ store.Store = (*Store)(nil)
@@ -39,9 +45,11 @@ var _ store.Store = (*Store)(nil)
 // New returns an empty Store.
 func New() *Store {
 	return &Store{
-		rooms:  make(map[string][]int64),
-		keys:   make(map[store.IdempotencyKey]int64),
-		unread: make(map[string]map[string][]int64),
+		rooms:   make(map[string][]int64),
+		keys:    make(map[store.IdempotencyKey]int64),
+		unread:  make(map[string]map[string][]int64),
+		events:  make(map[int64]*event),
+		pending: make(map[string]int64),
 	}
 }
 
@@ -103,6 +111,7 @@ func (s *Store) flush(_ context.Context, batch []store.NewMessage) ([]store.Save
 		byRoom[m.Room] = append(byRoom[m.Room], id)
 		out[i] = store.SaveResult{Msg: msg, Created: true}
 	}
+	s.notifyLocked(now, store.NotifyList(batch, out))
 	return out, nil
 }
 
@@ -238,6 +247,6 @@ func (s *Store) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.closed = true
-	s.msgs, s.rooms, s.keys, s.unread = nil, nil, nil, nil
+	s.msgs, s.rooms, s.keys, s.unread, s.events, s.pending = nil, nil, nil, nil, nil, nil
 	return nil
 }

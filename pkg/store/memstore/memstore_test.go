@@ -75,3 +75,11 @@ func TestManyMessages(t *testing.T) {
 		t.Fatalf("LastID = %d, %v; want %d", id, err, n)
 	}
 }
+
+func TestOutbox(t *testing.T) {
+	storetest.RunOutbox(t, func(t *testing.T) storetest.OutboxStore {
+		s := memstore.New()
+		t.Cleanup(func() { s.Close() })
+		return s
+	})
+}

@@ -211,6 +211,10 @@ func (s *Store) flush(ctx context.Context, batch []store.NewMessage) ([]store.Sa
 		if err := rows.Err(); err != nil {
 			return err
 		}
+		// The outbox rows commit with the messages they announce.
+		if err := notify(ctx, tx, store.NotifyList(batch, out)); err != nil {
+			return err
+		}
 		return tx.Commit(ctx)
 	})
 	// The flush context is the batcher's own timeout, not a caller's: its

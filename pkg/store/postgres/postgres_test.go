@@ -205,3 +205,9 @@ func BenchmarkSaveBatch(b *testing.B) {
 		})
 	}
 }
+
+func TestOutbox(t *testing.T) {
+	storetest.RunOutbox(t, func(t *testing.T) storetest.OutboxStore {
+		return open(t, testenv.Postgres(t), postgres.Options{})
+	})
+}

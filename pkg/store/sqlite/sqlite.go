@@ -221,6 +221,10 @@ func (s *Store) flush(ctx context.Context, batch []store.NewMessage) (_ []store.
 			return nil, store.Unavailable(err)
 		}
 	}
+	// The outbox rows commit with the messages they announce.
+	if err := notify(ctx, tx, now, store.NotifyList(batch, out)); err != nil {
+		return nil, store.Unavailable(err)
+	}
 	if err := tx.Commit(); err != nil {
 		return nil, store.Unavailable(err)
 	}

@@ -155,3 +155,7 @@ func BenchmarkSaveBatch(b *testing.B) {
 		})
 	}
 }
+
+func TestOutbox(t *testing.T) {
+	storetest.RunOutbox(t, func(t *testing.T) storetest.OutboxStore { return open(t, sqlite.Options{}) })
+}
