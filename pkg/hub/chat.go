@@ -134,6 +134,24 @@ func (c *Client) newMessageLocked(f *phx.Frame) {
 	}
 	h := c.hub
 	m := store.NewMessage{Room: ch.name, UserID: c.user, OpponentID: ch.topic.Other(c.user), Body: body, ClientID: clientID}
+	if h.cfg.NotifyAfter > 0 {
+		// The webhook outbox needs to know now whether the recipient is
+		// in the chat; on the event loop only memory may answer.
+		lp, ok := h.cfg.Presence.(localPresence)
+		present, known := false, false
+		if ok {
+			present, known = lp.PresentLocal(m.Room, m.OpponentID)
+		}
+		if !known {
+			g := *f
+			g.Payload = bytes.Clone(f.Payload)
+			c.enqueueLocked(func(c *Client) { c.newMessage(&g) }, false)
+			return
+		}
+		if !present {
+			m.NotifyAfter = h.cfg.NotifyAfter
+		}
+	}
 	ref := f.Ref
 	ctx, cancel := h.ctx()
 	wasSched := c.sched

@@ -166,6 +166,13 @@ func (p *MemoryPresence) List(_ context.Context, topic string) (map[string][]Met
 	return out, nil
 }
 
+// PresentLocal is Present: the table is in memory.
+func (p *MemoryPresence) PresentLocal(topic, key string) (present, known bool) {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	return findKey(p.topics[topic], key) >= 0, true
+}
+
 func (p *MemoryPresence) Present(_ context.Context, topic, key string) (bool, error) {
 	p.mu.RLock()
 	defer p.mu.RUnlock()

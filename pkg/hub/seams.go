@@ -93,6 +93,13 @@ type resyncAnnouncer interface {
 	AnnounceResync(ctx context.Context, watermark int64) error
 }
 
+// localPresence is an optional ability of a Presence: answer Present from
+// memory alone, known false when that would need the network. The event
+// loop may ask it; it never asks Present.
+type localPresence interface {
+	PresentLocal(topic, key string) (present, known bool)
+}
+
 // Meta is one presence entry: one connection of one user in one topic.
 type Meta struct {
 	Ref      string `json:"phx_ref"`

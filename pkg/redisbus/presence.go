@@ -309,6 +309,17 @@ func (p *presence) Present(ctx context.Context, topic, key string) (bool, error)
 	return n > 0, err
 }
 
+// PresentLocal answers from the mirror of a subscribed topic; known is
+// false when Present would have to ask Redis.
+func (p *presence) PresentLocal(topic, key string) (present, known bool) {
+	p.mirMu.RLock()
+	defer p.mirMu.RUnlock()
+	if m := p.mirrors[topic]; m != nil && m.loaded {
+		return len(m.keys[key]) > 0, true
+	}
+	return false, false
+}
+
 // mirror starts a mirror for topic. It stays unloaded (Present asks Redis)
 // until the subscription is confirmed and load has read a snapshot.
 func (p *presence) mirror(topic string) {
