@@ -457,3 +457,38 @@ func remoteIPOf(addr string) string {
 	}
 	return host
 }
+
+// Authorize applies the upgrade rules to a plain HTTP request that opens a
+// connection by other means (a long-poll session): draining, upgrade rate,
+// vsn, origin, token (given, as the caller found it) and the per-user and
+// per-address limits. On success release gives the limits back; the
+// caller must call it when the connection ends.
+func (s *Server) Authorize(r *http.Request, token string) (claims auth.Claims, release func(), reason string, status int) {
+	hs := handshake{host: r.Host}
+	hs.onRequest([]byte(r.URL.RequestURI())) //nolint:errcheck // never fails
+	hs.token = token
+	if o := r.Header.Get("Origin"); o != "" {
+		hs.origin, hs.hasOrig = o, true
+	}
+	reason, status = s.authorize(&hs, remoteIPOf(r.RemoteAddr), &claims, &release)
+	if reason != "" {
+		s.cfg.Metrics.HandshakeRejected(reason)
+		return auth.Claims{}, nil, reason, status
+	}
+	s.cfg.Metrics.Connected()
+	return claims, release, "", 0
+}
+
+// OriginAllowed reports whether a request's Origin passes the rule the
+// upgrade applies (no Origin, same origin, or an allowed one).
+func (s *Server) OriginAllowed(r *http.Request) bool {
+	o := r.Header.Get("Origin")
+	if o == "" {
+		return true
+	}
+	hs := handshake{host: r.Host, origin: o, hasOrig: true}
+	return hs.sameOrigin() || s.cfg.Origins.Allow(o)
+}
+
+// Verify checks a host-app token with the server's verifier.
+func (s *Server) Verify(token string) (auth.Claims, error) { return s.cfg.Verifier.Verify(token) }
