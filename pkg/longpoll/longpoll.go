@@ -66,6 +66,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
@@ -500,6 +501,10 @@ func (m *Manager) post(w http.ResponseWriter, r *http.Request, s *session) {
 		case len(l) == 0 || l[0] != '[':
 			s.Close(closecode.Unsupported, "binary frames are not supported")
 			writeStatus(w, http.StatusBadRequest, http.StatusBadRequest, "malformed ndjson: line "+line+" is not a JSON array (binary frames are not supported)")
+			return
+		case !json.Valid(l):
+			s.Close(closecode.InvalidData, "malformed frame")
+			writeStatus(w, http.StatusBadRequest, http.StatusBadRequest, "malformed ndjson: line "+line+" is not JSON")
 			return
 		}
 	}

@@ -49,7 +49,7 @@ type session struct {
 	held    bool   // a poll is held now
 	idle    int64  // unix nanos when the last poll ended (or the session opened)
 	closed  bool
-	code    int    // close code and reason, for the logs
+	code    int // close code and reason, for the logs
 	reason  string
 	paused  bool          // the hub paused reads: POSTs wait
 	resume  chan struct{} // closed when reads resume or the session closes
