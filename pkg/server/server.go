@@ -197,6 +197,11 @@ func (s *Server) handle(nc net.Conn) {
 	if path != SocketPath {
 		// Plain HTTP: hand the connection, with what was peeked, to net/http.
 		// This reader stays with the connection; only sockets are frugal.
+		// net/http sets its own read deadlines (ReadHeaderTimeout,
+		// IdleTimeout) and none for writes: the handshake deadline must
+		// not stay, or a held long-poll (or any answer on a kept-alive
+		// connection older than HandshakeTimeout) fails to write.
+		_ = nc.SetDeadline(time.Time{})
 		s.httpL.push(&peekedConn{Conn: nc, r: br})
 		return
 	}

@@ -183,3 +183,17 @@ serverTest("longpoll: bad input gets clear statuses and disturbs nothing else", 
   // Through all this the bystander's session was never disturbed.
   await heartbeatWorks(s, bystander, "hb-bystander");
 });
+
+serverTest("longpoll: a poll held past the handshake timeout is answered (204) and the session goes on", { timeout: 30000, env: { ELCHAT_HANDSHAKE_TIMEOUT: "1s", ELCHAT_LONGPOLL_WINDOW: "2s", ELCHAT_LONGPOLL_TIMEOUT: "4s" } }, async (ctx) => {
+  const s = ctx.server;
+  const a = await openSession(s, 1);
+  const t0 = Date.now();
+  const r = await lpFetch(s, "GET", a);
+  assert.equal(r.json && r.json.status, 204, r.text);
+  assert.ok(Date.now() - t0 >= 1900, "held for the window");
+  await heartbeatWorks(s, a, "after-window");
+  // An abandoned session expires: no poll for the session timeout.
+  await sleep(5500);
+  const g = await lpFetch(s, "GET", a);
+  assert.equal(g.json.status, 410, "abandoned session expired");
+});
