@@ -197,3 +197,19 @@ serverTest("longpoll: a poll held past the handshake timeout is answered (204) a
   const g = await lpFetch(s, "GET", a);
   assert.equal(g.json.status, 410, "abandoned session expired");
 });
+
+serverTest("longpoll: SIGTERM answers held polls at once, so clients reconnect elsewhere", { timeout: 30000 }, async (ctx) => {
+  const s = ctx.server;
+  const raw = await openSession(s, 1);
+  const lpSocket = await connectLP(ctx, 2);
+  await joinOk(lpSocket.channel("user:2"));
+  const t0 = Date.now();
+  const held = lpFetch(s, "GET", raw);
+  await sleep(300);
+  s.proc.kill("SIGTERM");
+  const r = await held;
+  assert.equal(r.json && r.json.status, 410, `held poll on drain: ${r.text}`);
+  await lpSocket.closes.waitFor(() => true, "phoenix.js's LongPoll to see its session end");
+  assert.ok(Date.now() - t0 < 4000, `answered after ${Date.now() - t0}ms, not after the drain timeout`);
+  await s.exited;
+});
