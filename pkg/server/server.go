@@ -336,7 +336,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	// The engine needs the bare TCP connection (epoll polls its fd), and
 	// nothing may be left unread in the buffers we drop here.
-	if pc, ok := nc.(*peekedConn); ok && pc.r.Buffered() == 0 && rw.Reader.Buffered() == 0 {
+	if pc, ok := nc.(*peekedConn); ok && pc.buffered() == 0 && rw.Reader.Buffered() == 0 {
 		nc = pc.Conn
 	} else if rw.Reader.Buffered() > 0 {
 		if release != nil {
@@ -404,13 +404,43 @@ func (s *session) Closed() {
 	}
 }
 
-// peekedConn is a connection whose first bytes sit in r.
+// peekedConn is a connection whose first bytes sit in r. Once net/http
+// has read them, r goes back to the pool and reads go straight to the
+// connection: a kept-alive or long-polling connection does not hold the
+// 16 KiB peek buffer for its whole life (net/http has its own). Reads come
+// from one goroutine at a time (net/http's), so r needs no lock.
 type peekedConn struct {
 	net.Conn
-	r *bufio.Reader
+	r *bufio.Reader // nil once drained
 }
 
-func (c *peekedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+func (c *peekedConn) Read(p []byte) (int, error) {
+	if c.r == nil {
+		return c.Conn.Read(p)
+	}
+	if c.r.Buffered() == 0 {
+		c.release()
+		return c.Conn.Read(p)
+	}
+	n, err := c.r.Read(p)
+	if c.r.Buffered() == 0 {
+		c.release()
+	}
+	return n, err
+}
+
+func (c *peekedConn) release() {
+	c.r.Reset(nil)
+	readerPool.Put(c.r)
+	c.r = nil
+}
+
+func (c *peekedConn) buffered() int {
+	if c.r == nil {
+		return 0
+	}
+	return c.r.Buffered()
+}
 
 // chanListener feeds connections the server has already looked at to
 // net/http.
