@@ -1,8 +1,9 @@
 // Package server accepts TCP connections, upgrades WebSocket requests at
 // /socket/websocket straight on the connection with gobwas/ws (no net/http
 // hijack, so no buffers outlive the handshake), authenticates them, and
-// serves every other path (health, metrics, API, demo) with net/http on the
-// same port.
+// serves every other path (health, metrics, API, demo, long-poll) with
+// net/http on the same port. Authorize applies the upgrade's rules to a
+// long-poll open, so both transports admit exactly the same clients.
 package server
 
 import (
