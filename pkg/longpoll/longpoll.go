@@ -115,17 +115,6 @@ type Authorizer interface {
 	Verify(token string) (auth.Claims, error)
 }
 
-// Metrics receives the sessions' events.
-type Metrics interface {
-	SlowConsumer()
-	Forwarded()
-}
-
-type nopMetrics struct{}
-
-func (nopMetrics) SlowConsumer() {}
-func (nopMetrics) Forwarded()    {}
-
 // Config configures a Manager. Zero limits take the defaults below.
 type Config struct {
 	Secret []byte // node secret; session tokens are signed with a key derived from it
@@ -150,7 +139,6 @@ type Config struct {
 
 	Transport http.RoundTripper // for forwarding; nil: a dedicated http.Transport
 	Logger    *slog.Logger
-	Metrics   Metrics
 }
 
 func (c Config) withDefaults() Config {
@@ -174,9 +162,6 @@ func (c Config) withDefaults() Config {
 	setI(&c.MaxQueueFrames, 1024)
 	if c.Logger == nil {
 		c.Logger = slog.Default()
-	}
-	if c.Metrics == nil {
-		c.Metrics = nopMetrics{}
 	}
 	if c.Transport == nil {
 		c.Transport = &http.Transport{
@@ -228,8 +213,8 @@ func (m *Manager) Len() int {
 	return len(m.sessions)
 }
 
-// Stats reports counters: sessions closed as slow consumers and requests
-// forwarded to their owner.
+// Stats reports counters, for metrics: sessions closed as slow consumers
+// and requests forwarded to their owner.
 func (m *Manager) Stats() (slowConsumers, forwarded int64) {
 	return m.slow.Load(), m.forwarded.Load()
 }
@@ -551,7 +536,6 @@ func (m *Manager) forward(w http.ResponseWriter, r *http.Request, t ticket) {
 		return
 	}
 	m.forwarded.Add(1)
-	m.cfg.Metrics.Forwarded()
 	p := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(&url.URL{Scheme: "http", Host: t.Addr})

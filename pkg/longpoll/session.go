@@ -69,7 +69,6 @@ func (s *session) Send(msg []byte) error {
 	}
 	if len(s.box)+1 > s.m.cfg.MaxQueueFrames || s.boxBytes+len(msg) > s.m.cfg.MaxQueueBytes {
 		s.m.slow.Add(1)
-		s.m.cfg.Metrics.SlowConsumer()
 		s.closeLocked(closecode.Policy, "slow consumer")
 		return ErrSlowConsumer
 	}
