@@ -40,6 +40,11 @@ function rssKiB(pid) {
   const m = /VmRSS:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, "utf8"));
   return Number(m[1]);
 }
+// gc makes the server collect garbage first (a heap profile with gc=1 does),
+// so the heap figures count live memory only.
+async function gc(pprofPort) {
+  await httpGet(`http://127.0.0.1:${pprofPort}/debug/pprof/heap?gc=1&debug=1`, { timeout: 10000 });
+}
 async function metric(server, name) {
   const r = await httpGet(`${server.httpUrl}/metrics`, { timeout: 5000 });
   const m = new RegExp(`^${name}\\s+([0-9.e+]+)`, "m").exec(r.body);
@@ -129,12 +134,14 @@ async function main() {
   const port = await freePort();
   const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), "elchat-lp-bench-"));
   const secret = crypto.randomBytes(24).toString("hex");
-  const server = new H.Server({ port, dataDir, secret, env: { ELCHAT_PUSH_RATE: "1000", ELCHAT_PUSH_BURST: "1000", ELCHAT_MAX_CONNS_PER_USER: "0" } });
+  const pprofPort = await freePort();
+  const server = new H.Server({ port, dataDir, secret, env: { ELCHAT_PUSH_RATE: "1000", ELCHAT_PUSH_BURST: "1000", ELCHAT_MAX_CONNS_PER_USER: "0", ELCHAT_PPROF_ADDR: `127.0.0.1:${pprofPort}` } });
   await server.start();
   try {
     console.log(`## latency, ${MSGS} messages at ${RATE}/s, sender on WebSocket, the same user receiving on both transports\n`);
     console.log(await latency(server));
     await sleep(1000);
+    await gc(pprofPort);
     const rss0 = rssKiB(server.proc.pid);
     const heap0 = await metric(server, "go_memstats_heap_inuse_bytes");
     const g0 = await metric(server, "go_goroutines");
@@ -143,6 +150,7 @@ async function main() {
     const openMs = Date.now() - t0;
     await sleep(12000); // more than one poll window: every session re-polled once
     const held = await metric(server, "elchat_longpoll_sessions");
+    await gc(pprofPort);
     const rss1 = rssKiB(server.proc.pid);
     const heap1 = await metric(server, "go_memstats_heap_inuse_bytes");
     const g1 = await metric(server, "go_goroutines");
@@ -151,7 +159,7 @@ async function main() {
     console.log("| figure | value |\n|---|---|");
     console.log(`| sessions held by the node | ${held} (failed opens or polls: ${idle.failed()}) |`);
     console.log(`| server RSS per session | ${((rss1 - rss0) / SESSIONS).toFixed(2)} KiB |`);
-    console.log(`| Go heap in use per session | ${((heap1 - heap0) / SESSIONS / 1024).toFixed(2)} KiB |`);
+    console.log(`| Go heap in use per session (after a GC) | ${((heap1 - heap0) / SESSIONS / 1024).toFixed(2)} KiB |`);
     console.log(`| goroutines per session (the held poll's request) | ${((g1 - g0) / SESSIONS).toFixed(2)} |`);
     console.log(`| polls answered (204 after the 10 s window) | ${answered} |`);
     await idle.stop();
