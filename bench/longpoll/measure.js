@@ -14,7 +14,7 @@
 // run to 300 messages at 50/s.
 //
 //   go build -o bin/elchat ./cmd/elchat
-//   ELCHAT_BIN=$PWD/bin/elchat node bench/longpoll/measure.js [--sessions 2000] [--msgs 300] [--rate 50]
+//   ELCHAT_BIN=$PWD/bin/elchat node bench/longpoll/measure.js [--sessions 2000] [--msgs 300] [--rate 50] [--heap-profile FILE]
 const path = require("node:path");
 const fs = require("node:fs");
 const os = require("node:os");
@@ -151,6 +151,11 @@ async function main() {
     await sleep(12000); // more than one poll window: every session re-polled once
     const held = await metric(server, "elchat_longpoll_sessions");
     await gc(pprofPort);
+    const profile = process.argv.includes("--heap-profile") ? process.argv[process.argv.indexOf("--heap-profile") + 1] : "";
+    if (profile) {
+      const res = await fetch(`http://127.0.0.1:${pprofPort}/debug/pprof/heap?gc=1`);
+      fs.writeFileSync(profile, Buffer.from(await res.arrayBuffer()));
+    }
     const rss1 = rssKiB(server.proc.pid);
     const heap1 = await metric(server, "go_memstats_heap_inuse_bytes");
     const g1 = await metric(server, "go_goroutines");
