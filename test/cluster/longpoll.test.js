@@ -24,6 +24,28 @@ clusterTest("longpoll cluster: the seed's story over LongPoll through nginx roun
   assert.ok(forwarded > 0, "some polls or posts landed on the node that does not own their session and were forwarded");
 });
 
+clusterTest("longpoll cluster: a burst of pushes through round-robin keeps its order, both ways", { nodes: 2, nginx: true, skip }, async (c) => {
+  const room = chatTopic(1, 2);
+  const alice = await c.connect(1, "nginx", { name: "Alice", socketOpts: lp });
+  const bob = await c.connect(2, "nginx", { name: "Bob", socketOpts: lp });
+  const aChat = alice.channel(room);
+  const bChat = bob.channel(room);
+  const aMsgs = messageLog(aChat);
+  const bMsgs = messageLog(bChat);
+  await joinOk(aChat);
+  await joinOk(bChat);
+  // 30 pushes in one tick: phoenix.js batches them into POSTs that nginx
+  // spreads over both nodes; the owner feeds them to the hub in order.
+  const acks = await Promise.all(Array.from({ length: 30 }, (_, i) => pushOk(aChat, "new_message", { body: `burst ${i}`, client_id: `burst-${i}` })));
+  const ids = acks.map((m) => m.id);
+  assert.deepEqual(ids, [...ids].sort((x, y) => x - y), "stored in push order");
+  await waitUntil(() => bMsgs.byId.size >= 30, "bob gets the whole burst", 10000);
+  assert.deepEqual(bMsgs.items.map((m) => m.body), acks.map((m) => m.body), "bob receives the burst in push order");
+  // And the sender's own copies arrive in the same order.
+  await waitUntil(() => aMsgs.byId.size >= 30, "alice gets her own broadcasts", 10000);
+  assert.deepEqual(aMsgs.items.map((m) => m.id), ids);
+});
+
 clusterTest("longpoll cluster: the owner of a session dies; the client reopens on the other node and catches up with last_id", { nodes: 2, nginx: true, skip, timeout: 90000, env: { ELCHAT_LONGPOLL_WINDOW: "2s", ELCHAT_LONGPOLL_TIMEOUT: "5s" } }, async (c) => {
   const room = chatTopic(1, 2);
   const alice = await c.connect(1, "nginx", { name: "Alice", socketOpts: lp });
