@@ -222,6 +222,17 @@ func (m *Manager) Stats() (slowConsumers, forwarded int64) {
 // ServeHTTP serves Path: GET opens or polls, POST sends, OPTIONS answers a
 // CORS preflight.
 func (m *Manager) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	tok := sessionToken(r)
+	var t ticket
+	var terr error
+	if tok != "" && (r.Method == http.MethodGet || r.Method == http.MethodPost) {
+		t, terr = m.sign.parse(tok, time.Now())
+		if terr == nil && t.Node != m.cfg.NodeID {
+			// The owner answers, headers and all.
+			m.forward(w, r, t)
+			return
+		}
+	}
 	h := w.Header()
 	h.Set("Cache-Control", "no-store")
 	if o := r.Header.Get("Origin"); o != "" && m.cfg.Auth.OriginAllowed(r) {
@@ -245,7 +256,6 @@ func (m *Manager) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeStatus(w, http.StatusMethodNotAllowed, http.StatusMethodNotAllowed, "method not allowed")
 		return
 	}
-	tok := sessionToken(r)
 	if tok == "" {
 		if r.Method == http.MethodPost {
 			writeStatus(w, http.StatusOK, http.StatusGone, "no session")
@@ -254,17 +264,12 @@ func (m *Manager) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		m.open(w, r)
 		return
 	}
-	t, err := m.sign.parse(tok, time.Now())
 	switch {
-	case errors.Is(err, errExpired):
+	case errors.Is(terr, errExpired):
 		writeStatus(w, http.StatusOK, http.StatusGone, "session token expired")
 		return
-	case err != nil:
+	case terr != nil:
 		writeStatus(w, http.StatusForbidden, http.StatusForbidden, "invalid session token")
-		return
-	}
-	if t.Node != m.cfg.NodeID {
-		m.forward(w, r, t)
 		return
 	}
 	if !m.cfg.Auth.OriginAllowed(r) {
@@ -287,7 +292,10 @@ func (m *Manager) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			s.Close(closecode.TokenExpired, "token expired")
 			writeStatus(w, http.StatusOK, http.StatusGone, "token expired")
 			return
-		case err != nil || c.UserID != s.user:
+		case err != nil:
+			writeStatus(w, http.StatusForbidden, http.StatusForbidden, "token "+auth.Reason(err))
+			return
+		case c.UserID != s.user:
 			writeStatus(w, http.StatusForbidden, http.StatusForbidden, "session of another user")
 			return
 		}

@@ -305,6 +305,18 @@ func TestForwardToOwner(t *testing.T) {
 	if _, fwd := b.m.Stats(); fwd < 6 {
 		t.Fatalf("forwarded %d", fwd)
 	}
+	// The owner's answer passes through as it is: one CORS header, not
+	// one from each node.
+	req0, _ := http.NewRequest("POST", b.srv.URL+Path+"?vsn=2.0.0&token="+url.QueryEscape(sess), strings.NewReader(heartbeat("cors")))
+	req0.Header.Set("Origin", "http://app.example")
+	res0, err := http.DefaultClient.Do(req0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res0.Body.Close()
+	if got := res0.Header.Values("Access-Control-Allow-Origin"); len(got) != 1 || got[0] != "http://app.example" {
+		t.Fatalf("forwarded CORS header: %q", got)
+	}
 	// A forwarded request is never forwarded again.
 	req, _ := http.NewRequest("GET", a.srv.URL+Path+"?vsn=2.0.0&token="+url.QueryEscape(open(t, b, "2")), nil)
 	req.Header.Set(headerHop, "x")
