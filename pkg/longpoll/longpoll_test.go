@@ -35,7 +35,9 @@ func (a fakeAuth) Authorize(r *http.Request, token string) (auth.Claims, func(),
 	}
 	return c, nil, "", 0
 }
-func (fakeAuth) OriginAllowed(r *http.Request) bool { return r.Header.Get("Origin") != "http://evil.example" }
+func (fakeAuth) OriginAllowed(r *http.Request) bool {
+	return r.Header.Get("Origin") != "http://evil.example"
+}
 func (a fakeAuth) Verify(t string) (auth.Claims, error) { return a.v.Verify(t) }
 
 func newHub(t testing.TB) *hub.Hub {
