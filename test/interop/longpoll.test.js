@@ -213,3 +213,30 @@ serverTest("longpoll: SIGTERM answers held polls at once, so clients reconnect e
   assert.ok(Date.now() - t0 < 4000, `answered after ${Date.now() - t0}ms, not after the drain timeout`);
   await s.exited;
 });
+
+serverTest("longpoll: phoenix.js's authToken option (X-Phoenix-AuthToken header) and CORS for allowed origins only", { timeout: 30000 }, async (ctx) => {
+  const s = ctx.server;
+  const alice = await connectLP(ctx, 1, { authToken: true });
+  const bob = await ctx.connect(2);
+  const room = chatTopic(1, 2);
+  const aChat = alice.channel(room);
+  const bChat = bob.channel(room);
+  const bMsgs = collect(bChat, "new_message");
+  await joinOk(aChat);
+  await joinOk(bChat);
+  const m = await pushOk(aChat, "new_message", { body: "token in a header", client_id: ctx.uid() });
+  await bMsgs.waitFor((x) => x.id === m.id, "bob gets it");
+
+  // Preflight: the allowed origin is echoed, a foreign one is not.
+  const pre = async (origin) =>
+    fetch(`${s.httpUrl}/socket/longpoll?vsn=2.0.0`, {
+      method: "OPTIONS",
+      headers: { Origin: origin, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type,x-phoenix-authtoken" },
+    });
+  const ok = await pre(s.allowedOrigin);
+  assert.equal(ok.status, 200);
+  assert.equal(ok.headers.get("access-control-allow-origin"), s.allowedOrigin);
+  assert.match(ok.headers.get("access-control-allow-headers"), /x-phoenix-authtoken/);
+  const bad = await pre("http://evil.example");
+  assert.equal(bad.headers.get("access-control-allow-origin"), null, "a foreign origin may not read the answers");
+});
