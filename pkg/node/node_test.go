@@ -366,8 +366,37 @@ func TestLongPollSharesSocketLimits(t *testing.T) {
 	if second := open(); second["status"] != 500.0 {
 		t.Fatalf("second session beyond the limit: %v", second)
 	}
+	// The upgrade rate counts long-poll opens too (503, status 500: phoenix.js
+	// backs off and retries).
+	if code, body := get(t, n, "/socket/longpoll?vsn=2.0.0&token="+tok); code != http.StatusTooManyRequests || !strings.Contains(body, `"status":500`) {
+		t.Fatalf("open over the per-user limit: %d %s", code, body)
+	}
 	// Nobody polls the first one: it expires and frees the slot.
 	if !phxtest.WaitFor(5*time.Second, func() bool { return open()["status"] == 410.0 }) {
 		t.Fatal("the abandoned session never gave its slot back")
+	}
+}
+
+// TestLongPollUpgradeRate: long-poll opens draw on the node's upgrade rate
+// like WebSocket upgrades.
+func TestLongPollUpgradeRate(t *testing.T) {
+	cfg := embedded(t)
+	cfg.UpgradeRate, cfg.UpgradeBurst = 0.01, 1
+	n := start(t, cfg)
+	path := func(user string) string {
+		tok, err := auth.Mint([]byte(secret), user, user, time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return "/socket/longpoll?vsn=2.0.0&token=" + tok
+	}
+	if code, body := get(t, n, path("1")); code != 200 || !strings.Contains(body, `"status":410`) {
+		t.Fatalf("first open: %d %s", code, body)
+	}
+	if code, body := get(t, n, path("2")); code != http.StatusServiceUnavailable || !strings.Contains(body, `"status":500`) || !strings.Contains(body, "rate limited") {
+		t.Fatalf("open over the upgrade rate: %d %s", code, body)
+	}
+	if _, err := phxtest.Dial(n.Addr(), phxtest.DialOptions{Token: path("3")[len("/socket/longpoll?vsn=2.0.0&token="):]}); err == nil {
+		t.Fatal("the WebSocket upgrade after it was not limited too")
 	}
 }
