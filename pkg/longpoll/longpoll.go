@@ -56,9 +56,12 @@
 //
 // # Lock order
 //
-//	Manager.mu and session.postMu are never held together with
-//	session.mu; hub locks → session.mu (the hub calls the session's
-//	hub.Conn methods with its locks held).
+//	session.postMu → hub locks → session.mu
+//
+// A POST feeds HandleText with postMu held, and the hub calls the
+// session's hub.Conn methods with its own locks held; session.mu is the
+// innermost lock and nothing is called with it held but the runtime.
+// Manager.mu is taken alone.
 package longpoll
 
 import (

@@ -195,6 +195,21 @@ func TestSessionRoundTrip(t *testing.T) {
 	if m := pollFor(t, n, sess, "2"); m[4].(map[string]any)["status"] != "ok" {
 		t.Fatalf("join reply: %v", m)
 	}
+	// phoenix.js 1.9 sends the session token in a header.
+	if a := do(t, n, "POST", "", sess, heartbeat("h9")); a.Status != 200 {
+		t.Fatalf("post: %+v", a)
+	}
+	hreq, _ := http.NewRequest("GET", n.srv.URL+Path+"?vsn=2.0.0", nil)
+	hreq.Header.Set(headerSessionToken, sess)
+	hres, err := http.DefaultClient.Do(hreq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hb, _ := io.ReadAll(hres.Body)
+	hres.Body.Close()
+	if !strings.Contains(string(hb), `\"h9\"`) {
+		t.Fatalf("poll with the session token in %s: %s", headerSessionToken, hb)
+	}
 	// The authToken header works as well as ?token=.
 	req, _ := http.NewRequest("GET", n.srv.URL+Path+"?vsn=2.0.0", nil)
 	req.Header.Set(headerAuthToken, jwt(t, "2"))
