@@ -3,7 +3,9 @@ package hub
 import "context"
 
 // Conn is the hub's view of one client connection. The transport package
-// implements it for every engine.
+// implements it for every WebSocket engine, and pkg/longpoll for a
+// long-poll session (its mailbox is the outbound queue, its POSTs the
+// reads).
 //
 // Every method is safe from any goroutine, never blocks and never calls
 // back into the hub synchronously, so the hub may call them while holding

@@ -55,6 +55,20 @@ type Config struct {
 	ActionCablePrefix string
 	// NodeID names this node in the cluster (empty: random).
 	NodeID string
+	// AdvertiseAddr is host:port at which the other nodes reach this
+	// node's HTTP side; long-poll requests that a load balancer sends to
+	// another node are forwarded here. Empty: the listen address when it
+	// names a host (127.0.0.1:4000), else no forwarding (requests for this
+	// node's sessions that land elsewhere get 410 and open a new session).
+	AdvertiseAddr string
+
+	// LongPollWindow is how long a long-poll GET is held without messages.
+	LongPollWindow time.Duration
+	// LongPollTimeout expires a long-poll session no poll reached for this
+	// long (the client went away without a word).
+	LongPollTimeout time.Duration
+	// LongPollMaxBody bounds a long-poll POST body in bytes.
+	LongPollMaxBody int
 
 	// Transport is the socket engine kind: "epoll" (Linux) or "portable".
 	Transport string
@@ -144,6 +158,9 @@ func DefaultConfig() Config {
 		WebhookTimeout:     webhook.DefaultTimeout,
 		WebhookMaxAttempts: webhook.DefaultMaxAttempts,
 		WebhookRetryBase:   webhook.DefaultRetryBase,
+		LongPollWindow:     10 * time.Second,
+		LongPollTimeout:    20 * time.Second,
+		LongPollMaxBody:    1 << 20,
 	}
 }
 
@@ -211,6 +228,9 @@ func (c Config) withDefaults() Config {
 	setDur(&c.WebhookTimeout, d.WebhookTimeout)
 	setInt(&c.WebhookMaxAttempts, d.WebhookMaxAttempts)
 	setDur(&c.WebhookRetryBase, d.WebhookRetryBase)
+	setDur(&c.LongPollWindow, d.LongPollWindow)
+	setDur(&c.LongPollTimeout, d.LongPollTimeout)
+	setInt(&c.LongPollMaxBody, d.LongPollMaxBody)
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -252,6 +272,11 @@ func (c *Config) validate() ([]byte, error) {
 	} else if c.WebhookSecret != "" {
 		return nil, ErrWebhookSecretWithoutURL
 	}
+	if c.LongPollTimeout <= c.LongPollWindow {
+		// A held poll counts as activity, but the gap between two polls
+		// must fit too: phoenix.js polls again at once.
+		return nil, fmt.Errorf("--longpoll-timeout (%v) must exceed --longpoll-window (%v)", c.LongPollTimeout, c.LongPollWindow)
+	}
 	if c.Transport != "epoll" && c.Transport != "portable" {
 		return nil, fmt.Errorf("--transport %q: want epoll or portable", c.Transport)
 	}
@@ -271,6 +296,9 @@ func (c *Config) validate() ([]byte, error) {
 		{"store-timeout", float64(c.StoreTimeout)}, {"notify-after", float64(c.NotifyAfter)},
 		{"webhook-timeout", float64(c.WebhookTimeout)}, {"webhook-max-attempts", float64(c.WebhookMaxAttempts)},
 		{"webhook-retry-base", float64(c.WebhookRetryBase)},
+		{"store-timeout", float64(c.StoreTimeout)},
+		{"longpoll-window", float64(c.LongPollWindow)}, {"longpoll-timeout", float64(c.LongPollTimeout)},
+		{"longpoll-max-body", float64(c.LongPollMaxBody)},
 	} {
 		if f.v < 0 {
 			return nil, fmt.Errorf("--%s must not be negative", f.flag)

@@ -6,6 +6,8 @@ package node
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -21,6 +23,7 @@ import (
 	"github.com/elchat/elchat/pkg/closecode"
 	"github.com/elchat/elchat/pkg/demo"
 	"github.com/elchat/elchat/pkg/hub"
+	"github.com/elchat/elchat/pkg/longpoll"
 	"github.com/elchat/elchat/pkg/metrics"
 	"github.com/elchat/elchat/pkg/redisbus"
 	"github.com/elchat/elchat/pkg/server"
@@ -41,6 +44,7 @@ type Node struct {
 	hub    *hub.Hub
 	engine transport.Engine
 	srv    *server.Server
+	lp     *longpoll.Manager
 	m      *metrics.Metrics
 	mux    *http.ServeMux
 	hooks  *webhook.Sender // nil: webhooks off
@@ -68,6 +72,11 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 	key, err := cfg.validate()
 	if err != nil {
 		return nil, err
+	}
+	if cfg.NodeID == "" {
+		// Long-poll session tokens name their node, and the bus its
+		// presence: one id for both, even on a single node.
+		cfg.NodeID = randomID()
 	}
 	log := cfg.Logger
 	if cfg.Dev {
@@ -199,6 +208,22 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 		Logger:           log,
 		Metrics:          m,
 	})
+	n.lp = longpoll.New(longpoll.Config{
+		Secret:         key,
+		NodeID:         cfg.NodeID,
+		Advertise:      cfg.AdvertiseAddr,
+		Hub:            n.hub,
+		Auth:           n.srv,
+		Window:         cfg.LongPollWindow,
+		SessionTimeout: cfg.LongPollTimeout,
+		MaxBodyBytes:   cfg.LongPollMaxBody,
+		MaxMessageSize: cfg.Engine.MaxMessageSize,
+		// A long-poll mailbox is bounded as a socket's outbound queue is.
+		MaxQueueBytes:  cfg.Engine.MaxQueueBytes,
+		MaxQueueFrames: cfg.Engine.MaxQueueFrames,
+		Logger:         log,
+	})
+	undo = append(undo, n.lp.Close)
 	n.registerMetrics()
 	n.routes(key)
 	return n, nil
@@ -226,8 +251,8 @@ func (n *Node) registerMetrics() {
 	m, engine, h := n.m, n.engine, n.hub
 	m.GaugeFunc("elchat_connections", "WebSocket connections open on this node.", func() float64 { return float64(engine.Len()) })
 	m.GaugeFunc("elchat_clients", "Authenticated clients on this node.", func() float64 { return float64(h.Clients()) })
-	m.CounterFunc("elchat_slow_consumer_closes_total", "Connections dropped because their outbound queue overflowed or stalled.",
-		func() float64 { return float64(engine.Stats().SlowConsumerCloses) })
+	m.CounterFunc("elchat_slow_consumer_closes_total", "Connections (sockets and long-poll sessions) dropped because their outbound queue overflowed or stalled.",
+		func() float64 { slow, _ := n.lp.Stats(); return float64(engine.Stats().SlowConsumerCloses + slow) })
 	m.CounterFunc("elchat_idle_closes_total", "Connections closed by the idle timeout.",
 		func() float64 { return float64(engine.Stats().IdleCloses) })
 	m.CounterFunc("elchat_protocol_error_closes_total", "Connections closed for a WebSocket protocol error.",
@@ -244,6 +269,10 @@ func (n *Node) registerMetrics() {
 		m.GaugeFunc("elchat_webhook_dead", "Dead-lettered webhook events kept in the outbox (GET /api/v1/webhooks/dead).",
 			func() float64 { _, _, d := hooks.Backlog(); return float64(d) })
 	}
+	lp := n.lp
+	m.GaugeFunc("elchat_longpoll_sessions", "Long-poll sessions owned by this node.", func() float64 { return float64(lp.Len()) })
+	m.CounterFunc("elchat_longpoll_forwarded_total", "Long-poll requests forwarded to the node that owns their session.",
+		func() float64 { _, fwd := lp.Stats(); return float64(fwd) })
 	if bus := n.bus; bus != nil {
 		m.CounterFunc("elchat_bus_published_total", "Frames published to Redis.", func() float64 { return float64(bus.Stats().Published) })
 		m.CounterFunc("elchat_bus_lost_total", "Frames dropped or failed on the way to Redis (outage or full queue).",
@@ -253,6 +282,7 @@ func (n *Node) registerMetrics() {
 
 func (n *Node) routes(key []byte) {
 	n.mux.Handle("GET /metrics", n.m.Handler())
+	n.mux.Handle(longpoll.Path, n.lp)
 	a := api.New(n.cfg.APIKey, n.hub)
 	if n.hooks != nil {
 		a.DeadEvents(n.st.(store.Outbox))
@@ -299,6 +329,19 @@ func (n *Node) setListener(ln net.Listener) {
 	n.mu.Lock()
 	n.ln = ln
 	n.mu.Unlock()
+	if n.cfg.AdvertiseAddr == "" {
+		if a, ok := ln.Addr().(*net.TCPAddr); ok && !a.IP.IsUnspecified() {
+			n.lp.SetAdvertise(a.String())
+		} else if n.bus != nil {
+			n.log.Warn("no --advertise-addr: long-poll requests that the load balancer sends to another node cannot reach this node's sessions, which then reopen there", "listen", ln.Addr().String())
+		}
+	}
+}
+
+func randomID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }
 
 // Addr is the address being served ("" before Serve or Start).
@@ -345,12 +388,22 @@ func (n *Node) shutdown(ctx context.Context) error {
 	n.srv.StopAccepting()
 	dctx, cancel := context.WithTimeout(ctx, n.cfg.DrainTimeout+5*time.Second)
 	defer cancel()
+	// Sockets and long-poll sessions drain side by side over the same
+	// window; a held poll is answered when its session closes, so its
+	// client reconnects elsewhere at once.
+	lpDone := make(chan struct{})
+	go func() {
+		defer close(lpDone)
+		n.lp.Drain(dctx, n.cfg.DrainTimeout)
+	}()
 	transport.Drain(dctx, n.engine, closecode.ServiceRestart, "server restart", n.cfg.DrainTimeout)
+	<-lpDone
 	var errs []error
 	if err := n.engine.Shutdown(dctx); err != nil {
 		n.log.Warn("transport shutdown", "err", err)
 		errs = append(errs, fmt.Errorf("transport: %w", err))
 	}
+	n.lp.Close()
 	if err := n.srv.Close(dctx); err != nil {
 		errs = append(errs, fmt.Errorf("http: %w", err))
 	}

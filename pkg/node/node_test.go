@@ -3,6 +3,7 @@ package node_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
@@ -61,6 +62,8 @@ func TestRefusals(t *testing.T) {
 			node.ErrDatabaseURL, []string{"postgres://"}},
 		{"unknown engine", func(c *node.Config) { c.Transport = "kqueue" }, nil, []string{"--transport", "kqueue"}},
 		{"negative limit", func(c *node.Config) { c.MaxConnsPerUser = -1 }, nil, []string{"--max-conns-per-user", "negative"}},
+		{"long-poll timeout within the window", func(c *node.Config) { c.LongPollWindow, c.LongPollTimeout = 10*time.Second, 5*time.Second },
+			nil, []string{"--longpoll-timeout", "--longpoll-window"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := embedded(t)
@@ -326,5 +329,74 @@ func TestClusterNode(t *testing.T) {
 	if !phxtest.WaitFor(5*time.Second, func() bool { return runtime.NumGoroutine() <= before+3 }) {
 		buf := make([]byte, 1<<20)
 		t.Fatalf("goroutines: %d before, %d after Shutdown\n%s", before, runtime.NumGoroutine(), buf[:runtime.Stack(buf, true)])
+	}
+}
+
+// TestLongPollSharesSocketLimits: a long-poll session counts against the
+// per-user connection limit as a socket does, and gives its slot back when
+// it ends; the session token names the node, reachable at its listener.
+func TestLongPollSharesSocketLimits(t *testing.T) {
+	cfg := embedded(t)
+	cfg.MaxConnsPerUser = 1
+	cfg.LongPollWindow, cfg.LongPollTimeout = 200*time.Millisecond, 600*time.Millisecond
+	n := start(t, cfg)
+	tok, err := auth.Mint([]byte(secret), "7", "seven", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	open := func() map[string]any {
+		resp, err := client.Get("http://" + n.Addr() + "/socket/longpoll?vsn=2.0.0&token=" + tok)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var a map[string]any
+		if err := json.NewDecoder(resp.Body).Decode(&a); err != nil {
+			t.Fatal(err)
+		}
+		return a
+	}
+	first := open()
+	if first["status"] != 410.0 {
+		t.Fatalf("open: %v", first)
+	}
+	if _, err := phxtest.Dial(n.Addr(), phxtest.DialOptions{Token: tok}); err == nil {
+		t.Fatal("a socket beyond the per-user limit was accepted next to a long-poll session")
+	}
+	if second := open(); second["status"] != 500.0 {
+		t.Fatalf("second session beyond the limit: %v", second)
+	}
+	// The upgrade rate counts long-poll opens too (503, status 500: phoenix.js
+	// backs off and retries).
+	if code, body := get(t, n, "/socket/longpoll?vsn=2.0.0&token="+tok); code != http.StatusTooManyRequests || !strings.Contains(body, `"status":500`) {
+		t.Fatalf("open over the per-user limit: %d %s", code, body)
+	}
+	// Nobody polls the first one: it expires and frees the slot.
+	if !phxtest.WaitFor(5*time.Second, func() bool { return open()["status"] == 410.0 }) {
+		t.Fatal("the abandoned session never gave its slot back")
+	}
+}
+
+// TestLongPollUpgradeRate: long-poll opens draw on the node's upgrade rate
+// like WebSocket upgrades.
+func TestLongPollUpgradeRate(t *testing.T) {
+	cfg := embedded(t)
+	cfg.UpgradeRate, cfg.UpgradeBurst = 0.01, 1
+	n := start(t, cfg)
+	path := func(user string) string {
+		tok, err := auth.Mint([]byte(secret), user, user, time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return "/socket/longpoll?vsn=2.0.0&token=" + tok
+	}
+	if code, body := get(t, n, path("1")); code != 200 || !strings.Contains(body, `"status":410`) {
+		t.Fatalf("first open: %d %s", code, body)
+	}
+	if code, body := get(t, n, path("2")); code != http.StatusServiceUnavailable || !strings.Contains(body, `"status":500`) || !strings.Contains(body, "rate limited") {
+		t.Fatalf("open over the upgrade rate: %d %s", code, body)
+	}
+	if _, err := phxtest.Dial(n.Addr(), phxtest.DialOptions{Token: path("3")[len("/socket/longpoll?vsn=2.0.0&token="):]}); err == nil {
+		t.Fatal("the WebSocket upgrade after it was not limited too")
 	}
 }

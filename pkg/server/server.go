@@ -1,8 +1,9 @@
 // Package server accepts TCP connections, upgrades WebSocket requests at
 // /socket/websocket straight on the connection with gobwas/ws (no net/http
 // hijack, so no buffers outlive the handshake), authenticates them, and
-// serves every other path (health, metrics, API, demo) with net/http on the
-// same port.
+// serves every other path (health, metrics, API, demo, long-poll) with
+// net/http on the same port. Authorize applies the upgrade's rules to a
+// long-poll open, so both transports admit exactly the same clients.
 package server
 
 import (
@@ -197,6 +198,11 @@ func (s *Server) handle(nc net.Conn) {
 	if path != SocketPath {
 		// Plain HTTP: hand the connection, with what was peeked, to net/http.
 		// This reader stays with the connection; only sockets are frugal.
+		// net/http sets its own read deadlines (ReadHeaderTimeout,
+		// IdleTimeout) and none for writes: the handshake deadline must
+		// not stay, or a held long-poll (or any answer on a kept-alive
+		// connection older than HandshakeTimeout) fails to write.
+		_ = nc.SetDeadline(time.Time{})
 		s.httpL.push(&peekedConn{Conn: nc, r: br})
 		return
 	}
@@ -331,7 +337,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	// The engine needs the bare TCP connection (epoll polls its fd), and
 	// nothing may be left unread in the buffers we drop here.
-	if pc, ok := nc.(*peekedConn); ok && pc.r.Buffered() == 0 && rw.Reader.Buffered() == 0 {
+	if pc, ok := nc.(*peekedConn); ok && pc.buffered() == 0 && rw.Reader.Buffered() == 0 {
 		nc = pc.Conn
 	} else if rw.Reader.Buffered() > 0 {
 		if release != nil {
@@ -399,13 +405,43 @@ func (s *session) Closed() {
 	}
 }
 
-// peekedConn is a connection whose first bytes sit in r.
+// peekedConn is a connection whose first bytes sit in r. Once net/http
+// has read them, r goes back to the pool and reads go straight to the
+// connection: a kept-alive or long-polling connection does not hold the
+// 16 KiB peek buffer for its whole life (net/http has its own). Reads come
+// from one goroutine at a time (net/http's), so r needs no lock.
 type peekedConn struct {
 	net.Conn
-	r *bufio.Reader
+	r *bufio.Reader // nil once drained
 }
 
-func (c *peekedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+func (c *peekedConn) Read(p []byte) (int, error) {
+	if c.r == nil {
+		return c.Conn.Read(p)
+	}
+	if c.r.Buffered() == 0 {
+		c.release()
+		return c.Conn.Read(p)
+	}
+	n, err := c.r.Read(p)
+	if c.r.Buffered() == 0 {
+		c.release()
+	}
+	return n, err
+}
+
+func (c *peekedConn) release() {
+	c.r.Reset(nil)
+	readerPool.Put(c.r)
+	c.r = nil
+}
+
+func (c *peekedConn) buffered() int {
+	if c.r == nil {
+		return 0
+	}
+	return c.r.Buffered()
+}
 
 // chanListener feeds connections the server has already looked at to
 // net/http.
@@ -457,3 +493,38 @@ func remoteIPOf(addr string) string {
 	}
 	return host
 }
+
+// Authorize applies the upgrade rules to a plain HTTP request that opens a
+// connection by other means (a long-poll session): draining, upgrade rate,
+// vsn, origin, token (given, as the caller found it) and the per-user and
+// per-address limits. On success release gives the limits back; the
+// caller must call it when the connection ends.
+func (s *Server) Authorize(r *http.Request, token string) (claims auth.Claims, release func(), reason string, status int) {
+	hs := handshake{host: r.Host}
+	hs.onRequest([]byte(r.URL.RequestURI())) //nolint:errcheck // never fails
+	hs.token = token
+	if o := r.Header.Get("Origin"); o != "" {
+		hs.origin, hs.hasOrig = o, true
+	}
+	reason, status = s.authorize(&hs, remoteIPOf(r.RemoteAddr), &claims, &release)
+	if reason != "" {
+		s.cfg.Metrics.HandshakeRejected(reason)
+		return auth.Claims{}, nil, reason, status
+	}
+	s.cfg.Metrics.Connected()
+	return claims, release, "", 0
+}
+
+// OriginAllowed reports whether a request's Origin passes the rule the
+// upgrade applies (no Origin, same origin, or an allowed one).
+func (s *Server) OriginAllowed(r *http.Request) bool {
+	o := r.Header.Get("Origin")
+	if o == "" {
+		return true
+	}
+	hs := handshake{host: r.Host, origin: o, hasOrig: true}
+	return hs.sameOrigin() || s.cfg.Origins.Allow(o)
+}
+
+// Verify checks a host-app token with the server's verifier.
+func (s *Server) Verify(token string) (auth.Claims, error) { return s.cfg.Verifier.Verify(token) }

@@ -15,7 +15,7 @@ const net = require("node:net");
 const os = require("node:os");
 const path = require("node:path");
 const WS = require("ws");
-const { Socket, Presence } = require("phoenix");
+const { Socket, Presence, LongPoll } = require("phoenix");
 
 const REPO_ROOT = path.resolve(__dirname, "..", "..");
 const ELCHAT_BIN = path.resolve(REPO_ROOT, process.env.ELCHAT_BIN || "bin/elchat");
@@ -657,6 +657,7 @@ module.exports = {
   WS,
   Socket,
   Presence,
+  LongPoll,
   sleep,
   withTimeout,
   freePort,

@@ -147,8 +147,12 @@ async function pollUsers() {
 // ------------------------------------------------------------------ socket
 
 function connect(token) {
-  const socket = new Socket("/socket", { params: { token } });
+  // Where WebSockets are blocked (a proxy refuses the upgrade, or it
+  // hangs), phoenix.js falls back to long-polling /socket/longpoll by
+  // itself after this long, and remembers it for the tab's session.
+  const socket = new Socket("/socket", { params: { token }, longPollFallbackMs: 2500 });
   state.socket = socket;
+  window.elchatTransport = () => (socket.conn ? socket.transportName(socket.conn.constructor) : "none");
   socket.onOpen(() => setConn("online", true));
   socket.onError(() => setConn("reconnecting…", false));
   socket.onClose(() => setConn("reconnecting…", false));
