@@ -88,6 +88,9 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 		}
 	}
 	undo = append(undo, func() { n.st.Close() })
+	// Outages are logged when they start and when they end, not once per
+	// failed call.
+	n.st = store.Watch(n.st, log)
 
 	hcfg := hub.Config{
 		Store:        n.st,

@@ -128,8 +128,9 @@ type call struct {
 	data          string // deliver: the message; ingress, refused: the payload
 	err           error  // refused: what Ingress returned
 	joins, leaves map[string][]hub.Meta
-	watermark     int64  // resync
-	node          string // resync
+	watermark     int64     // resync
+	node          string    // resync
+	at            time.Time // down: the last sign of life
 }
 
 // recorder is a hub.BusHandler that records every call. Its Ingress
@@ -166,8 +167,8 @@ func (r *recorder) PresenceChanged(topic string, joins, leaves map[string][]hub.
 	r.add(call{kind: kPresence, topic: topic, joins: cloneMetas(joins), leaves: cloneMetas(leaves)})
 }
 
-func (r *recorder) Down() { r.add(call{kind: kDown}) }
-func (r *recorder) Up()   { r.add(call{kind: kUp}) }
+func (r *recorder) Down(lastAlive time.Time) { r.add(call{kind: kDown, at: lastAlive}) }
+func (r *recorder) Up()                      { r.add(call{kind: kUp}) }
 
 func (r *recorder) ResyncRequested(watermark int64, node string) {
 	r.add(call{kind: kResync, watermark: watermark, node: node})
@@ -642,10 +643,10 @@ func TestActionCable(t *testing.T) {
 	if n := recB.count(kindIs(kDeliver)); n != 0 {
 		t.Fatalf("host-app messages reached Deliver %d times", n)
 	}
-	// "bad" (payload not an object) and phx_close; a string that is not an
-	// object at all is dropped before the ingress.
-	if n := b.Stats().Refused - refused0; n != 2 {
-		t.Fatalf("b refused %d messages, want 2", n)
+	// "bad" (payload not an object), phx_close and the string that is not
+	// an object at all: every refusal is counted.
+	if n := b.Stats().Refused - refused0; n != 3 {
+		t.Fatalf("b refused %d messages, want 3", n)
 	}
 	// Exactly once cluster-wide: a has no subscriber, b delivered once.
 	if n := recB.count(ingressed("user:42", "x")); n != 1 {
@@ -900,5 +901,39 @@ func TestAnnounceResync(t *testing.T) {
 	time.Sleep(200 * time.Millisecond)
 	if n := recA.count(kindIs(kResync)); n != 0 {
 		t.Fatalf("the announcing node heard itself %d times", n)
+	}
+}
+
+// TestForgedNodeMessages: the node-to-node channels (P t:*, P control, a
+// node's canary) are trusted, but what does not have their shape is
+// dropped and counted, never delivered; host-app messages for topics that
+// are not ElChat's are refused and counted.
+func TestForgedNodeMessages(t *testing.T) {
+	c := cluster{url: testenv.Redis(t), prefix: prefix(t), ttl: 30 * time.Second}
+	a := c.node(t)
+	rec := run(t, a)
+	ctx := context.Background()
+	const topic = "chat:1:2"
+	confirmed(t, subscribe(t, a, topic), 5*time.Second)
+	forged0, refused0 := a.Stats().Forged, a.Stats().Refused
+	for _, m := range []struct{ channel, msg string }{
+		{c.prefix + "t:" + topic, "X\x02zz{}"},                          // unknown kind
+		{c.prefix + "t:" + topic, "F\x09zz"},                            // header longer than the message
+		{c.prefix + "control", "R\x00123"},                              // no origin
+		{c.prefix + "control", "R\x02zz-5"},                             // negative watermark
+		{c.prefix + "control", "Q\x02zz1"},                              // unknown kind
+		{c.prefix + "canary:" + a.NodeID(), "C\x02zz1"},                 // someone else's canary
+		{c.prefix + "canary:" + a.NodeID(), "C\x08" + a.NodeID() + "x"}, // not a time
+	} {
+		must(t, a.rdb.Publish(ctx, m.channel, m.msg).Err())
+	}
+	for _, bad := range []string{"room:1", "chat:2:1", "chat:1:1", "user:"} {
+		must(t, a.rdb.Publish(ctx, c.prefix+"publish", `{"topic":"`+bad+`","event":"custom","payload":{}}`).Err())
+	}
+	eventually(t, 5*time.Second, "every forgery counted", func() bool {
+		return a.Stats().Forged-forged0 == 7 && a.Stats().Refused-refused0 == 4
+	})
+	if n := rec.count(func(c call) bool { return c.kind == kDeliver || c.kind == kResync || c.kind == kIngress }); n != 0 {
+		t.Fatalf("forged messages reached the handler %d times", n)
 	}
 }
