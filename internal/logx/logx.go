@@ -118,7 +118,7 @@ func (o *Outage) Down() bool {
 }
 
 // Printf adapts a logger with a Printf(ctx, format, args) method (go-redis's
-// internal logger) to slog: each line goes to log at Warn, as "msg", with
+// internal logger) to slog: each line goes to log at Info, as "msg", with
 // the formatted text, at most once per interval for each format.
 type Printf struct {
 	log   *slog.Logger
@@ -141,7 +141,7 @@ func (p *Printf) Printf(_ context.Context, format string, v ...any) {
 		if len(p.reps) >= 256 { // formats are constants; bound it anyway
 			clear(p.reps)
 		}
-		r = NewRepeated(p.log, slog.LevelWarn, "redis client", p.every)
+		r = NewRepeated(p.log, slog.LevelInfo, "redis client", p.every)
 		p.reps[format] = r
 	}
 	p.mu.Unlock()

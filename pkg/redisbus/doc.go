@@ -24,6 +24,9 @@
 //	                 alone announces with it that the frames it published
 //	                 since that id may be lost (AnnounceResync); the others
 //	                 resync their clients from it (Options.OnResync).
+//	P canary:<id>    the node's liveness probe: kind 'C' (header as above),
+//	                 body the decimal unix nanoseconds it was sent at.
+//	                 Published by the node to itself, see "Liveness".
 //	<AC prefix>:user:*, <AC prefix>:chat:*
 //	                 Action Cable ingress, pattern-subscribed by
 //	                 ListenActionCable.
@@ -90,6 +93,27 @@
 // missing entries are tracked again (and announced as presence_diff joins
 // in chat topics), left-over ones untracked.
 //
+// # Trust
+//
+// P t:*, P control and P canary:* are node to node and fully trusted:
+// frames on P t:* are handed to clients as they are, and a resync
+// announcement makes every node's clients rejoin. Whoever may PUBLISH
+// there (or write P's keys) is as trusted as a node. Messages without the
+// header above, of an unknown kind, or with a malformed watermark are
+// dropped and counted (Stats.Forged). Host apps get the ingress channels
+// only (P publish, the Action Cable patterns); the README shows the
+// Redis ACL for that.
+//
+// # Liveness
+//
+// A pub/sub connection can stop delivering without an error. Every
+// Options.Liveness/4 the node PUBLISHes the time on P canary:<id>
+// through its command connection; recvLoop notes each that comes back.
+// None back for Liveness: the bus reports Down, passing the send time of
+// the last canary that came back (everything Redis handled before it has
+// arrived, so any loss is later), and subscribes everything again on a
+// new pub/sub connection; the subscribe replies on it report Up.
+//
 // # Outages
 //
 // If Redis restarts or becomes unreachable the node keeps serving its own
@@ -97,7 +121,8 @@
 // the frame is dropped and counted (Stats); nothing blocks and memory stays
 // bounded by the queue. go-redis's PubSub reconnects inside Receive and
 // resubscribes every recorded channel and pattern; the receive loop retries
-// with backoff up to 1s. The loss is logged at Warn, the recovery at Info;
+// with backoff up to 1s; the liveness check covers a connection that
+// fails silently. The loss is logged at Warn, the recovery at Info;
 // Ready returns an error in between. On recovery the node re-asserts its
 // presence (see above) and reloads its mirrors. Frames published during
 // the outage are lost: cluster fanout is at-most-once, like Redis pub/sub,

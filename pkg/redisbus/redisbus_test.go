@@ -937,3 +937,38 @@ func TestForgedNodeMessages(t *testing.T) {
 		t.Fatalf("forged messages reached the handler %d times", n)
 	}
 }
+
+// TestHostAppACL checks the Redis ACL the README gives host apps: it may
+// publish on the ingress channels and read presence, and nothing else,
+// neither the node-to-node channels nor any write to ElChat's keys.
+func TestHostAppACL(t *testing.T) {
+	srv := testenv.StartRedisServer(t)
+	ctx := context.Background()
+	admin := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	defer admin.Close()
+	// The README's command, with the default prefixes.
+	must(t, admin.Do(ctx, "ACL", "SETUSER", "rails", "on", ">rails-secret", "resetchannels",
+		"&elchat:publish", "&myapp:*", "+publish",
+		"resetkeys", "%R~elchat:online:*", "%R~elchat:last_seen", "%R~elchat:presence:*",
+		"+get", "+hget", "+hgetall").Err())
+	app := redis.NewClient(&redis.Options{Addr: srv.Addr(), Username: "rails", Password: "rails-secret"})
+	defer app.Close()
+	for _, ch := range []string{"elchat:publish", "myapp:user:42"} {
+		if err := app.Publish(ctx, ch, "{}").Err(); err != nil {
+			t.Errorf("publish on %s refused: %v", ch, err)
+		}
+	}
+	for _, ch := range []string{"elchat:t:chat:1:2", "elchat:control", "elchat:canary:x"} {
+		if err := app.Publish(ctx, ch, "{}").Err(); err == nil || !strings.Contains(err.Error(), "NOPERM") {
+			t.Errorf("publish on %s: %v, want NOPERM", ch, err)
+		}
+	}
+	if err := app.Get(ctx, "elchat:online:42").Err(); err != nil && !errors.Is(err, redis.Nil) {
+		t.Errorf("GET online refused: %v", err)
+	}
+	for _, cmd := range [][]any{{"SET", "elchat:online:42", "1"}, {"DEL", "elchat:nodes"}, {"EVAL", "return 1", "0"}} {
+		if err := app.Do(ctx, cmd...).Err(); err == nil {
+			t.Errorf("%v allowed", cmd)
+		}
+	}
+}
