@@ -76,6 +76,34 @@ func (b *busHandler) ResyncRequested(watermark int64, node string) {
 	}()
 }
 
+func (b *busHandler) ResyncTopics(topics []string, node string) {
+	h := b.hub()
+	go func() {
+		if n := h.ResyncTopics(context.Background(), topics, h.cfg.ResyncSpread); n > 0 {
+			h.cfg.Logger.Info("clients asked to rejoin: presence changes were lost", "node", node, "topics", n)
+		}
+	}()
+}
+
+// ResyncTopics makes the local clients of those of topics this node has
+// subscribers for rejoin, spread over spread; it returns how many topics
+// that was.
+func (h *Hub) ResyncTopics(ctx context.Context, topics []string, spread time.Duration) int {
+	var local []string
+	for _, t := range topics {
+		s := h.shard(t)
+		s.mu.RLock()
+		_, ok := s.topics[t]
+		s.mu.RUnlock()
+		if ok {
+			local = append(local, t)
+		}
+	}
+	return pace.Spread(ctx, len(local), spread, func(i int) {
+		h.BroadcastLocal(local[i], "phx_error", []byte(`{"reason":"resync"}`))
+	})
+}
+
 // ErrReservedEvent is returned for a host-app event that clients would
 // take for one of ElChat's own.
 var ErrReservedEvent = errors.New("event name reserved by ElChat")

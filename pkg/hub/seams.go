@@ -82,6 +82,11 @@ type BusHandler interface {
 	// ResyncRequested reports that node announced that the messages it
 	// published since watermark (a message id) may have been lost.
 	ResyncRequested(watermark int64, node string)
+	// ResyncTopics reports that node could not carry presence changes of
+	// these topics to the cluster (a dead node's sweep overflowed the
+	// bus): their clients must rejoin, which gives them a fresh
+	// presence_state.
+	ResyncTopics(topics []string, node string)
 }
 
 // resyncAnnouncer is an optional ability of a Bus: tell the other nodes

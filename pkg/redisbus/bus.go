@@ -72,6 +72,7 @@ const (
 	kindPresence = 'P' // presence changes, for the nodes' Present mirrors
 	kindResync   = 'R' // on the control channel: a node lost frames, see AnnounceResync
 	kindCanary   = 'C' // on the node's canary channel: a liveness probe it sent itself
+	kindTopics   = 'T' // on the control channel: presence changes of these topics were lost
 )
 
 const (
@@ -243,12 +244,13 @@ func New(ctx context.Context, opts Options) (*Bus, error) {
 	// and it gives the connection a subscription whose confirmation
 	// proves the connection live even when the hub has no topics.
 	b.ps = rdb.Subscribe(ctx, b.baseChannels()...)
-	if err := b.pres.heartbeat(ctx); err != nil {
+	if err := b.pres.heartbeat(ctx, false); err != nil {
 		b.ps.Close()
 		rdb.Close()
 		return nil, fmt.Errorf("redisbus: %w", err)
 	}
-	b.wg.Add(5)
+	b.wg.Add(6)
+	go b.pres.sweeper()
 	go b.recvLoop()
 	go b.subLoop()
 	go b.pubLoop()
@@ -882,7 +884,47 @@ func (b *Bus) AnnounceResync(ctx context.Context, watermark int64) error {
 	return b.rdb.Publish(ctx, b.ctlChan, msg).Err()
 }
 
+// lost counts the frames that did not reach Redis.
+func (b *Bus) lost() uint64 { return b.stats.dropped.Load() + b.stats.failed.Load() }
+
+// waitQueue waits until the publish queue has room for n more frames, or
+// ctx ends. The sweeper uses it to publish a dead node's leaves with
+// back-pressure rather than have Publish drop them.
+func (b *Bus) waitQueue(ctx context.Context, n int) error {
+	room := max(cap(b.pubq)-n, cap(b.pubq)/2)
+	for i := 0; len(b.pubq) > room; i++ {
+		if i > 100000 { // bounded: 200 s
+			return ErrQueueFull
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+// announceTopics asks every node to resync the clients of topics (kind
+// 'T' on the control channel, topics separated by newlines, in messages
+// of at most 1000 topics).
+func (b *Bus) announceTopics(ctx context.Context, topics []string) error {
+	for len(topics) > 0 {
+		n := min(len(topics), 1000)
+		msg := append(header(kindTopics, b.opts.NodeID), strings.Join(topics[:n], "\n")...)
+		if err := b.rdb.Publish(ctx, b.ctlChan, msg).Err(); err != nil {
+			return err
+		}
+		topics = topics[n:]
+	}
+	return nil
+}
+
 func (b *Bus) handleControl(p string) {
+	if len(p) >= 3 && len(p) >= 2+int(p[1]) && p[1] != 0 && p[0] == kindTopics {
+		b.handleTopics(p[2:2+int(p[1])], p[2+int(p[1]):])
+		return
+	}
 	if len(p) < 3 || len(p) < 2+int(p[1]) || p[1] == 0 || p[0] != kindResync {
 		b.stats.forged.Add(1)
 		b.forgedLog.Log("channel", b.ctlChan)
@@ -903,6 +945,28 @@ func (b *Bus) handleControl(p string) {
 	h.ResyncRequested(w, node)
 }
 
+// handleTopics serves a kind 'T' announcement: the clients of those
+// topics that are valid and subscribed here rejoin.
+func (b *Bus) handleTopics(node, body string) {
+	h := b.handler.Load()
+	if node == b.opts.NodeID || h == nil {
+		return
+	}
+	var topics []string
+	for _, t := range strings.Split(body, "\n") {
+		if _, err := topic.Parse(t); err != nil {
+			b.stats.forged.Add(1)
+			continue
+		}
+		if b.subscribed(t) {
+			topics = append(topics, t)
+		}
+	}
+	if len(topics) > 0 {
+		h.ResyncTopics(topics, node)
+	}
+}
+
 // handlerBox lets an interface live in an atomic.Pointer.
 type handlerBox struct{ hub.BusHandler }
 
@@ -912,6 +976,7 @@ type handlerBox struct{ hub.BusHandler }
 // except an outage, which h hears about as soon as Run starts.
 func (b *Bus) Run(ctx context.Context, h hub.BusHandler) error {
 	b.handler.Store(&handlerBox{h})
+	b.pres.kick() // heartbeat now: sweeps waited for a handler
 	b.healthMu.Lock()
 	down := !b.healthy
 	b.healthMu.Unlock()

@@ -23,7 +23,9 @@
 //	                 decimal message id. A node that lost its link to Redis
 //	                 alone announces with it that the frames it published
 //	                 since that id may be lost (AnnounceResync); the others
-//	                 resync their clients from it (Options.OnResync).
+//	                 resync their clients from it (ResyncRequested). Kind
+//	                 'T', body topics separated by newlines: presence
+//	                 changes of those topics were lost (ResyncTopics).
 //	P canary:<id>    the node's liveness probe: kind 'C' (header as above),
 //	                 body the decimal unix nanoseconds it was sent at.
 //	                 Published by the node to itself, see "Liveness".
@@ -41,6 +43,12 @@
 //	                         id owns, removed with it.
 //	P nodes                  sorted set node id → last heartbeat (unix ms,
 //	                         Redis clock).
+//	P sweep:<id>             set: the entries of dead node id still to
+//	                         remove (its node index, renamed when a sweeper
+//	                         claimed it).
+//	P sweeping               sorted set node id → last progress of its
+//	                         sweep (unix ms); a sweep without progress for
+//	                         PresenceTTL is taken over by another node.
 //	P online:<user>          integer: connections of user across the cluster
 //	                         (lobby "user:<user>" joins); absent when 0.
 //	                         Readable by other programs: GET P online:42.
@@ -78,13 +86,24 @@
 // a mirror's first snapshot arrives, Present costs one HGET.
 //
 // Every node heartbeats every PresenceTTL/3 in P nodes; the same script
-// returns the nodes silent for longer than PresenceTTL, and the node
-// sweeps each with a script that removes its entries atomically. Only one
-// sweeper wins (the node leaves P nodes in the same script), and the
-// winner broadcasts a presence_diff of leaves to each affected chat topic,
-// so clients drop the ghosts. A dead node's presence therefore disappears
-// within PresenceTTL plus one heartbeat interval. Close removes the node's
-// entries at once.
+// returns the nodes silent for longer than PresenceTTL (and sweeps that
+// stalled). Sweeping starts only once Run has a handler, so the leaves
+// have a hub to broadcast them and a publisher to carry them. One
+// goroutine per node sweeps, off the heartbeat. A claim script makes one
+// node the sweeper (it takes the dead node out of P nodes and renames its
+// index to P sweep:<id>); the sweeper then removes the entries 500 at a
+// time, one short script per chunk, and reports each chunk's leaves to
+// its hub, which broadcasts a presence_diff to each affected chat topic.
+// Before each chunk it waits for room in the publish queue, so leaves are
+// delayed rather than dropped; if frames were lost anyway (Redis failing
+// meanwhile), it asks every node to resync the affected topics' clients
+// (kind 'T' on P control). A sweeper that dies mid-sweep leaves its claim
+// in P sweeping; after PresenceTTL without progress another node takes
+// it over. A dead node's presence therefore disappears within
+// PresenceTTL plus one heartbeat interval plus the sweep itself (about a
+// second for 30,000 entries). An entry that its node tracked again
+// meanwhile (it was swept while alive) is left alone. Close removes the
+// node's entries at once.
 //
 // A node also keeps its own entries in memory. When its heartbeat finds
 // its P nodes entry gone (it was swept during a long pause, or Redis

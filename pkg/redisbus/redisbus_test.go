@@ -117,6 +117,7 @@ const (
 	kDown     = "down"
 	kUp       = "up"
 	kResync   = "resync"
+	kTopics   = "topics" // ResyncTopics; data: the topics, one per line
 )
 
 // call is one hub.BusHandler call a recorder received.
@@ -169,6 +170,10 @@ func (r *recorder) PresenceChanged(topic string, joins, leaves map[string][]hub.
 
 func (r *recorder) Down(lastAlive time.Time) { r.add(call{kind: kDown, at: lastAlive}) }
 func (r *recorder) Up()                      { r.add(call{kind: kUp}) }
+
+func (r *recorder) ResyncTopics(topics []string, node string) {
+	r.add(call{kind: kTopics, data: strings.Join(topics, "\n"), node: node})
+}
 
 func (r *recorder) ResyncRequested(watermark int64, node string) {
 	r.add(call{kind: kResync, watermark: watermark, node: node})

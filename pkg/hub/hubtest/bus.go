@@ -65,6 +65,7 @@ func (n *node) PresenceChanged(string, map[string][]hub.Meta, map[string][]hub.M
 func (n *node) Down(time.Time)                                                       {}
 func (n *node) Up()                                                                  {}
 func (n *node) ResyncRequested(int64, string)                                        {}
+func (n *node) ResyncTopics([]string, string)                                        {}
 
 func (n *node) Deliver(topic string, frame []byte) {
 	// Copy: the contract lets the bus reuse nothing, but a test that kept a
