@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -426,6 +427,11 @@ func startProc(t *testing.T, addr, db string, extra ...string) *proc {
 		}
 		if t.Failed() {
 			t.Logf("node %s output:\n%s", addr, p.out.String())
+			if dir := os.Getenv("ELCHAT_FAULT_LOGS"); dir != "" {
+				p.out.mu.Lock()
+				os.WriteFile(filepath.Join(dir, "node-"+strings.ReplaceAll(addr, ":", "-")+".log"), p.out.b.Bytes(), 0o644) //nolint:errcheck
+				p.out.mu.Unlock()
+			}
 		}
 	})
 	ok := phxtest.WaitFor(30*time.Second, func() bool {
