@@ -171,3 +171,15 @@ func wait30(f func() error) error {
 	}
 	return err
 }
+
+func TestRedisClusterStarts(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts six servers")
+	}
+	start := time.Now()
+	c := testenv.StartRedisCluster(t)
+	if n := len(c.Primaries()); n != 3 {
+		t.Fatalf("%d primaries, want 3", n)
+	}
+	t.Logf("cluster ready after %v", time.Since(start).Round(time.Millisecond))
+}
