@@ -38,6 +38,9 @@ func TestServeRefuses(t *testing.T) {
 	}{
 		{[]string{"--secret", "0123456789abcdef0123", "--data-dir", dir, "--redis-url", "redis://127.0.0.1:1/0"}, node.ErrRedisWithoutDatabase},
 		{[]string{"--dev", "--secret", "0123456789abcdef0123", "--data-dir", dir}, node.ErrDevWithSecret},
+		{[]string{"--secret", "0123456789abcdef0123", "--data-dir", dir, "--redis-sentinels", "127.0.0.1:1"}, node.ErrSentinelWithoutMaster},
+		{[]string{"--secret", "0123456789abcdef0123", "--data-dir", dir, "--redis-master", "m"}, node.ErrMasterWithoutSentinel},
+		{[]string{"--secret", "0123456789abcdef0123", "--data-dir", dir, "--redis-sentinels", "127.0.0.1:1", "--redis-master", "m"}, node.ErrRedisWithoutDatabase},
 	} {
 		var stderr bytes.Buffer
 		err := run(append([]string{"serve", "--addr", "127.0.0.1:0"}, tc.args...), io.Discard, &stderr)

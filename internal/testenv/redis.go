@@ -5,6 +5,7 @@ package testenv
 import (
 	"bufio"
 	"fmt"
+	"io"
 	"net"
 	"net/url"
 	"os"
@@ -29,6 +30,7 @@ type RedisServer struct {
 	process
 	bin, dir string
 	port     int
+	extra    []string // more redis-server arguments (replicaof, cluster mode)
 }
 
 // StartRedisServer starts a dedicated server for t, killed in t.Cleanup.
@@ -48,7 +50,7 @@ func (s *RedisServer) URL() string { return fmt.Sprintf("redis://%s/0", s.Addr()
 // Addr is host:port.
 func (s *RedisServer) Addr() string { return "127.0.0.1:" + strconv.Itoa(s.port) }
 
-func newRedisServer() (*RedisServer, error) {
+func newRedisServer(extra ...string) (*RedisServer, error) {
 	bin, err := findBinary("redis-server", "/usr/bin/redis-server", "/usr/local/bin/redis-server")
 	if err != nil {
 		return nil, err
@@ -62,7 +64,7 @@ func newRedisServer() (*RedisServer, error) {
 		os.RemoveAll(dir)
 		return nil, err
 	}
-	s := &RedisServer{bin: bin, dir: dir, port: port, process: process{name: "redis", log: dir + "/redis.log"}}
+	s := &RedisServer{bin: bin, dir: dir, port: port, extra: extra, process: process{name: "redis", log: dir + "/redis.log"}}
 	if err := s.Start(); err != nil {
 		s.destroy()
 		return nil, err
@@ -80,6 +82,7 @@ func (s *RedisServer) Start() error {
 	cmd := exec.Command(s.bin, "--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
 		"--save", "", "--appendonly", "no", "--databases", strconv.Itoa(redisDBs),
 		"--dir", s.dir, "--logfile", s.log, "--daemonize", "no")
+	cmd.Args = append(cmd.Args, s.extra...)
 	return s.launchLocked(cmd, syscall.SIGKILL, 30*time.Second, 20*time.Millisecond, func() error {
 		return redisDo(s.Addr(), "PING")
 	})
@@ -130,6 +133,75 @@ var (
 	sharedRedisErr  error  // set once by sharedRedisOnce
 	redisCounter    atomic.Int64
 )
+
+// Port is the server's port.
+func (s *RedisServer) Port() int { return s.port }
+
+// Do sends one command to the server (arguments as RESP bulk strings) and
+// returns its reply: a string for status, integer and bulk replies, a
+// []any for arrays. An error reply is returned as an error.
+func (s *RedisServer) Do(args ...string) (any, error) { return redisCall(s.Addr(), args...) }
+
+func redisCall(addr string, args ...string) (any, error) {
+	conn, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	var b strings.Builder
+	fmt.Fprintf(&b, "*%d\r\n", len(args))
+	for _, a := range args {
+		fmt.Fprintf(&b, "$%d\r\n%s\r\n", len(a), a)
+	}
+	if _, err := conn.Write([]byte(b.String())); err != nil {
+		return nil, err
+	}
+	return readReply(bufio.NewReader(conn), 0)
+}
+
+func readReply(r *bufio.Reader, depth int) (any, error) {
+	if depth > 8 {
+		return nil, fmt.Errorf("reply nested too deep")
+	}
+	line, err := r.ReadString('\n')
+	if err != nil {
+		return nil, err
+	}
+	line = strings.TrimSuffix(line, "\r\n")
+	if line == "" {
+		return nil, fmt.Errorf("empty reply line")
+	}
+	switch line[0] {
+	case '+', ':':
+		return line[1:], nil
+	case '-':
+		return nil, fmt.Errorf("%s", line[1:])
+	case '$':
+		n, err := strconv.Atoi(line[1:])
+		if err != nil || n < 0 {
+			return nil, err
+		}
+		buf := make([]byte, n+2)
+		if _, err := io.ReadFull(r, buf); err != nil {
+			return nil, err
+		}
+		return string(buf[:n]), nil
+	case '*':
+		n, err := strconv.Atoi(line[1:])
+		if err != nil || n < 0 || n > 1<<16 {
+			return nil, err
+		}
+		out := make([]any, n)
+		for i := range out {
+			if out[i], err = readReply(r, depth+1); err != nil {
+				return nil, err
+			}
+		}
+		return out, nil
+	}
+	return nil, fmt.Errorf("unexpected reply %q", line)
+}
 
 // Redis returns redis://host:port/N for the binary's shared server (started
 // on first use, or ELCHAT_TEST_REDIS_URL's server), with N not handed out

@@ -4,6 +4,7 @@ package testenv_test
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/url"
 	"testing"
@@ -133,4 +134,52 @@ func TestRedisServerKillRestart(t *testing.T) {
 	if err := s.Start(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+func TestSentinelFailover(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts five servers")
+	}
+	ss := testenv.StartSentinelSet(t)
+	addr, err := ss.MasterAddr()
+	if err != nil || addr != ss.Primary.Addr() {
+		t.Fatalf("master %q (%v), want %s", addr, err, ss.Primary.Addr())
+	}
+	start := time.Now()
+	ss.Primary.Kill()
+	if err := wait30(func() error {
+		a, err := ss.MasterAddr()
+		if err != nil {
+			return err
+		}
+		if a != ss.Replica.Addr() {
+			return fmt.Errorf("master still %s", a)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("replica promoted %v after the kill", time.Since(start).Round(time.Millisecond))
+}
+
+func wait30(f func() error) error {
+	var err error
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if err = f(); err == nil {
+			return nil
+		}
+	}
+	return err
+}
+
+func TestRedisClusterStarts(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts six servers")
+	}
+	start := time.Now()
+	c := testenv.StartRedisCluster(t)
+	if n := len(c.Primaries()); n != 3 {
+		t.Fatalf("%d primaries, want 3", n)
+	}
+	t.Logf("cluster ready after %v", time.Since(start).Round(time.Millisecond))
 }

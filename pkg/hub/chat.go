@@ -261,7 +261,7 @@ func (h *Hub) deliver(t topic.Topic, sender string, msg []byte, origin *Client) 
 	// message would be the routing path's largest allocation.
 	present, err := h.cfg.Presence.Present(context.Background(), room, other)
 	if err != nil {
-		h.cfg.Logger.Warn("presence lookup failed; notifying lobby", "topic", room, "err", err)
+		h.logs.present.Log("topic", room, "err", err)
 	}
 	if present {
 		return

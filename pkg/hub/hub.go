@@ -31,6 +31,7 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"fmt"
+	"github.com/elchat/elchat/internal/logx"
 	"hash/maphash"
 	"log/slog"
 	"sync"
@@ -166,9 +167,32 @@ type Hub struct {
 	closeOnce sync.Once
 
 	// Catch-up after lost fanout (resync.go). All atomic.
-	safeID      atomic.Int64 // a store LastID sample at least one sampling period old
 	resyncFrom  atomic.Int64 // joins with a later last_id catch up from here instead
 	resyncUntil atomic.Int64 // unix nanoseconds; math.MaxInt64 while the bus is down
+	marks       watermarks   // store LastID samples, see resync.go
+
+	logs hubLogs // immutable after New
+}
+
+// logEvery bounds how often one kind of repeated failure is logged: an
+// outage fails every publish and presence call, and a line for each would
+// bury everything else.
+const logEvery = 10 * time.Second
+
+// hubLogs are the hub's repeated-failure lines, each at most once per
+// logEvery with a count.
+type hubLogs struct {
+	publish, subscribe, unsubscribe *logx.Repeated
+	track, untrack, list, present   *logx.Repeated
+}
+
+func newHubLogs(l *slog.Logger) hubLogs {
+	w := func(msg string) *logx.Repeated { return logx.NewRepeated(l, slog.LevelWarn, msg, logEvery) }
+	return hubLogs{
+		publish: w("bus publish failed"), subscribe: w("bus subscribe failed"), unsubscribe: w("bus unsubscribe failed"),
+		track: w("presence track failed"), untrack: w("presence untrack failed"), list: w("presence list failed"),
+		present: w("presence lookup failed; notifying lobby"),
+	}
 }
 
 // shard holds the local subscribers of the topics that hash to it. Holding
@@ -194,6 +218,7 @@ func New(cfg Config) *Hub {
 	}
 	cfg.setDefaults()
 	h.cfg = cfg
+	h.logs = newHubLogs(cfg.Logger)
 	for i := range h.shards {
 		h.shards[i].topics = make(map[string]*subscribers)
 	}
@@ -249,7 +274,7 @@ func (h *Hub) subscribe(topic string, c *Client) <-chan struct{} {
 	if subs == nil {
 		live, err := h.cfg.Bus.Subscribe(topic)
 		if err != nil {
-			h.cfg.Logger.Warn("bus subscribe failed", "topic", topic, "err", err)
+			h.logs.subscribe.Log("topic", topic, "err", err)
 			live = closedChan
 		}
 		subs = &subscribers{live: live}
@@ -285,7 +310,7 @@ func (h *Hub) unsubscribe(topic string, c *Client) {
 	}
 	delete(s.topics, topic)
 	if err := h.cfg.Bus.Unsubscribe(topic); err != nil {
-		h.cfg.Logger.Warn("bus unsubscribe failed", "topic", topic, "err", err)
+		h.logs.unsubscribe.Log("topic", topic, "err", err)
 	}
 }
 
@@ -344,7 +369,7 @@ func (h *Hub) broadcastFrom(topic, event string, payload []byte, origin, except 
 	h.deliverFrom(topic, msg, origin, except)
 	if err := h.cfg.Bus.Publish(topic, msg); err != nil {
 		h.cfg.Metrics.BusError()
-		h.cfg.Logger.Warn("bus publish failed", "topic", topic, "err", err)
+		h.logs.publish.Log("topic", topic, "err", err)
 	}
 }
 

@@ -17,14 +17,14 @@ func (c *Client) track(ch channel) {
 	ctx, cancel := h.ctx()
 	defer cancel()
 	if err := h.cfg.Presence.Track(ctx, ch.name, c.user, meta); err != nil {
-		h.cfg.Logger.Warn("presence track failed", "topic", ch.name, "err", err)
+		h.logs.track.Log("topic", ch.name, "err", err)
 	}
 	if ch.topic.Kind != topic.Chat {
 		return
 	}
 	state, err := h.cfg.Presence.List(ctx, ch.name)
 	if err != nil {
-		h.cfg.Logger.Warn("presence list failed", "topic", ch.name, "err", err)
+		h.logs.list.Log("topic", ch.name, "err", err)
 		state = map[string][]Meta{c.user: {meta}}
 	}
 	c.push(ch.joinRef, ch.name, "presence_state", encodeState(state))
@@ -38,7 +38,7 @@ func (c *Client) untrack(ch channel) {
 	ctx, cancel := h.ctx()
 	defer cancel()
 	if err := h.cfg.Presence.Untrack(ctx, ch.name, c.user, ch.metaRef); err != nil {
-		h.cfg.Logger.Warn("presence untrack failed", "topic", ch.name, "err", err)
+		h.logs.untrack.Log("topic", ch.name, "err", err)
 	}
 	if ch.topic.Kind == topic.Chat {
 		meta := Meta{Ref: ch.metaRef, Name: c.name}

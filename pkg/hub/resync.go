@@ -5,6 +5,7 @@ import (
 	"errors"
 	"math"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/elchat/elchat/internal/pace"
@@ -45,7 +46,7 @@ func (b *busHandler) PresenceChanged(name string, joins, leaves map[string][]Met
 	b.hub().Broadcast(name, "presence_diff", encodeDiff(joins, leaves))
 }
 
-func (b *busHandler) Down() { b.hub().busDown() }
+func (b *busHandler) Down(lastAlive time.Time) { b.hub().busDown(lastAlive) }
 
 func (b *busHandler) Up() {
 	h := b.hub()
@@ -75,6 +76,34 @@ func (b *busHandler) ResyncRequested(watermark int64, node string) {
 	}()
 }
 
+func (b *busHandler) ResyncTopics(topics []string, node string) {
+	h := b.hub()
+	go func() {
+		if n := h.ResyncTopics(context.Background(), topics, h.cfg.ResyncSpread); n > 0 {
+			h.cfg.Logger.Info("clients asked to rejoin: presence changes were lost", "node", node, "topics", n)
+		}
+	}()
+}
+
+// ResyncTopics makes the local clients of those of topics this node has
+// subscribers for rejoin, spread over spread; it returns how many topics
+// that was.
+func (h *Hub) ResyncTopics(ctx context.Context, topics []string, spread time.Duration) int {
+	var local []string
+	for _, t := range topics {
+		s := h.shard(t)
+		s.mu.RLock()
+		_, ok := s.topics[t]
+		s.mu.RUnlock()
+		if ok {
+			local = append(local, t)
+		}
+	}
+	return pace.Spread(ctx, len(local), spread, func(i int) {
+		h.BroadcastLocal(local[i], "phx_error", []byte(`{"reason":"resync"}`))
+	})
+}
+
 // ErrReservedEvent is returned for a host-app event that clients would
 // take for one of ElChat's own.
 var ErrReservedEvent = errors.New("event name reserved by ElChat")
@@ -100,23 +129,65 @@ func ValidHostEvent(name, event string) error {
 	return nil
 }
 
+// watermarkMargin is how much older than the last sign of life a
+// watermark must be: a message is stored a little before it is
+// published, and clocks of one process still tick between the two.
+const watermarkMargin = time.Second
+
+// watermarks keeps the store's last id sampled over the last few minutes
+// (a ring of samples), so that an outage noticed late still finds an id
+// taken before the loss began.
+type watermarks struct {
+	mu      sync.Mutex
+	samples [64]watermark // guarded by mu: ring, next write at n % len
+	n       int           // guarded by mu: samples ever added
+}
+
+type watermark struct {
+	at time.Time
+	id int64
+}
+
+func (w *watermarks) add(at time.Time, id int64) {
+	w.mu.Lock()
+	w.samples[w.n%len(w.samples)] = watermark{at, id}
+	w.n++
+	w.mu.Unlock()
+}
+
+// before returns the newest sample taken before t. With none that old it
+// returns the oldest sample kept (ok false when there is none at all).
+func (w *watermarks) before(t time.Time) (id int64, ok bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	kept := min(w.n, len(w.samples))
+	for i := 1; i <= kept; i++ { // newest first
+		s := w.samples[(w.n-i)%len(w.samples)]
+		if s.at.Before(t) {
+			return s.id, true
+		}
+	}
+	if kept == 0 {
+		return 0, false
+	}
+	return w.samples[(w.n-kept)%len(w.samples)].id, true
+}
+
 // trackWatermark samples the store's last message id every period until
-// ctx ends, so that busDown knows an id that every message published
-// before the outage is older than.
+// ctx ends, so that busDown knows an id older than any loss that starts
+// after a given moment.
 func (h *Hub) trackWatermark(ctx context.Context, period time.Duration) {
 	t := time.NewTicker(period)
 	defer t.Stop()
-	var prev int64
 	for {
+		// The time is taken before the read: every message stored before
+		// it has an id no greater than the sample.
+		at := time.Now()
 		c, cancel := h.ctx()
 		id, err := h.cfg.Store.LastID(c)
 		cancel()
 		if err == nil {
-			// Publish the previous sample: it is at least one period old, so
-			// messages up to it were published before any outage that
-			// starts now.
-			h.safeID.Store(prev)
-			prev = id
+			h.marks.add(at, id)
 		}
 		select {
 		case <-ctx.Done():
@@ -126,16 +197,25 @@ func (h *Hub) trackWatermark(ctx context.Context, period time.Duration) {
 	}
 }
 
-// busDown records that cross-node messages are being lost from about now:
+// safeWatermark returns an id older than every message that may have been
+// lost after lastAlive, the last moment fanout was known to work: the
+// newest sample taken before lastAlive minus watermarkMargin.
+func (h *Hub) safeWatermark(lastAlive time.Time) int64 {
+	id, _ := h.marks.before(lastAlive.Add(-watermarkMargin))
+	return id
+}
+
+// busDown records that cross-node messages may be lost since lastAlive:
 // until the resync after busUp ends, a chat join whose last_id is newer
-// than the last safe watermark catches up from the watermark instead, so
-// a rejoin fills the gap even though the client saw later messages.
-func (h *Hub) busDown() {
+// than a watermark older than lastAlive catches up from the watermark
+// instead, so a rejoin fills the gap even though the client saw later
+// messages (delivered locally, or before the loss was noticed).
+func (h *Hub) busDown(lastAlive time.Time) {
 	prev := h.resyncUntil.Swap(math.MaxInt64)
 	if prev == math.MaxInt64 {
 		return // already down
 	}
-	w := h.safeID.Load()
+	w := h.safeWatermark(lastAlive)
 	if prev > time.Now().UnixNano() {
 		// A resync is still under way: keep the older of the watermarks.
 		w = min(w, h.resyncFrom.Load())

@@ -1,6 +1,9 @@
 package hub
 
-import "context"
+import (
+	"context"
+	"time"
+)
 
 // Conn is the hub's view of one client connection. The transport package
 // implements it for every WebSocket engine, and pkg/longpoll for a
@@ -80,13 +83,20 @@ type BusHandler interface {
 	// on behalf of nodes (a dead node swept, entries restored after an
 	// outage). The hub broadcasts them to the topic's clients cluster-wide.
 	PresenceChanged(topic string, joins, leaves map[string][]Meta)
-	// Down reports that messages between nodes are being lost from about
-	// now; Up that they flow again (clients must catch up).
-	Down()
+	// Down reports that messages between nodes may have been lost since
+	// lastAlive, the last moment the bus knew they flowed (a silent
+	// subscriber is noticed seconds after it died); Up that they flow
+	// again (clients must catch up).
+	Down(lastAlive time.Time)
 	Up()
 	// ResyncRequested reports that node announced that the messages it
 	// published since watermark (a message id) may have been lost.
 	ResyncRequested(watermark int64, node string)
+	// ResyncTopics reports that node could not carry presence changes of
+	// these topics to the cluster (a dead node's sweep overflowed the
+	// bus): their clients must rejoin, which gives them a fresh
+	// presence_state.
+	ResyncTopics(topics []string, node string)
 }
 
 // resyncAnnouncer is an optional ability of a Bus: tell the other nodes

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"strings"
 	"time"
 
@@ -45,10 +46,20 @@ type Config struct {
 	// closes it on Shutdown.
 	Store store.Store
 
-	// RedisURL joins a cluster (redis://…); empty: single node.
-	RedisURL    string
-	RedisPrefix string        // prefix of every Redis key and channel
-	PresenceTTL time.Duration // how long a dead node's presence may outlive it
+	// RedisURL joins a cluster (redis://…); empty: single node. With
+	// RedisSentinels only its user, password and database are used.
+	RedisURL string
+	// RedisSentinels is a comma-separated list of Sentinel host:port
+	// addresses: the nodes follow the primary they name RedisMaster
+	// (needed with it) and the failovers they decide. Joins a cluster
+	// like RedisURL.
+	RedisSentinels string
+	RedisMaster    string
+	RedisPrefix    string        // prefix of every Redis key and channel
+	PresenceTTL    time.Duration // how long a dead node's presence may outlive it
+	// RedisLiveness bounds how long the pub/sub connection may stay
+	// silent: the node's canary to itself must come back within it.
+	RedisLiveness time.Duration
 	// ActionCablePrefix is the Action Cable channel_prefix whose
 	// broadcasts to user: and chat: streams are relayed (empty: off).
 	// Needs RedisURL.
@@ -127,11 +138,12 @@ const DevSecret = "elchat-development-secret-do-not-use-in-production"
 // DefaultConfig returns the defaults of every setting.
 func DefaultConfig() Config {
 	return Config{
-		DataDir:      "./data",
-		StoreTimeout: 5 * time.Second,
-		RedisPrefix:  "elchat:",
-		PresenceTTL:  30 * time.Second,
-		Transport:    transport.DefaultKind(),
+		DataDir:       "./data",
+		StoreTimeout:  5 * time.Second,
+		RedisPrefix:   "elchat:",
+		PresenceTTL:   30 * time.Second,
+		RedisLiveness: 3 * time.Second,
+		Transport:     transport.DefaultKind(),
 		Engine: transport.Options{
 			Workers:        256,
 			MaxMessageSize: 64 << 10,
@@ -169,7 +181,7 @@ var (
 	// ErrRedisWithoutDatabase: in a cluster each node with its own
 	// embedded SQLite file numbers messages on its own, so ids collide
 	// across nodes and clients skip or repeat messages.
-	ErrRedisWithoutDatabase = errors.New("--redis-url needs --database-url: with the embedded SQLite store every node keeps its own message ids, which collide across the cluster; point every node at the same PostgreSQL")
+	ErrRedisWithoutDatabase = errors.New("--redis-url (or --redis-sentinels) needs --database-url: with the embedded SQLite store every node keeps its own message ids, which collide across the cluster; point every node at the same PostgreSQL")
 	// ErrDevWithSecret: the demo token endpoint signs tokens for demo
 	// users 1–5 with the node's secret; with a real secret that would let
 	// anybody act as the host app's users 1–5.
@@ -177,8 +189,11 @@ var (
 	ErrNoSecret      = errors.New("set ELCHAT_SECRET (or --secret) to the HS256 secret shared with the host app, or pass --dev")
 	ErrShortSecret   = errors.New("ELCHAT_SECRET must be at least 16 bytes")
 	// ErrCableWithoutRedis: Action Cable broadcasts arrive through Redis.
-	ErrCableWithoutRedis = errors.New("--actioncable-prefix needs --redis-url")
-	ErrDatabaseURL       = errors.New("ELCHAT_DATABASE_URL must be a postgres:// URL")
+	ErrCableWithoutRedis = errors.New("--actioncable-prefix needs --redis-url or --redis-sentinels")
+	// ErrSentinelWithoutMaster: Sentinels watch several primaries by name.
+	ErrSentinelWithoutMaster = errors.New("--redis-sentinels needs --redis-master, the name the Sentinels know the primary by")
+	ErrMasterWithoutSentinel = errors.New("--redis-master needs --redis-sentinels")
+	ErrDatabaseURL           = errors.New("ELCHAT_DATABASE_URL must be a postgres:// URL")
 	// ErrWebhookSecretWithoutURL: a secret alone suggests the URL was
 	// meant to be set too, and nothing would ever be sent.
 	ErrWebhookSecretWithoutURL = errors.New("--webhook-secret is set but --webhook-url is not: set both to send webhooks, or neither")
@@ -206,6 +221,7 @@ func (c Config) withDefaults() Config {
 	setDur(&c.StoreTimeout, d.StoreTimeout)
 	setStr(&c.RedisPrefix, d.RedisPrefix)
 	setDur(&c.PresenceTTL, d.PresenceTTL)
+	setDur(&c.RedisLiveness, d.RedisLiveness)
 	setStr(&c.Transport, d.Transport)
 	setInt(&c.Engine.Workers, d.Engine.Workers)
 	setInt(&c.RequestWorkers, d.RequestWorkers)
@@ -240,6 +256,20 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
+// clustered reports whether the node joins a cluster through Redis.
+func (c *Config) clustered() bool { return c.RedisURL != "" || c.RedisSentinels != "" }
+
+// sentinels splits RedisSentinels.
+func (c *Config) sentinels() []string {
+	var out []string
+	for _, a := range strings.Split(c.RedisSentinels, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
 // validate refuses configurations that lose data or leak access, and
 // returns the token signing key.
 func (c *Config) validate() ([]byte, error) {
@@ -259,10 +289,21 @@ func (c *Config) validate() ([]byte, error) {
 	if c.DatabaseURL != "" && !strings.HasPrefix(c.DatabaseURL, "postgres://") && !strings.HasPrefix(c.DatabaseURL, "postgresql://") {
 		return nil, ErrDatabaseURL
 	}
-	if c.RedisURL != "" && c.DatabaseURL == "" {
+	switch {
+	case c.RedisSentinels != "" && c.RedisMaster == "":
+		return nil, ErrSentinelWithoutMaster
+	case c.RedisMaster != "" && c.RedisSentinels == "":
+		return nil, ErrMasterWithoutSentinel
+	}
+	for _, a := range c.sentinels() {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			return nil, fmt.Errorf("--redis-sentinels: %q is not host:port", a)
+		}
+	}
+	if c.clustered() && c.DatabaseURL == "" {
 		return nil, ErrRedisWithoutDatabase
 	}
-	if c.ActionCablePrefix != "" && c.RedisURL == "" {
+	if c.ActionCablePrefix != "" && !c.clustered() {
 		return nil, ErrCableWithoutRedis
 	}
 	if c.WebhookURL != "" {
@@ -296,9 +337,8 @@ func (c *Config) validate() ([]byte, error) {
 		{"store-timeout", float64(c.StoreTimeout)}, {"notify-after", float64(c.NotifyAfter)},
 		{"webhook-timeout", float64(c.WebhookTimeout)}, {"webhook-max-attempts", float64(c.WebhookMaxAttempts)},
 		{"webhook-retry-base", float64(c.WebhookRetryBase)},
-		{"store-timeout", float64(c.StoreTimeout)},
 		{"longpoll-window", float64(c.LongPollWindow)}, {"longpoll-timeout", float64(c.LongPollTimeout)},
-		{"longpoll-max-body", float64(c.LongPollMaxBody)},
+		{"longpoll-max-body", float64(c.LongPollMaxBody)}, {"redis-liveness", float64(c.RedisLiveness)},
 	} {
 		if f.v < 0 {
 			return nil, fmt.Errorf("--%s must not be negative", f.flag)

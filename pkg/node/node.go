@@ -104,6 +104,9 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 		}
 	}
 	undo = append(undo, func() { n.st.Close() })
+	// Outages are logged when they start and when they end, not once per
+	// failed call.
+	n.st = store.Watch(n.st, log)
 
 	hcfg := hub.Config{
 		Store:        n.st,
@@ -120,10 +123,16 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 		// dropped as a slow consumer: keep pages well below it.
 		MaxReplyBytes: min(hub.DefaultMaxReplyBytes, cfg.Engine.MaxQueueBytes/4),
 	}
-	if cfg.RedisURL != "" {
+	if cfg.clustered() {
+		url := cfg.RedisURL
+		if url == "" {
+			url = "redis://" // Sentinels: no password, database 0
+		}
 		opts := redisbus.Options{
-			URL: cfg.RedisURL, Prefix: cfg.RedisPrefix, NodeID: cfg.NodeID,
-			PresenceTTL: cfg.PresenceTTL, Logger: log, OnPublish: m.BusPublished,
+			URL: url, Sentinels: cfg.sentinels(), MasterName: cfg.RedisMaster,
+			Prefix: cfg.RedisPrefix, NodeID: cfg.NodeID,
+			PresenceTTL: cfg.PresenceTTL, Liveness: cfg.RedisLiveness,
+			Logger: log, OnPublish: m.BusPublished,
 		}
 		// The bus reports outages and remote messages to the hub through
 		// hub.Run, so nothing it sees before the hub exists is lost.

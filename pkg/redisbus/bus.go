@@ -16,14 +16,21 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/elchat/elchat/internal/logx"
 	"github.com/elchat/elchat/pkg/hub"
 	"github.com/elchat/elchat/pkg/topic"
 )
 
 // Options configures a Bus. Zero fields take the documented defaults.
 type Options struct {
-	// URL is the Redis URL, e.g. redis://:password@host:6379/0.
+	// URL is the Redis URL, e.g. redis://:password@host:6379/0. With
+	// Sentinels, only its user, password and database are used.
 	URL string
+	// Sentinels, when set, are the host:port addresses of the Redis
+	// Sentinels that watch the primary named MasterName: the bus follows
+	// whichever server they promote.
+	Sentinels  []string
+	MasterName string
 	// Prefix is put in front of every key and channel (default "elchat:").
 	Prefix string
 	// NodeID names this node in the cluster (default: 8 random
@@ -38,6 +45,12 @@ type Options struct {
 	PublishQueue int
 	// Logger receives state changes (default slog.Default()).
 	Logger *slog.Logger
+	// Liveness bounds how long the pub/sub connection may go without
+	// proving itself (default 3s): the node publishes a canary to itself
+	// every Liveness/4 and, when none has come back for Liveness, declares
+	// the subscription dead, reports Down, and subscribes again on a new
+	// connection.
+	Liveness time.Duration
 	// OnPublish, when set, is called after each pipelined batch of
 	// PUBLISHes with its size and the lag of its oldest message (queueing
 	// plus the round trip). It runs on the publishing goroutine: keep it
@@ -58,6 +71,8 @@ const (
 	kindFrame    = 'F' // an encoded Phoenix message for the topic's subscribers
 	kindPresence = 'P' // presence changes, for the nodes' Present mirrors
 	kindResync   = 'R' // on the control channel: a node lost frames, see AnnounceResync
+	kindCanary   = 'C' // on the node's canary channel: a liveness probe it sent itself
+	kindTopics   = 'T' // on the control channel: presence changes of these topics were lost
 )
 
 const (
@@ -74,10 +89,10 @@ type Bus struct {
 	opts       Options
 	log        *slog.Logger
 	rdb        *redis.Client // commands; safe for concurrent use
-	ps         *redis.PubSub // the node's one pub/sub connection, see subLoop and recvLoop
 	chanPrefix string        // prefix + "t:"
 	pubChan    string        // prefix + "publish"
 	ctlChan    string        // prefix + "control"
+	canaryChan string        // prefix + "canary:" + NodeID
 	hdrFrame   []byte        // kindFrame, len(NodeID), NodeID
 	hdrPres    []byte        // kindPresence, len(NodeID), NodeID
 	pingEvery  time.Duration
@@ -93,6 +108,15 @@ type Bus struct {
 	// direct makes Publish write synchronously once Close stopped the
 	// publisher, so the node's last presence leaves still go out.
 	direct atomic.Bool
+
+	// psMu guards ps, the node's one pub/sub connection (see subLoop and
+	// recvLoop; the liveness check replaces it when it falls silent), and
+	// what has been subscribed on it. subLoop holds psMu while it sends,
+	// so a replacement subscribes exactly what was applied.
+	psMu        sync.Mutex
+	ps          *redis.PubSub       // guarded by psMu
+	applied     map[string]struct{} // guarded by psMu: topics SUBSCRIBEd
+	appliedPats map[string]struct{} // guarded by psMu: patterns PSUBSCRIBEd
 
 	mu        sync.Mutex
 	topics    map[string]struct{}    // guarded by mu: topics the hub wants
@@ -116,15 +140,27 @@ type Bus struct {
 	subOK    atomic.Bool
 	cmdOK    atomic.Bool
 	lastRecv atomic.Int64 // unix nanos of the last reply on the pub/sub connection
-	healthMu sync.Mutex
-	healthy  bool // guarded by healthMu: last logged state
+	// lastAlive is the unix nanos at which the last canary that came back
+	// was sent: every message Redis handled before then has reached this
+	// node. What was lost in an outage was published after it.
+	lastAlive atomic.Int64
+	// lastCanary is the unix nanos at which the last canary came back.
+	lastCanary atomic.Int64
+	healthMu   sync.Mutex
+	healthy    bool // guarded by healthMu: last logged state
 
 	stats struct {
-		published, dropped, failed, received, delivered, refused atomic.Uint64
+		published, dropped, failed, received, delivered, refused, forged, silent atomic.Uint64
 	}
 
 	pres *presence
+
+	// Repeated refusals, logged at most once per logEvery with a count:
+	// whoever can PUBLISH could otherwise flood the log.
+	refusedLog, forgedLog *logx.Repeated
 }
+
+const logEvery = 10 * time.Second
 
 type pubItem struct {
 	channel string
@@ -158,9 +194,78 @@ func New(ctx context.Context, opts Options) (*Bus, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	ro, err := redis.ParseURL(opts.URL)
+	if opts.Liveness <= 0 {
+		opts.Liveness = 3 * time.Second
+	}
+	setClientLogger(opts.Logger)
+	rdb, err := newClient(opts)
 	if err != nil {
 		return nil, fmt.Errorf("redisbus: %w", err)
+	}
+	if err := rdb.Ping(ctx).Err(); err != nil {
+		rdb.Close()
+		return nil, fmt.Errorf("redisbus: %w", err)
+	}
+
+	b := &Bus{
+		opts:        opts,
+		log:         opts.Logger.With("component", "redisbus", "node", opts.NodeID),
+		rdb:         rdb,
+		chanPrefix:  opts.Prefix + "t:",
+		pubChan:     opts.Prefix + "publish",
+		ctlChan:     opts.Prefix + "control",
+		canaryChan:  opts.Prefix + "canary:" + opts.NodeID,
+		applied:     make(map[string]struct{}),
+		appliedPats: make(map[string]struct{}),
+		hdrFrame:    header(kindFrame, opts.NodeID),
+		hdrPres:     header(kindPresence, opts.NodeID),
+		pingEvery:   min(max(opts.PresenceTTL/3, 100*time.Millisecond), 5*time.Second),
+		pubq:        make(chan pubItem, opts.PublishQueue),
+		topics:      make(map[string]struct{}),
+		dirty:       make(map[string]struct{}),
+		patterns:    make(map[string]*acListener),
+		dirtyPats:   make(map[string]struct{}),
+		subKick:     make(chan struct{}, 1),
+		waiting:     make(map[string]chan struct{}),
+		barriers:    make(map[uint64][]chan struct{}),
+		healthy:     true,
+	}
+	b.ctx, b.cancel = context.WithCancel(context.Background())
+	b.subOK.Store(true)
+	b.cmdOK.Store(true)
+	b.lastRecv.Store(time.Now().UnixNano())
+	b.lastAlive.Store(time.Now().UnixNano())
+	b.lastCanary.Store(time.Now().UnixNano())
+	b.pres = newPresence(b)
+	b.refusedLog = logx.NewRepeated(b.log, slog.LevelWarn, "ingress message refused; dropped", logEvery)
+	b.forgedLog = logx.NewRepeated(b.log, slog.LevelWarn, "malformed node-to-node message; dropped", logEvery)
+
+	// The plain publish channel is always subscribed: it is an ingress,
+	// and it gives the connection a subscription whose confirmation
+	// proves the connection live even when the hub has no topics.
+	b.ps = rdb.Subscribe(ctx, b.baseChannels()...)
+	if err := b.pres.heartbeat(ctx, false); err != nil {
+		b.ps.Close()
+		rdb.Close()
+		return nil, fmt.Errorf("redisbus: %w", err)
+	}
+	b.wg.Add(6)
+	go b.pres.sweeper()
+	go b.recvLoop()
+	go b.subLoop()
+	go b.pubLoop()
+	go b.pres.loop()
+	go b.canaryLoop()
+	b.pres.startLoader()
+	return b, nil
+}
+
+// newClient builds the command client: one server from opts.URL, or the
+// primary the Sentinels name.
+func newClient(opts Options) (*redis.Client, error) {
+	ro, err := redis.ParseURL(opts.URL)
+	if err != nil {
+		return nil, err
 	}
 	// RESP2: pub/sub messages arrive as plain replies on the subscriber
 	// connection, the mode go-redis's PubSub has handled longest.
@@ -169,57 +274,49 @@ func New(ctx context.Context, opts Options) (*Bus, error) {
 	// twice. Everything else this package sends is idempotent and is
 	// repaired by the next heartbeat instead.
 	ro.MaxRetries = -1
+	// Deadlines of the contexts this package passes bound the network
+	// reads too, not only the wait for a connection.
+	ro.ContextTimeoutEnabled = true
 	if ro.DialTimeout == 0 || ro.DialTimeout > 2*time.Second {
 		ro.DialTimeout = 2 * time.Second
 	}
-	rdb := redis.NewClient(ro)
-	if err := rdb.Ping(ctx).Err(); err != nil {
-		rdb.Close()
-		return nil, fmt.Errorf("redisbus: %w", err)
+	if len(opts.Sentinels) == 0 {
+		return redis.NewClient(ro), nil
 	}
+	if opts.MasterName == "" {
+		return nil, errors.New("sentinels need a master name")
+	}
+	return redis.NewFailoverClient(&redis.FailoverOptions{
+		MasterName:            opts.MasterName,
+		SentinelAddrs:         opts.Sentinels,
+		Username:              ro.Username,
+		Password:              ro.Password,
+		DB:                    ro.DB,
+		Protocol:              ro.Protocol,
+		MaxRetries:            ro.MaxRetries,
+		DialTimeout:           ro.DialTimeout,
+		ContextTimeoutEnabled: ro.ContextTimeoutEnabled,
+		TLSConfig:             ro.TLSConfig,
+	}), nil
+}
 
-	b := &Bus{
-		opts:       opts,
-		log:        opts.Logger.With("component", "redisbus", "node", opts.NodeID),
-		rdb:        rdb,
-		chanPrefix: opts.Prefix + "t:",
-		pubChan:    opts.Prefix + "publish",
-		ctlChan:    opts.Prefix + "control",
-		hdrFrame:   header(kindFrame, opts.NodeID),
-		hdrPres:    header(kindPresence, opts.NodeID),
-		pingEvery:  min(max(opts.PresenceTTL/3, 100*time.Millisecond), 5*time.Second),
-		pubq:       make(chan pubItem, opts.PublishQueue),
-		topics:     make(map[string]struct{}),
-		dirty:      make(map[string]struct{}),
-		patterns:   make(map[string]*acListener),
-		dirtyPats:  make(map[string]struct{}),
-		subKick:    make(chan struct{}, 1),
-		waiting:    make(map[string]chan struct{}),
-		barriers:   make(map[uint64][]chan struct{}),
-		healthy:    true,
-	}
-	b.ctx, b.cancel = context.WithCancel(context.Background())
-	b.subOK.Store(true)
-	b.cmdOK.Store(true)
-	b.lastRecv.Store(time.Now().UnixNano())
-	b.pres = newPresence(b)
+var clientLoggerOnce sync.Once
 
-	// The plain publish channel is always subscribed: it is an ingress,
-	// and it gives the connection a subscription whose confirmation
-	// proves the connection live even when the hub has no topics.
-	b.ps = rdb.Subscribe(ctx, b.pubChan, b.ctlChan)
-	if err := b.pres.heartbeat(ctx); err != nil {
-		b.ps.Close()
-		rdb.Close()
-		return nil, fmt.Errorf("redisbus: %w", err)
-	}
-	b.wg.Add(4)
-	go b.recvLoop()
-	go b.subLoop()
-	go b.pubLoop()
-	go b.pres.loop()
-	b.pres.startLoader()
-	return b, nil
+// setClientLogger routes go-redis's own log lines (reconnects, Sentinel
+// switches) through slog, each kind at most once a minute with a count.
+// go-redis has one logger per process: the first Bus sets it.
+func setClientLogger(l *slog.Logger) {
+	clientLoggerOnce.Do(func() {
+		redis.SetLogger(logx.NewPrintf(l.With("component", "go-redis"), time.Minute))
+	})
+}
+
+// baseChannels are subscribed on every pub/sub connection, whatever the
+// hub wants: the plain ingress (whose confirmation also proves a
+// connection live when the hub has no topics), the control channel and
+// the node's canary.
+func (b *Bus) baseChannels() []string {
+	return []string{b.pubChan, b.ctlChan, b.canaryChan}
 }
 
 func header(kind byte, id string) []byte {
@@ -417,14 +514,22 @@ func (b *Bus) subscribed(topic string) bool {
 // failure here needs no retry.
 func (b *Bus) subLoop() {
 	defer b.wg.Done()
-	applied := make(map[string]struct{})     // owned by subLoop
-	appliedPats := make(map[string]struct{}) // owned by subLoop
 	for {
 		select {
 		case <-b.ctx.Done():
 			return
 		case <-b.subKick:
 		}
+		b.subRound()
+	}
+}
+
+// subRound is one round of subLoop.
+func (b *Bus) subRound() {
+	b.psMu.Lock()
+	defer b.psMu.Unlock()
+	ps, applied, appliedPats := b.ps, b.applied, b.appliedPats
+	{
 		b.mu.Lock()
 		dirty, dirtyPats := b.dirty, b.dirtyPats
 		b.dirty, b.dirtyPats = make(map[string]struct{}), make(map[string]struct{})
@@ -473,24 +578,67 @@ func (b *Bus) subLoop() {
 		ctx := b.ctx
 		for len(sub) > 0 {
 			n := min(len(sub), maxSubBatch)
-			b.logSub("subscribe", b.ps.Subscribe(ctx, sub[:n]...))
+			b.logSub("subscribe", ps.Subscribe(ctx, sub[:n]...))
 			sub = sub[n:]
 		}
 		for len(unsub) > 0 {
 			n := min(len(unsub), maxSubBatch)
-			b.logSub("unsubscribe", b.ps.Unsubscribe(ctx, unsub[:n]...))
+			b.logSub("unsubscribe", ps.Unsubscribe(ctx, unsub[:n]...))
 			unsub = unsub[n:]
 		}
 		if len(psub) > 0 {
-			b.logSub("psubscribe", b.ps.PSubscribe(ctx, psub...))
+			b.logSub("psubscribe", ps.PSubscribe(ctx, psub...))
 		}
 		if len(punsub) > 0 {
-			b.logSub("punsubscribe", b.ps.PUnsubscribe(ctx, punsub...))
+			b.logSub("punsubscribe", ps.PUnsubscribe(ctx, punsub...))
 		}
 		if len(confirm) > 0 {
-			b.sendBarrier(confirm)
+			b.sendBarrier(ps, confirm)
 		}
 	}
+}
+
+// resubscribe replaces the pub/sub connection with a new one subscribed
+// to everything the old one was: the liveness check calls it when the old
+// one fell silent without an error (a dead peer behind a NAT or a proxy, a
+// stuck server), which go-redis cannot notice by itself. The old one is
+// closed, which also ends a receive blocked on it.
+func (b *Bus) resubscribe() {
+	b.psMu.Lock()
+	if b.ctx.Err() != nil { // closing: stop closes b.ps
+		b.psMu.Unlock()
+		return
+	}
+	old := b.ps
+	chans := b.baseChannels()
+	for t := range b.applied {
+		chans = append(chans, b.chanPrefix+t)
+	}
+	pats := make([]string, 0, len(b.appliedPats))
+	for p := range b.appliedPats {
+		pats = append(pats, p)
+	}
+	// go-redis records the channels even when the commands fail (the
+	// server is unreachable) and sends them again on its reconnect.
+	ps := b.rdb.Subscribe(b.ctx)
+	for len(chans) > 0 {
+		n := min(len(chans), maxSubBatch)
+		b.logSub("subscribe", ps.Subscribe(b.ctx, chans[:n]...))
+		chans = chans[n:]
+	}
+	if len(pats) > 0 {
+		b.logSub("psubscribe", ps.PSubscribe(b.ctx, pats...))
+	}
+	b.ps = ps
+	b.psMu.Unlock()
+	old.Close()
+}
+
+// pubsub returns the current pub/sub connection.
+func (b *Bus) pubsub() *redis.PubSub {
+	b.psMu.Lock()
+	defer b.psMu.Unlock()
+	return b.ps
 }
 
 // barrierPrefix marks the PINGs whose PONG confirms subscriptions.
@@ -499,7 +647,7 @@ const barrierPrefix = "elchat-barrier:"
 // sendBarrier PINGs the pub/sub connection; the PONG closes confirm. If
 // the PING fails, the connection is broken and setSub(false) releases
 // every barrier.
-func (b *Bus) sendBarrier(confirm []chan struct{}) {
+func (b *Bus) sendBarrier(ps *redis.PubSub, confirm []chan struct{}) {
 	b.mu.Lock()
 	if !b.subOK.Load() {
 		b.mu.Unlock()
@@ -512,7 +660,7 @@ func (b *Bus) sendBarrier(confirm []chan struct{}) {
 	seq := b.barrier
 	b.barriers[seq] = confirm
 	b.mu.Unlock()
-	b.logSub("ping", b.ps.Ping(b.ctx, barrierPrefix+strconv.FormatUint(seq, 10)))
+	b.logSub("ping", ps.Ping(b.ctx, barrierPrefix+strconv.FormatUint(seq, 10)))
 }
 
 // confirmed closes the channels of every barrier up to seq: replies on the
@@ -563,7 +711,8 @@ func (b *Bus) recvLoop() {
 	delay := 50 * time.Millisecond
 	pingSent := false
 	for {
-		msg, err := b.ps.ReceiveTimeout(b.ctx, b.pingEvery)
+		ps := b.pubsub()
+		msg, err := ps.ReceiveTimeout(b.ctx, b.pingEvery)
 		if b.ctx.Err() != nil {
 			return
 		}
@@ -574,7 +723,7 @@ func (b *Bus) recvLoop() {
 				// quiet connection from a dead one.
 				if !pingSent {
 					pingSent = true
-					_ = b.ps.Ping(b.ctx)
+					_ = ps.Ping(b.ctx)
 					continue
 				}
 			}
@@ -622,10 +771,18 @@ func (b *Bus) handle(m *redis.Message) {
 		b.handlePlain(m.Payload)
 	case m.Channel == b.ctlChan:
 		b.handleControl(m.Payload)
+	case m.Channel == b.canaryChan:
+		b.handleCanary(m.Payload)
 	default:
+		// Only channels this node subscribed arrive here, and it
+		// subscribes only topics the hub validated. What a message on
+		// them carries is trusted: nodes publish ElChat's own events
+		// there, so whoever can PUBLISH on P t:* is as trusted as a node
+		// (see the package doc). Malformed messages are counted.
 		topic, ok := strings.CutPrefix(m.Channel, b.chanPrefix)
 		p := m.Payload
-		if !ok || len(p) < 2 || len(p) < 2+int(p[1]) {
+		if !ok || len(p) < 2 || len(p) < 2+int(p[1]) || (p[0] != kindFrame && p[0] != kindPresence) {
+			b.stats.forged.Add(1)
 			return
 		}
 		body := p[2+int(p[1]):]
@@ -644,6 +801,79 @@ func (b *Bus) handle(m *redis.Message) {
 	}
 }
 
+// errSilent is what the liveness check reports for a pub/sub connection
+// whose canaries stopped coming back.
+var errSilent = errors.New("redisbus: pub/sub connection silent: canaries not coming back")
+
+// canaryLoop proves the subscription path end to end: every Liveness/4 it
+// PUBLISHes the time on this node's canary channel through the command
+// connection, and recvLoop notes when each comes back (handleCanary).
+// When none has come back for Liveness, the pub/sub connection is dead or
+// stuck although no error says so: the bus reports Down (with the send
+// time of the last canary that came back as the last sign of life), and
+// subscribes again on a new connection; the hub resyncs its clients once
+// the new one answers. Detection therefore takes between Liveness and
+// 1.25 × Liveness.
+func (b *Bus) canaryLoop() {
+	defer b.wg.Done()
+	every := b.opts.Liveness / 4
+	t := time.NewTicker(every)
+	defer t.Stop()
+	lastFix := time.Now()
+	var sending atomic.Bool
+	var sendWG sync.WaitGroup
+	defer sendWG.Wait()
+	for {
+		select {
+		case <-b.ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := time.Now()
+		heard := time.Unix(0, b.lastCanary.Load())
+		if now.Sub(heard) > b.opts.Liveness && now.Sub(lastFix) > b.opts.Liveness {
+			lastFix = now
+			b.stats.silent.Add(1)
+			b.setSub(false, errSilent)
+			b.resubscribe()
+		}
+		// The PUBLISH must not hold up the check: a stuck command
+		// connection blocks it until its deadline.
+		if !sending.Swap(true) {
+			msg := append(header(kindCanary, b.opts.NodeID), strconv.FormatInt(now.UnixNano(), 10)...)
+			sendWG.Add(1)
+			go func() {
+				defer sendWG.Done()
+				defer sending.Store(false)
+				ctx, cancel := context.WithTimeout(b.ctx, every)
+				err := b.rdb.Publish(ctx, b.canaryChan, msg).Err()
+				cancel()
+				if err != nil && b.ctx.Err() == nil {
+					b.log.Debug("canary publish failed", "err", err)
+				}
+			}()
+		}
+	}
+}
+
+// handleCanary notes a canary that came back: the subscription path works,
+// and everything Redis handled before the canary was sent has arrived.
+func (b *Bus) handleCanary(p string) {
+	if len(p) < 2 || len(p) < 2+int(p[1]) || p[0] != kindCanary || p[2:2+int(p[1])] != b.opts.NodeID {
+		b.stats.forged.Add(1)
+		return
+	}
+	sent, err := strconv.ParseInt(p[2+int(p[1]):], 10, 64)
+	if err != nil {
+		b.stats.forged.Add(1)
+		return
+	}
+	b.lastCanary.Store(time.Now().UnixNano())
+	if sent > b.lastAlive.Load() {
+		b.lastAlive.Store(sent) // only recvLoop writes it after New
+	}
+}
+
 // AnnounceResync tells every other node that frames this node published
 // may have been lost and that their clients must catch up from watermark,
 // a message id older than the loss. A node whose own link to Redis broke
@@ -654,8 +884,50 @@ func (b *Bus) AnnounceResync(ctx context.Context, watermark int64) error {
 	return b.rdb.Publish(ctx, b.ctlChan, msg).Err()
 }
 
+// lost counts the frames that did not reach Redis.
+func (b *Bus) lost() uint64 { return b.stats.dropped.Load() + b.stats.failed.Load() }
+
+// waitQueue waits until the publish queue has room for n more frames, or
+// ctx ends. The sweeper uses it to publish a dead node's leaves with
+// back-pressure rather than have Publish drop them.
+func (b *Bus) waitQueue(ctx context.Context, n int) error {
+	room := max(cap(b.pubq)-n, cap(b.pubq)/2)
+	for i := 0; len(b.pubq) > room; i++ {
+		if i > 100000 { // bounded: 200 s
+			return ErrQueueFull
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+// announceTopics asks every node to resync the clients of topics (kind
+// 'T' on the control channel, topics separated by newlines, in messages
+// of at most 1000 topics).
+func (b *Bus) announceTopics(ctx context.Context, topics []string) error {
+	for len(topics) > 0 {
+		n := min(len(topics), 1000)
+		msg := append(header(kindTopics, b.opts.NodeID), strings.Join(topics[:n], "\n")...)
+		if err := b.rdb.Publish(ctx, b.ctlChan, msg).Err(); err != nil {
+			return err
+		}
+		topics = topics[n:]
+	}
+	return nil
+}
+
 func (b *Bus) handleControl(p string) {
-	if len(p) < 2 || len(p) < 2+int(p[1]) || p[0] != kindResync {
+	if len(p) >= 3 && len(p) >= 2+int(p[1]) && p[1] != 0 && p[0] == kindTopics {
+		b.handleTopics(p[2:2+int(p[1])], p[2+int(p[1]):])
+		return
+	}
+	if len(p) < 3 || len(p) < 2+int(p[1]) || p[1] == 0 || p[0] != kindResync {
+		b.stats.forged.Add(1)
+		b.forgedLog.Log("channel", b.ctlChan)
 		return
 	}
 	node, body := p[2:2+int(p[1])], p[2+int(p[1]):]
@@ -664,12 +936,35 @@ func (b *Bus) handleControl(p string) {
 		return
 	}
 	w, err := strconv.ParseInt(body, 10, 64)
-	if err != nil {
-		b.log.Warn("malformed resync announcement", "from", node)
+	if err != nil || w < 0 {
+		b.stats.forged.Add(1)
+		b.forgedLog.Log("channel", b.ctlChan, "from", node)
 		return
 	}
 	b.log.Info("node announced lost frames; resyncing clients", "from", node, "watermark", w)
 	h.ResyncRequested(w, node)
+}
+
+// handleTopics serves a kind 'T' announcement: the clients of those
+// topics that are valid and subscribed here rejoin.
+func (b *Bus) handleTopics(node, body string) {
+	h := b.handler.Load()
+	if node == b.opts.NodeID || h == nil {
+		return
+	}
+	var topics []string
+	for _, t := range strings.Split(body, "\n") {
+		if _, err := topic.Parse(t); err != nil {
+			b.stats.forged.Add(1)
+			continue
+		}
+		if b.subscribed(t) {
+			topics = append(topics, t)
+		}
+	}
+	if len(topics) > 0 {
+		h.ResyncTopics(topics, node)
+	}
 }
 
 // handlerBox lets an interface live in an atomic.Pointer.
@@ -681,11 +976,12 @@ type handlerBox struct{ hub.BusHandler }
 // except an outage, which h hears about as soon as Run starts.
 func (b *Bus) Run(ctx context.Context, h hub.BusHandler) error {
 	b.handler.Store(&handlerBox{h})
+	b.pres.kick() // heartbeat now: sweeps waited for a handler
 	b.healthMu.Lock()
 	down := !b.healthy
 	b.healthMu.Unlock()
 	if down {
-		h.Down()
+		h.Down(time.Unix(0, b.lastAlive.Load()))
 	}
 	select {
 	case <-ctx.Done():
@@ -705,7 +1001,8 @@ func (b *Bus) Ready() error {
 		return fmt.Errorf("%w: commands failing", ErrUnavailable)
 	case !b.subOK.Load():
 		return fmt.Errorf("%w: pub/sub connection down", ErrUnavailable)
-	case time.Since(time.Unix(0, b.lastRecv.Load())) > 3*b.pingEvery:
+	case time.Since(time.Unix(0, b.lastRecv.Load())) > 3*b.pingEvery,
+		time.Since(time.Unix(0, b.lastCanary.Load())) > b.opts.Liveness:
 		return fmt.Errorf("%w: pub/sub connection silent", ErrUnavailable)
 	}
 	return nil
@@ -748,7 +1045,7 @@ func (b *Bus) healthChanged(err error) {
 	} else {
 		b.log.Warn("redis connection lost; publishing is dropped until it returns", "err", err)
 		if h := b.handler.Load(); h != nil {
-			h.Down()
+			h.Down(time.Unix(0, b.lastAlive.Load()))
 		}
 	}
 }
@@ -761,6 +1058,8 @@ type Stats struct {
 	Received  uint64 // pub/sub messages read, all kinds
 	Delivered uint64 // messages handed to Run's handler
 	Refused   uint64 // host-app messages refused at the ingress
+	Forged    uint64 // node-to-node messages refused: malformed, or for no valid topic
+	Silent    uint64 // times the pub/sub connection was found silent and replaced
 }
 
 // Stats returns the counters.
@@ -772,6 +1071,8 @@ func (b *Bus) Stats() Stats {
 		Received:  b.stats.received.Load(),
 		Delivered: b.stats.delivered.Load(),
 		Refused:   b.stats.refused.Load(),
+		Forged:    b.stats.forged.Load(),
+		Silent:    b.stats.silent.Load(),
 	}
 }
 
@@ -804,7 +1105,9 @@ func (b *Bus) stop() bool {
 	// ReceiveTimeout does not watch ctx while it reads: closing the
 	// pub/sub connection is what unblocks the receive loop. go-redis
 	// makes Close safe against a concurrent Receive or Subscribe.
+	b.psMu.Lock() // resubscribe swaps it only while ctx is live
 	b.ps.Close()
+	b.psMu.Unlock()
 	b.wg.Wait()
 	b.pres.stopLoader()
 	return true

@@ -23,7 +23,12 @@
 //	                 decimal message id. A node that lost its link to Redis
 //	                 alone announces with it that the frames it published
 //	                 since that id may be lost (AnnounceResync); the others
-//	                 resync their clients from it (Options.OnResync).
+//	                 resync their clients from it (ResyncRequested). Kind
+//	                 'T', body topics separated by newlines: presence
+//	                 changes of those topics were lost (ResyncTopics).
+//	P canary:<id>    the node's liveness probe: kind 'C' (header as above),
+//	                 body the decimal unix nanoseconds it was sent at.
+//	                 Published by the node to itself, see "Liveness".
 //	<AC prefix>:user:*, <AC prefix>:chat:*
 //	                 Action Cable ingress, pattern-subscribed by
 //	                 ListenActionCable.
@@ -38,6 +43,12 @@
 //	                         id owns, removed with it.
 //	P nodes                  sorted set node id → last heartbeat (unix ms,
 //	                         Redis clock).
+//	P sweep:<id>             set: the entries of dead node id still to
+//	                         remove (its node index, renamed when a sweeper
+//	                         claimed it).
+//	P sweeping               sorted set node id → last progress of its
+//	                         sweep (unix ms); a sweep without progress for
+//	                         PresenceTTL is taken over by another node.
 //	P online:<user>          integer: connections of user across the cluster
 //	                         (lobby "user:<user>" joins); absent when 0.
 //	                         Readable by other programs: GET P online:42.
@@ -75,13 +86,24 @@
 // a mirror's first snapshot arrives, Present costs one HGET.
 //
 // Every node heartbeats every PresenceTTL/3 in P nodes; the same script
-// returns the nodes silent for longer than PresenceTTL, and the node
-// sweeps each with a script that removes its entries atomically. Only one
-// sweeper wins (the node leaves P nodes in the same script), and the
-// winner broadcasts a presence_diff of leaves to each affected chat topic,
-// so clients drop the ghosts. A dead node's presence therefore disappears
-// within PresenceTTL plus one heartbeat interval. Close removes the node's
-// entries at once.
+// returns the nodes silent for longer than PresenceTTL (and sweeps that
+// stalled). Sweeping starts only once Run has a handler, so the leaves
+// have a hub to broadcast them and a publisher to carry them. One
+// goroutine per node sweeps, off the heartbeat. A claim script makes one
+// node the sweeper (it takes the dead node out of P nodes and renames its
+// index to P sweep:<id>); the sweeper then removes the entries 500 at a
+// time, one short script per chunk, and reports each chunk's leaves to
+// its hub, which broadcasts a presence_diff to each affected chat topic.
+// Before each chunk it waits for room in the publish queue, so leaves are
+// delayed rather than dropped; if frames were lost anyway (Redis failing
+// meanwhile), it asks every node to resync the affected topics' clients
+// (kind 'T' on P control). A sweeper that dies mid-sweep leaves its claim
+// in P sweeping; after PresenceTTL without progress another node takes
+// it over. A dead node's presence therefore disappears within
+// PresenceTTL plus one heartbeat interval plus the sweep itself (about a
+// second for 30,000 entries). An entry that its node tracked again
+// meanwhile (it was swept while alive) is left alone. Close removes the
+// node's entries at once.
 //
 // A node also keeps its own entries in memory. When its heartbeat finds
 // its P nodes entry gone (it was swept during a long pause, or Redis
@@ -90,6 +112,27 @@
 // missing entries are tracked again (and announced as presence_diff joins
 // in chat topics), left-over ones untracked.
 //
+// # Trust
+//
+// P t:*, P control and P canary:* are node to node and fully trusted:
+// frames on P t:* are handed to clients as they are, and a resync
+// announcement makes every node's clients rejoin. Whoever may PUBLISH
+// there (or write P's keys) is as trusted as a node. Messages without the
+// header above, of an unknown kind, or with a malformed watermark are
+// dropped and counted (Stats.Forged). Host apps get the ingress channels
+// only (P publish, the Action Cable patterns); the README shows the
+// Redis ACL for that.
+//
+// # Liveness
+//
+// A pub/sub connection can stop delivering without an error. Every
+// Options.Liveness/4 the node PUBLISHes the time on P canary:<id>
+// through its command connection; recvLoop notes each that comes back.
+// None back for Liveness: the bus reports Down, passing the send time of
+// the last canary that came back (everything Redis handled before it has
+// arrived, so any loss is later), and subscribes everything again on a
+// new pub/sub connection; the subscribe replies on it report Up.
+//
 // # Outages
 //
 // If Redis restarts or becomes unreachable the node keeps serving its own
@@ -97,7 +140,8 @@
 // the frame is dropped and counted (Stats); nothing blocks and memory stays
 // bounded by the queue. go-redis's PubSub reconnects inside Receive and
 // resubscribes every recorded channel and pattern; the receive loop retries
-// with backoff up to 1s. The loss is logged at Warn, the recovery at Info;
+// with backoff up to 1s; the liveness check covers a connection that
+// fails silently. The loss is logged at Warn, the recovery at Info;
 // Ready returns an error in between. On recovery the node re-asserts its
 // presence (see above) and reloads its mirrors. Frames published during
 // the outage are lost: cluster fanout is at-most-once, like Redis pub/sub,

@@ -101,7 +101,8 @@ func (b *Bus) handleActionCable(m *redis.Message) {
 	}
 	raw := []byte(m.Payload)
 	if !isObject(raw) || json.Unmarshal(raw, &msg) != nil {
-		b.log.Warn("action cable message is not a JSON object; dropped", "channel", m.Channel)
+		b.stats.refused.Add(1)
+		b.refusedLog.Log("source", "action cable", "channel", m.Channel, "reason", "not a JSON object")
 		return
 	}
 	event, payload := "broadcast", raw
@@ -123,7 +124,8 @@ func (b *Bus) handlePlain(p string) {
 		Payload json.RawMessage `json:"payload"`
 	}
 	if err := json.Unmarshal([]byte(p), &msg); err != nil {
-		b.log.Warn("publish message is not a JSON object; dropped", "err", err)
+		b.stats.refused.Add(1)
+		b.refusedLog.Log("source", "publish", "reason", "not a JSON object")
 		return
 	}
 	if len(msg.Payload) == 0 {
@@ -137,7 +139,7 @@ func (b *Bus) handlePlain(p string) {
 func (b *Bus) ingress(src, topic, event string, payload []byte, deliver func(topic, event string, payload []byte)) {
 	if !isObject(payload) {
 		b.stats.refused.Add(1)
-		b.log.Warn(src+": payload is not a JSON object; dropped", "topic", topic, "event", event)
+		b.refusedLog.Log("source", src, "topic", topic, "event", event, "reason", "payload is not a JSON object")
 		return
 	}
 	var err error
@@ -153,7 +155,7 @@ func (b *Bus) ingress(src, topic, event string, payload []byte, deliver func(top
 	}
 	if err != nil {
 		b.stats.refused.Add(1)
-		b.log.Warn(src+": event refused; dropped", "topic", topic, "event", event, "reason", err.Error())
+		b.refusedLog.Log("source", src, "topic", topic, "event", event, "reason", err.Error())
 	}
 }
 

@@ -56,38 +56,66 @@ return 1
 `)
 
 // heartbeatScript marks the node alive with Redis's clock (so node clocks
-// may disagree) and returns {1 if the node was missing, dead node ids}.
-// KEYS: nodes zset. ARGV: node id, TTL in ms.
+// may disagree) and returns {1 if the node was missing, dead node ids,
+// node ids whose sweep stalled}. KEYS: nodes zset, sweeping zset. ARGV:
+// node id, TTL in ms.
 var heartbeatScript = redis.NewScript(`
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local added = redis.call('ZADD', KEYS[1], now, ARGV[1])
-local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - tonumber(ARGV[2])))
-return {added, dead}
+local limit = '(' .. (now - tonumber(ARGV[2]))
+return {added, redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', limit), redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', limit)}
 `)
 
-// sweepScript removes every entry of a node. In 'dead' mode it first
-// checks that the node is still expired and takes it out of the nodes set:
-// of several sweepers only the first gets this far, the others find the
-// node gone and return nothing. KEYS: nodes zset, node index. ARGV: node
-// id, key prefix, TTL in ms, mirror message header, mode ('dead' or
-// 'self'). Returns a flat list topic, key, meta JSON of removed entries.
-var sweepScript = redis.NewScript(`
-if ARGV[5] == 'dead' then
+// claimScript makes the caller the sweeper of a node's entries. In 'dead'
+// mode the node must still be expired in the nodes set, or its sweep must
+// have stalled (no chunk for a TTL: its sweeper died); of several
+// sweepers only the first gets past this. The node leaves the nodes set,
+// its index moves to the sweep set (merged with a stalled sweep's left
+// overs), and the sweeping zset records the claim. KEYS: nodes zset,
+// node index, sweep set, sweeping zset. ARGV: node id, TTL in ms, mode
+// ('dead' or 'self'). Returns 1 when claimed.
+var claimScript = redis.NewScript(`
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local old = now - tonumber(ARGV[2])
+if ARGV[3] == 'dead' then
   local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
-  if not score then return {} end
-  local t = redis.call('TIME')
-  local now = t[1] * 1000 + math.floor(t[2] / 1000)
-  if tonumber(score) >= now - tonumber(ARGV[3]) then return {} end
+  if score then
+    if tonumber(score) >= old then return 0 end
+  else
+    local s = redis.call('ZSCORE', KEYS[4], ARGV[1])
+    if not s or tonumber(s) >= old then return 0 end
+  end
 end
 redis.call('ZREM', KEYS[1], ARGV[1])
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  if redis.call('EXISTS', KEYS[3]) == 1 then
+    redis.call('SUNIONSTORE', KEYS[3], KEYS[3], KEYS[2])
+    redis.call('DEL', KEYS[2])
+  else
+    redis.call('RENAME', KEYS[2], KEYS[3])
+  end
+end
+redis.call('ZADD', KEYS[4], now, ARGV[1])
+return 1
+`)
+
+// sweepChunkScript removes up to ARGV[3] entries of a claimed sweep set,
+// so a node with many entries never holds Redis for long. An entry the
+// node has tracked again meanwhile (it was swept while alive and
+// re-asserted itself into its index) is left alone. KEYS: sweep set,
+// sweeping zset, the node's index. ARGV: node id, key prefix, count,
+// mirror message header. Returns {entries left, {topic, key, meta JSON,
+// ...}} of the removed entries.
+var sweepChunkScript = redis.NewScript(`
 local p = ARGV[2]
 local secs = redis.call('TIME')[1]
 local out = {}
-for _, m in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+for _, m in ipairs(redis.call('SPOP', KEYS[1], tonumber(ARGV[3]))) do
   local i = string.find(m, '\0', 1, true)
   local j = i and string.find(m, '\0', i + 1, true)
-  if j then
+  if j and redis.call('SISMEMBER', KEYS[3], m) == 0 then
     local topic, key, ref = string.sub(m, 1, i - 1), string.sub(m, i + 1, j - 1), string.sub(m, j + 1)
     local field = key .. '\0' .. ref
     local hk = p .. 'presence:' .. topic
@@ -109,11 +137,17 @@ for _, m in ipairs(redis.call('SMEMBERS', KEYS[2])) do
     end
   end
 end
-redis.call('DEL', KEYS[2])
-return out
+local left = redis.call('SCARD', KEYS[1])
+if left == 0 then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+else
+  local t = redis.call('TIME')
+  redis.call('ZADD', KEYS[2], 'XX', t[1] * 1000 + math.floor(t[2] / 1000), ARGV[1])
+end
+return {left, out}
 `)
 
-var scripts = []*redis.Script{trackScript, untrackScript, heartbeatScript, sweepScript}
+var scripts = []*redis.Script{trackScript, untrackScript, heartbeatScript, claimScript, sweepChunkScript}
 
 // entry is one of this node's presence entries.
 type entry struct {
@@ -166,6 +200,10 @@ type presence struct {
 
 	dirty    atomic.Bool   // a Track/Untrack failed, or Redis came back: reconcile
 	beatKick chan struct{} // cap 1: wakes loop early
+
+	sweepq   chan string     // dead nodes for sweeper
+	sweepMu  sync.Mutex      // guards sweepSet
+	sweepSet map[string]bool // ids queued or being swept
 }
 
 func newPresence(b *Bus) *presence {
@@ -178,6 +216,8 @@ func newPresence(b *Bus) *presence {
 		loadStop: make(chan struct{}),
 		own:      make(map[string]entry),
 		beatKick: make(chan struct{}, 1),
+		sweepq:   make(chan string, 256),
+		sweepSet: make(map[string]bool),
 	}
 }
 
@@ -510,6 +550,11 @@ func (p *presence) loadBatch(topics []string, gens map[string]uint64) error {
 // recovered is called when Redis comes back: reconcile soon.
 func (p *presence) recovered() {
 	p.dirty.Store(true)
+	p.kick()
+}
+
+// kick makes the heartbeat run now.
+func (p *presence) kick() {
 	select {
 	case p.beatKick <- struct{}{}:
 	default:
@@ -517,7 +562,7 @@ func (p *presence) recovered() {
 }
 
 // loop heartbeats every PresenceTTL/3, reconciles this node's entries when
-// needed and sweeps dead nodes.
+// needed and hands dead nodes to the sweeper.
 func (p *presence) loop() {
 	defer p.b.wg.Done()
 	t := time.NewTicker(p.b.opts.PresenceTTL / 3)
@@ -530,7 +575,7 @@ func (p *presence) loop() {
 		case <-p.beatKick:
 		}
 		ctx, cancel := context.WithTimeout(p.b.ctx, p.b.opts.PresenceTTL/3)
-		err := p.heartbeat(ctx)
+		err := p.heartbeat(ctx, true)
 		cancel()
 		if err != nil && p.b.ctx.Err() == nil {
 			p.b.setCmd(false, err)
@@ -540,10 +585,13 @@ func (p *presence) loop() {
 
 // heartbeat runs one round: beat, reconcile if our node entry had vanished
 // (we were swept while alive, or Redis lost its data) or something failed,
-// then sweep the dead.
-func (p *presence) heartbeat(ctx context.Context) error {
+// then, with sweep, queue the dead nodes (and stalled sweeps) for the
+// sweeper. Sweeping waits for Run: the leaves are broadcast by the hub,
+// and published with the publisher, so before both run they would be
+// lost and leave ghosts on the other nodes' clients.
+func (p *presence) heartbeat(ctx context.Context, sweep bool) error {
 	ttl := p.b.opts.PresenceTTL.Milliseconds()
-	res, err := heartbeatScript.Run(ctx, p.b.rdb, []string{p.prefix + "nodes"}, p.b.opts.NodeID, ttl).Slice()
+	res, err := heartbeatScript.Run(ctx, p.b.rdb, []string{p.prefix + "nodes", p.prefix + "sweeping"}, p.b.opts.NodeID, ttl).Slice()
 	if err != nil {
 		return err
 	}
@@ -557,15 +605,52 @@ func (p *presence) heartbeat(ctx context.Context) error {
 			return err
 		}
 	}
-	dead, _ := res[1].([]any)
-	for _, d := range dead {
-		if id, _ := d.(string); id != "" && id != p.b.opts.NodeID {
-			if err := p.sweep(ctx, id, nil); err != nil {
-				return err
+	if !sweep || p.b.handler.Load() == nil {
+		return nil
+	}
+	for _, list := range res[1:] {
+		ids, _ := list.([]any)
+		for _, d := range ids {
+			if id, _ := d.(string); id != "" && id != p.b.opts.NodeID {
+				p.queueSweep(id)
 			}
 		}
 	}
 	return nil
+}
+
+// queueSweep hands id to the sweeper unless it is queued or being swept.
+// A full queue drops it: the next heartbeat lists it again.
+func (p *presence) queueSweep(id string) {
+	p.sweepMu.Lock()
+	defer p.sweepMu.Unlock()
+	if p.sweepSet[id] {
+		return
+	}
+	select {
+	case p.sweepq <- id:
+		p.sweepSet[id] = true
+	default:
+	}
+}
+
+// sweeper sweeps the queued dead nodes one at a time, off the heartbeat
+// loop: a big sweep must not delay this node's own heartbeat.
+func (p *presence) sweeper() {
+	defer p.b.wg.Done()
+	for {
+		select {
+		case <-p.b.ctx.Done():
+			return
+		case id := <-p.sweepq:
+			if err := p.sweep(p.b.ctx, id, nil); err != nil && p.b.ctx.Err() == nil {
+				p.b.log.Warn("sweep of a dead node failed; retried on a later heartbeat", "dead", id, "err", err)
+			}
+			p.sweepMu.Lock()
+			delete(p.sweepSet, id)
+			p.sweepMu.Unlock()
+		}
+	}
 }
 
 // reconcile makes Redis hold exactly this node's entries: those missing
@@ -639,49 +724,97 @@ func (p *presence) reconcile(ctx context.Context) error {
 	return nil
 }
 
+// sweepChunk is how many entries one sweep script removes: a few
+// milliseconds of Redis time, so a dead node with 30,000 entries never
+// blocks Redis for long.
+const sweepChunk = 500
+
 // sweep removes every entry of node id: a dead node's (only if it is
-// still expired), or this node's own when it closes (self is the handler
-// Run had). The winner reports the leaves to its hub, which announces them
-// to chat clients everywhere.
+// still expired, or its earlier sweep stalled), or this node's own when
+// it closes (self is the handler Run had). The winner of the claim
+// removes the entries sweepChunk at a time and reports each chunk's
+// leaves to its hub, which broadcasts them to chat clients everywhere.
+// Before each chunk it waits until the publish queue has room for the
+// chunk's leaves (back-pressure instead of dropping them); if leaves were
+// lost anyway (Redis failing meanwhile), the other nodes are asked to
+// resync the affected topics' clients.
 func (p *presence) sweep(ctx context.Context, id string, self *handlerBox) error {
 	mode := "dead"
 	h := p.b.handler.Load()
 	if self != nil {
 		mode, h = "self", self
 	}
-	res, err := sweepScript.Run(ctx, p.b.rdb,
-		[]string{p.prefix + "nodes", p.prefix + "node:" + id + ":presence"},
-		id, p.prefix, p.b.opts.PresenceTTL.Milliseconds(), p.b.hdrPres, mode).Slice()
-	if err != nil {
+	sweepKey := p.prefix + "sweep:" + id
+	claimed, err := claimScript.Run(ctx, p.b.rdb,
+		[]string{p.prefix + "nodes", p.prefix + "node:" + id + ":presence", sweepKey, p.prefix + "sweeping"},
+		id, p.b.opts.PresenceTTL.Milliseconds(), mode).Int()
+	if err != nil || claimed != 1 {
 		return err
 	}
-	if len(res) == 0 {
-		return nil
-	}
-	leaves := map[string]map[string][]hub.Meta{}
-	for i := 0; i+2 < len(res); i += 3 {
-		topic, _ := res[i].(string)
-		key, _ := res[i+1].(string)
-		mj, _ := res[i+2].(string)
-		if !mirrorable(topic) {
-			continue // only chats carry presence to clients
+	start := time.Now()
+	lost0 := p.b.lost()
+	affected := map[string]struct{}{}
+	entries := 0
+	for range 1 << 20 { // bounded: each round removes entries or ends
+		if self == nil {
+			if err := p.b.waitQueue(ctx, sweepChunk); err != nil {
+				return err
+			}
 		}
-		var m hub.Meta
-		if err := json.Unmarshal([]byte(mj), &m); err != nil {
-			continue
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		res, err := sweepChunkScript.Run(cctx, p.b.rdb,
+			[]string{sweepKey, p.prefix + "sweeping", p.prefix + "node:" + id + ":presence"},
+			id, p.prefix, sweepChunk, p.b.hdrPres).Slice()
+		cancel()
+		if err != nil {
+			return err
 		}
-		if leaves[topic] == nil {
-			leaves[topic] = map[string][]hub.Meta{}
+		left, _ := res[0].(int64)
+		flat, _ := res[1].([]any)
+		entries += len(flat) / 3
+		leaves := map[string]map[string][]hub.Meta{}
+		for i := 0; i+2 < len(flat); i += 3 {
+			topic, _ := flat[i].(string)
+			key, _ := flat[i+1].(string)
+			mj, _ := flat[i+2].(string)
+			if !mirrorable(topic) {
+				continue // only chats carry presence to clients
+			}
+			var m hub.Meta
+			if err := json.Unmarshal([]byte(mj), &m); err != nil {
+				continue
+			}
+			if leaves[topic] == nil {
+				leaves[topic] = map[string][]hub.Meta{}
+			}
+			leaves[topic][key] = append(leaves[topic][key], m)
+			affected[topic] = struct{}{}
 		}
-		leaves[topic][key] = append(leaves[topic][key], m)
-	}
-	if h != nil {
-		for topic, left := range leaves {
-			h.PresenceChanged(topic, nil, left)
+		if h != nil {
+			for topic, left := range leaves {
+				h.PresenceChanged(topic, nil, left)
+			}
+		}
+		if left == 0 {
+			break
 		}
 	}
 	if self == nil {
-		p.b.log.Info("swept dead node's presence", "dead", id, "entries", len(res)/3, "topics", len(leaves))
+		p.b.log.Info("swept dead node's presence", "dead", id, "entries", entries, "topics", len(affected),
+			"took", time.Since(start).Round(time.Millisecond).String())
+	}
+	if lost := p.b.lost() - lost0; lost > 0 && len(affected) > 0 {
+		topics := make([]string, 0, len(affected))
+		for t := range affected {
+			topics = append(topics, t)
+		}
+		p.b.log.Warn("leaves of a swept node may be lost; asking the nodes to resync those topics", "dead", id, "frames_lost", lost, "topics", len(topics))
+		if h != nil {
+			h.ResyncTopics(topics, p.b.opts.NodeID) // this node's clients got them, but cheap insurance
+		}
+		if err := p.b.announceTopics(ctx, topics); err != nil {
+			return err
+		}
 	}
 	return nil
 }

@@ -117,6 +117,7 @@ const (
 	kDown     = "down"
 	kUp       = "up"
 	kResync   = "resync"
+	kTopics   = "topics" // ResyncTopics; data: the topics, one per line
 )
 
 // call is one hub.BusHandler call a recorder received.
@@ -128,8 +129,9 @@ type call struct {
 	data          string // deliver: the message; ingress, refused: the payload
 	err           error  // refused: what Ingress returned
 	joins, leaves map[string][]hub.Meta
-	watermark     int64  // resync
-	node          string // resync
+	watermark     int64     // resync
+	node          string    // resync
+	at            time.Time // down: the last sign of life
 }
 
 // recorder is a hub.BusHandler that records every call. Its Ingress
@@ -166,8 +168,12 @@ func (r *recorder) PresenceChanged(topic string, joins, leaves map[string][]hub.
 	r.add(call{kind: kPresence, topic: topic, joins: cloneMetas(joins), leaves: cloneMetas(leaves)})
 }
 
-func (r *recorder) Down() { r.add(call{kind: kDown}) }
-func (r *recorder) Up()   { r.add(call{kind: kUp}) }
+func (r *recorder) Down(lastAlive time.Time) { r.add(call{kind: kDown, at: lastAlive}) }
+func (r *recorder) Up()                      { r.add(call{kind: kUp}) }
+
+func (r *recorder) ResyncTopics(topics []string, node string) {
+	r.add(call{kind: kTopics, data: strings.Join(topics, "\n"), node: node})
+}
 
 func (r *recorder) ResyncRequested(watermark int64, node string) {
 	r.add(call{kind: kResync, watermark: watermark, node: node})
@@ -642,10 +648,10 @@ func TestActionCable(t *testing.T) {
 	if n := recB.count(kindIs(kDeliver)); n != 0 {
 		t.Fatalf("host-app messages reached Deliver %d times", n)
 	}
-	// "bad" (payload not an object) and phx_close; a string that is not an
-	// object at all is dropped before the ingress.
-	if n := b.Stats().Refused - refused0; n != 2 {
-		t.Fatalf("b refused %d messages, want 2", n)
+	// "bad" (payload not an object), phx_close and the string that is not
+	// an object at all: every refusal is counted.
+	if n := b.Stats().Refused - refused0; n != 3 {
+		t.Fatalf("b refused %d messages, want 3", n)
 	}
 	// Exactly once cluster-wide: a has no subscriber, b delivered once.
 	if n := recB.count(ingressed("user:42", "x")); n != 1 {
@@ -900,5 +906,74 @@ func TestAnnounceResync(t *testing.T) {
 	time.Sleep(200 * time.Millisecond)
 	if n := recA.count(kindIs(kResync)); n != 0 {
 		t.Fatalf("the announcing node heard itself %d times", n)
+	}
+}
+
+// TestForgedNodeMessages: the node-to-node channels (P t:*, P control, a
+// node's canary) are trusted, but what does not have their shape is
+// dropped and counted, never delivered; host-app messages for topics that
+// are not ElChat's are refused and counted.
+func TestForgedNodeMessages(t *testing.T) {
+	c := cluster{url: testenv.Redis(t), prefix: prefix(t), ttl: 30 * time.Second}
+	a := c.node(t)
+	rec := run(t, a)
+	ctx := context.Background()
+	const topic = "chat:1:2"
+	confirmed(t, subscribe(t, a, topic), 5*time.Second)
+	forged0, refused0 := a.Stats().Forged, a.Stats().Refused
+	for _, m := range []struct{ channel, msg string }{
+		{c.prefix + "t:" + topic, "X\x02zz{}"},                          // unknown kind
+		{c.prefix + "t:" + topic, "F\x09zz"},                            // header longer than the message
+		{c.prefix + "control", "R\x00123"},                              // no origin
+		{c.prefix + "control", "R\x02zz-5"},                             // negative watermark
+		{c.prefix + "control", "Q\x02zz1"},                              // unknown kind
+		{c.prefix + "canary:" + a.NodeID(), "C\x02zz1"},                 // someone else's canary
+		{c.prefix + "canary:" + a.NodeID(), "C\x08" + a.NodeID() + "x"}, // not a time
+	} {
+		must(t, a.rdb.Publish(ctx, m.channel, m.msg).Err())
+	}
+	for _, bad := range []string{"room:1", "chat:2:1", "chat:1:1", "user:"} {
+		must(t, a.rdb.Publish(ctx, c.prefix+"publish", `{"topic":"`+bad+`","event":"custom","payload":{}}`).Err())
+	}
+	eventually(t, 5*time.Second, "every forgery counted", func() bool {
+		return a.Stats().Forged-forged0 == 7 && a.Stats().Refused-refused0 == 4
+	})
+	if n := rec.count(func(c call) bool { return c.kind == kDeliver || c.kind == kResync || c.kind == kIngress }); n != 0 {
+		t.Fatalf("forged messages reached the handler %d times", n)
+	}
+}
+
+// TestHostAppACL checks the Redis ACL the README gives host apps: it may
+// publish on the ingress channels and read presence, and nothing else,
+// neither the node-to-node channels nor any write to ElChat's keys.
+func TestHostAppACL(t *testing.T) {
+	srv := testenv.StartRedisServer(t)
+	ctx := context.Background()
+	admin := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	defer admin.Close()
+	// The README's command, with the default prefixes.
+	must(t, admin.Do(ctx, "ACL", "SETUSER", "rails", "on", ">rails-secret", "resetchannels",
+		"&elchat:publish", "&myapp:*", "+publish",
+		"resetkeys", "%R~elchat:online:*", "%R~elchat:last_seen", "%R~elchat:presence:*",
+		"+get", "+hget", "+hgetall").Err())
+	app := redis.NewClient(&redis.Options{Addr: srv.Addr(), Username: "rails", Password: "rails-secret"})
+	defer app.Close()
+	for _, ch := range []string{"elchat:publish", "myapp:user:42"} {
+		if err := app.Publish(ctx, ch, "{}").Err(); err != nil {
+			t.Errorf("publish on %s refused: %v", ch, err)
+		}
+	}
+	for _, ch := range []string{"elchat:t:chat:1:2", "elchat:control", "elchat:canary:x"} {
+		if err := app.Publish(ctx, ch, "{}").Err(); err == nil || !strings.Contains(err.Error(), "NOPERM") {
+			t.Errorf("publish on %s: %v, want NOPERM", ch, err)
+		}
+	}
+	if err := app.Get(ctx, "elchat:online:42").Err(); err != nil && !errors.Is(err, redis.Nil) {
+		t.Errorf("GET online refused: %v", err)
+	}
+	for _, cmd := range [][]any{{"SET", "elchat:online:42", "1"}, {"DEL", "elchat:nodes"}, {"EVAL", "return 1", "0"}} {
+		if err := app.Do(ctx, cmd...).Err(); err == nil {
+			t.Errorf("%v allowed", cmd)
+		}
 	}
 }

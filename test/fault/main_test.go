@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -104,6 +105,10 @@ func mint(user string) (string, error) {
 type pair struct {
 	name, sender, receiver, room string
 	addrs                        func() []string
+	recvAddrs                    func() []string // the receiver's, when not addrs
+	resyncs                      atomic.Int64    // phx_error resyncs the receiver obeyed
+	lastSeenAt                   time.Time       // guarded by mu: when the receiver last got a new id
+	maxGap                       time.Duration   // guarded by mu: longest wait between new ids
 
 	s *phxtest.Client // owned by the sending goroutine
 
@@ -148,6 +153,16 @@ func (p *pair) startReceiver(t *testing.T) {
 				}
 				continue
 			}
+			if f.Event == "phx_error" && f.Topic == p.room {
+				// The node asks for a rejoin (fanout may have lost
+				// messages): rejoin with last_id, as phoenix.js does.
+				p.resyncs.Add(1)
+				c.Close()
+				if err := p.rejoin(); err != nil {
+					return
+				}
+				continue
+			}
 			if f.Event == "new_message" && f.Topic == p.room {
 				var m phxtest.Message
 				if json.Unmarshal(f.Payload, &m) == nil {
@@ -160,6 +175,13 @@ func (p *pair) startReceiver(t *testing.T) {
 
 func (p *pair) markSeen(id int64) {
 	p.mu.Lock()
+	if !p.seen[id] {
+		now := time.Now()
+		if !p.lastSeenAt.IsZero() {
+			p.maxGap = max(p.maxGap, now.Sub(p.lastSeenAt))
+		}
+		p.lastSeenAt = now
+	}
 	p.seen[id] = true
 	p.maxSeen = max(p.maxSeen, id)
 	p.mu.Unlock()
@@ -168,7 +190,11 @@ func (p *pair) markSeen(id int64) {
 // rejoin connects the receiver and joins with last_id = the newest id it
 // has seen, adding the catch-up to what it saw.
 func (p *pair) rejoin() error {
-	c, err := dialRetry(p.addrs, p.receiver, phxtest.DialOptions{}, 40)
+	addrs := p.addrs
+	if p.recvAddrs != nil {
+		addrs = p.recvAddrs
+	}
+	c, err := dialRetry(addrs, p.receiver, phxtest.DialOptions{}, 40)
 	if err != nil {
 		return err
 	}
@@ -179,7 +205,7 @@ func (p *pair) rejoin() error {
 		r, err := c.Join(p.room, map[string]int64{"last_id": last}, wait)
 		if err != nil {
 			c.Close()
-			if c, err = dialRetry(p.addrs, p.receiver, phxtest.DialOptions{}, 40); err != nil {
+			if c, err = dialRetry(addrs, p.receiver, phxtest.DialOptions{}, 40); err != nil {
 				return err
 			}
 			continue
@@ -401,6 +427,11 @@ func startProc(t *testing.T, addr, db string, extra ...string) *proc {
 		}
 		if t.Failed() {
 			t.Logf("node %s output:\n%s", addr, p.out.String())
+			if dir := os.Getenv("ELCHAT_FAULT_LOGS"); dir != "" {
+				p.out.mu.Lock()
+				os.WriteFile(filepath.Join(dir, "node-"+strings.ReplaceAll(addr, ":", "-")+".log"), p.out.b.Bytes(), 0o644) //nolint:errcheck
+				p.out.mu.Unlock()
+			}
 		}
 	})
 	ok := phxtest.WaitFor(30*time.Second, func() bool {

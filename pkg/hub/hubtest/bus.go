@@ -62,9 +62,10 @@ type node struct {
 // the rest, which the hub's own tests cover.
 func (n *node) Ingress(string, string, string, []byte) error                         { return nil }
 func (n *node) PresenceChanged(string, map[string][]hub.Meta, map[string][]hub.Meta) {}
-func (n *node) Down()                                                                {}
+func (n *node) Down(time.Time)                                                       {}
 func (n *node) Up()                                                                  {}
 func (n *node) ResyncRequested(int64, string)                                        {}
+func (n *node) ResyncTopics([]string, string)                                        {}
 
 func (n *node) Deliver(topic string, frame []byte) {
 	// Copy: the contract lets the bus reuse nothing, but a test that kept a

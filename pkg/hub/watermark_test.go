@@ -1,0 +1,34 @@
+package hub
+
+import (
+	"testing"
+	"time"
+)
+
+// A loss noticed late must resync from a sample taken before the last
+// sign of life, not from the newest sample.
+func TestWatermarkOlderThanLastSignOfLife(t *testing.T) {
+	h := &Hub{}
+	w := &h.marks
+	if _, ok := w.before(time.Now()); ok {
+		t.Fatal("no samples yet")
+	}
+	t0 := time.Unix(1000, 0)
+	for i := range 100 { // more than the ring keeps
+		w.add(t0.Add(time.Duration(i)*5*time.Second), int64(i*10))
+	}
+	// Last sign of life at 99*5s-3s: the newest sample before it is #98
+	// (taken at 490s, id 980), although #99 (id 990) is the newest.
+	if id, _ := w.before(t0.Add(99*5*time.Second - 3*time.Second)); id != 980 {
+		t.Fatalf("got %d, want 980", id)
+	}
+	// Older than everything kept: the oldest kept sample.
+	if id, _ := w.before(t0); id != 360 {
+		t.Fatalf("got %d, want the oldest kept (360)", id)
+	}
+	lastAlive := t0.Add(98*5*time.Second + 500*time.Millisecond)
+	// The margin pushes it before sample #98.
+	if id := h.safeWatermark(lastAlive); id != 970 {
+		t.Fatalf("safeWatermark %d, want 970", id)
+	}
+}

@@ -1,0 +1,110 @@
+package redisbus
+
+import (
+	"context"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/elchat/elchat/internal/testenv"
+)
+
+// publishing publishes a numbered frame on topic from b every 10 ms until
+// the test ends.
+func publishing(t *testing.T, b *Bus, topic string) *atomic.Int64 {
+	var n atomic.Int64
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(10 * time.Millisecond)
+		defer tick.Stop()
+		for i := 0; i < 100000; i++ { // bounded: 1000 s at most
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+			if b.Publish(topic, []byte("frame-"+strconv.Itoa(i))) == nil {
+				n.Store(int64(i))
+			}
+		}
+	}()
+	t.Cleanup(func() { close(stop); <-done })
+	return &n
+}
+
+// TestSilentSubscriber: a pub/sub connection that stops carrying anything
+// without an error (here: a proxy that swallows the bytes of the
+// connections open at that moment) is found by the canary within 5 s,
+// reported Down with a last sign of life from before the cut, replaced,
+// and reported Up; messages flow again afterwards.
+func TestSilentSubscriber(t *testing.T) {
+	srv := testenv.StartRedisServer(t)
+	proxy := testenv.StartProxy(t, srv.Addr())
+	pfx := prefix(t)
+	via := cluster{url: "redis://" + proxy.Addr() + "/0", prefix: pfx, ttl: 30 * time.Second}
+	direct := cluster{url: srv.URL(), prefix: pfx, ttl: 30 * time.Second}
+	a, b := via.node(t), direct.node(t)
+	recA := run(t, a)
+	run(t, b)
+	const topic = "chat:1:2"
+	confirmed(t, subscribe(t, a, topic), 5*time.Second)
+	sent := publishing(t, b, topic)
+	recA.wait(t, 5*time.Second, "first delivery", kindIs(kDeliver))
+
+	cut := time.Now()
+	proxy.Freeze()
+	down := recA.wait(t, 6*time.Second, "down", kindIs(kDown))
+	detect := time.Since(cut)
+	t.Logf("silent subscriber detected after %v (last sign of life %v before the cut)", detect.Round(time.Millisecond), cut.Sub(down.at).Round(time.Millisecond))
+	if detect > 5*time.Second {
+		t.Errorf("detected after %v, want within 5s", detect)
+	}
+	if !down.at.Before(cut) {
+		t.Errorf("last sign of life %v is not before the cut %v", down.at, cut)
+	}
+	if a.Ready() == nil {
+		t.Errorf("Ready while the subscriber is silent")
+	}
+	recA.wait(t, 10*time.Second, "up", kindIs(kUp))
+	after := sent.Load()
+	recA.wait(t, 5*time.Second, "deliveries after the new connection", func(c call) bool {
+		if c.kind != kDeliver {
+			return false
+		}
+		i, _ := strconv.Atoi(strings.TrimPrefix(c.data, "frame-"))
+		return int64(i) > after
+	})
+	eventually(t, 5*time.Second, "ready again", func() bool { return a.Ready() == nil })
+	if a.Stats().Silent == 0 {
+		t.Errorf("Stats.Silent not counted")
+	}
+}
+
+// TestKilledSubscriber: CLIENT KILL TYPE pubsub ends the connection with an
+// error: go-redis reconnects, the bus reports Down and Up, and messages
+// flow again.
+func TestKilledSubscriber(t *testing.T) {
+	srv := testenv.StartRedisServer(t)
+	c := cluster{url: srv.URL(), prefix: prefix(t), ttl: 30 * time.Second}
+	a, b := c.node(t), c.node(t)
+	recA := run(t, a)
+	run(t, b)
+	const topic = "chat:1:2"
+	confirmed(t, subscribe(t, a, topic), 5*time.Second)
+	sent := publishing(t, b, topic)
+	recA.wait(t, 5*time.Second, "first delivery", kindIs(kDeliver))
+	cut := time.Now()
+	must(t, b.rdb.Do(context.Background(), "CLIENT", "KILL", "TYPE", "pubsub").Err())
+	recA.wait(t, 5*time.Second, "down", kindIs(kDown))
+	t.Logf("killed subscriber detected after %v", time.Since(cut).Round(time.Millisecond))
+	recA.wait(t, 10*time.Second, "up", kindIs(kUp))
+	after := sent.Load()
+	recA.wait(t, 5*time.Second, "deliveries after the reconnect", func(c call) bool {
+		i, _ := strconv.Atoi(strings.TrimPrefix(c.data, "frame-"))
+		return c.kind == kDeliver && int64(i) > after
+	})
+}
