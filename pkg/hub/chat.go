@@ -21,14 +21,20 @@ func (c *Client) lobbyJoin() ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	if unread, err = c.hub.withoutBlocked(ctx, c.user, unread); err != nil {
+		return nil, err
+	}
 	return encodeUnread(unread, c.hub.cfg.MaxReplyBytes)
 }
 
-// chatJoin reads a chat's join reply: what came after last_id, or the
-// newest page of history.
-func (c *Client) chatJoin(t topic.Topic, lastID *int64) ([]byte, error) {
+// chatJoin reads a chat's join reply: the changes after since_seq, what
+// came after last_id, or the newest page of history.
+func (c *Client) chatJoin(t topic.Topic, lastID, sinceSeq *int64) ([]byte, error) {
 	ctx, cancel := c.hub.ctx()
 	defer cancel()
+	if sinceSeq != nil {
+		return c.changes(ctx, t.String(), c.hub.catchUpSeq(*sinceSeq), c.hub.cfg.CatchUpLimit)
+	}
 	if lastID != nil {
 		return c.since(ctx, t.String(), c.hub.catchUpFrom(*lastID), c.hub.cfg.CatchUpLimit)
 	}
@@ -74,6 +80,11 @@ func (c *Client) typingLocked(f *phx.Frame) {
 		c.replyError(ch.joinRef, f.Ref, f.Topic, "unknown event")
 		return
 	}
+	if c.hub.rules.silenced(ch.topic.A, ch.topic.B) {
+		// Nobody learns that a blocked user is typing, nor a blocker.
+		c.reply(ch.joinRef, f.Ref, f.Topic, "ok", nil)
+		return
+	}
 	payload := append([]byte(`{"user_id":`), phx.AppendString(nil, c.user)...)
 	payload = append(append(payload, `,"name":`...), phx.AppendString(nil, c.name)...)
 	payload = append(payload, '}')
@@ -110,6 +121,13 @@ func (c *Client) newMessage(f *phx.Frame) {
 	}
 	if len(p.ClientID) > 128 {
 		c.replyError(ch.joinRef, f.Ref, f.Topic, "client_id longer than 128 bytes")
+		return
+	}
+	if reason, err := c.hub.blockReason(ch.topic, c.user); err != nil || reason != "" {
+		if err != nil {
+			reason = storeReason(err)
+		}
+		c.replyError(ch.joinRef, f.Ref, f.Topic, reason)
 		return
 	}
 	msg, err := c.hub.save(c.user, ch.topic, *p.Body, p.ClientID)
@@ -185,6 +203,13 @@ func (h *Hub) PostAndDeliver(user string, t topic.Topic, body, clientID string) 
 	if reason := h.validateBody(body); reason != "" {
 		return nil, &InputError{reason}
 	}
+	reason, err := h.blockReason(t, user)
+	if err != nil {
+		return nil, err
+	}
+	if reason != "" {
+		return nil, &InputError{reason}
+	}
 	msg, err := h.save(user, t, body, clientID)
 	if err != nil {
 		if reason := storeReason(err); reason != "store unavailable" && reason != "store error" {
@@ -238,8 +263,9 @@ func (c *Client) historyPage(f *phx.Frame) {
 		return
 	}
 	var p struct {
-		Before int64 `json:"before"`
-		After  int64 `json:"after"`
+		Before   int64  `json:"before"`
+		After    int64  `json:"after"`
+		SinceSeq *int64 `json:"since_seq"`
 	}
 	if err := json.Unmarshal(f.Payload, &p); err != nil {
 		c.replyError(ch.joinRef, f.Ref, f.Topic, "before must be a message id")
@@ -249,9 +275,15 @@ func (c *Client) historyPage(f *phx.Frame) {
 	defer cancel()
 	var resp []byte
 	var err error
-	if p.After > 0 {
+	switch {
+	case p.SinceSeq != nil && *p.SinceSeq < 0:
+		c.replyError(ch.joinRef, f.Ref, f.Topic, "since_seq must not be negative")
+		return
+	case p.SinceSeq != nil:
+		resp, err = c.changes(ctx, ch.name, *p.SinceSeq, c.hub.cfg.CatchUpLimit)
+	case p.After > 0:
 		resp, err = c.since(ctx, ch.name, p.After, c.hub.cfg.HistoryLimit)
-	} else {
+	default:
 		resp, err = c.history(ctx, ch.name, p.Before)
 	}
 	if err != nil {

@@ -27,7 +27,14 @@ func (c *Client) track(ch channel) {
 		h.cfg.Logger.Warn("presence list failed", "topic", ch.name, "err", err)
 		state = map[string][]Meta{c.user: {meta}}
 	}
+	other := ch.topic.Other(c.user)
+	if blocks, _ := h.rules.blocked(other, c.user); blocks {
+		delete(state, other) // a blocker's presence does not reach the blocked
+	}
 	c.push(ch.joinRef, ch.name, "presence_state", encodeState(state))
+	if blocks, _ := h.rules.blocked(c.user, other); blocks {
+		return
+	}
 	h.broadcastFrom(ch.name, "presence_diff", encodeDiff(map[string][]Meta{c.user: {meta}}, nil), c, nil)
 }
 
@@ -41,6 +48,9 @@ func (c *Client) untrack(ch channel) {
 		h.cfg.Logger.Warn("presence untrack failed", "topic", ch.name, "err", err)
 	}
 	if ch.topic.Kind == topic.Chat {
+		if blocks, _ := h.rules.blocked(c.user, ch.topic.Other(c.user)); blocks {
+			return
+		}
 		meta := Meta{Ref: ch.metaRef, Name: c.name}
 		h.broadcastFrom(ch.name, "presence_diff", encodeDiff(nil, map[string][]Meta{c.user: {meta}}), c, nil)
 	}

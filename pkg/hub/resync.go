@@ -25,6 +25,10 @@ func (b *busHandler) hub() *Hub { return (*Hub)(b) }
 
 func (b *busHandler) Deliver(topic string, msg []byte) {
 	h := b.hub()
+	if topic == controlTopic {
+		h.control(msg) // node to node: never a client's
+		return
+	}
 	h.cfg.Metrics.BusDelivered()
 	h.deliverLocal(topic, msg)
 }
@@ -49,6 +53,15 @@ func (b *busHandler) Down() { b.hub().busDown() }
 
 func (b *busHandler) Up() {
 	h := b.hub()
+	// Block announcements may have been lost: read blocks afresh.
+	h.rules.resetBlocks()
+	go func() {
+		ctx, cancel := h.ctx()
+		defer cancel()
+		if err := h.LoadBans(ctx); err != nil {
+			h.cfg.Logger.Warn("could not read the bans", "err", err)
+		}
+	}()
 	go func() {
 		n := h.busUp(context.Background(), h.cfg.ResyncDelay, h.cfg.ResyncSpread)
 		h.cfg.Logger.Info("clients asked to rejoin after the bus outage", "topics", n)
@@ -197,6 +210,16 @@ func (h *Hub) catchUpFrom(lastID int64) int64 {
 		}
 	}
 	return lastID
+}
+
+// catchUpSeq is catchUpFrom for a change cursor. Lost fanout has no seq
+// watermark (the node samples message ids), so while it may have lost
+// changes a join replays the chat's whole change log, paged by has_more.
+func (h *Hub) catchUpSeq(after int64) int64 {
+	if time.Now().UnixNano() < h.resyncUntil.Load() {
+		return 0
+	}
+	return after
 }
 
 // Resync makes every client of this node rejoin its channels, spread over

@@ -32,8 +32,10 @@ var (
 // Amend names a message to edit or delete and the rules the change must
 // meet. The store checks them in the transaction that changes the message.
 type Amend struct {
-	ID   int64
-	Room string // the message must belong to this chat
+	ID int64
+	// Room, when set, is the chat the message must belong to; empty is
+	// moderation by id alone.
+	Room string
 	// Author, when set, must be the message's sender; empty is moderation
 	// (the host app's API), which may change any message.
 	Author string
@@ -106,7 +108,7 @@ type Ban struct {
 // three stores decide an edit or delete.
 func CheckAmend(a Amend, m Message, found bool) error {
 	switch {
-	case !found || m.Room != a.Room:
+	case !found || (a.Room != "" && m.Room != a.Room):
 		return ErrNotFound
 	case a.Author != "" && m.UserID != a.Author:
 		return ErrNotAuthor
