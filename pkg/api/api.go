@@ -36,6 +36,7 @@ func New(key string, h *hub.Hub) *Handler {
 	a.mux.HandleFunc("GET /api/v1/presence/{topic}", a.presence)
 	a.mux.HandleFunc("GET /api/v1/users/{id}/unread", a.unread)
 	a.mux.HandleFunc("GET /api/v1/users/{id}/online", a.online)
+	a.moderationRoutes()
 	return a
 }
 

@@ -85,9 +85,23 @@ type Config struct {
 	// APIKey is the bearer key of /api/v1/ (empty: API off).
 	APIKey string
 
+	// ChatPolicy is who may open a chat: ChatPolicyOpen (any two users,
+	// the default) or ChatPolicyGranted (a chat join carries a grant the
+	// host app signed, unless the chat was opened by one before).
+	ChatPolicy string
+	// EditWindow is how long an author may edit or delete their message
+	// (default 15 minutes; negative: no limit).
+	EditWindow time.Duration
+
 	Logger  *slog.Logger     // nil: slog.Default()
 	Metrics *metrics.Metrics // nil: a new registry; never share one between nodes
 }
+
+// Chat policies (Config.ChatPolicy).
+const (
+	ChatPolicyOpen    = "open"
+	ChatPolicyGranted = "granted"
+)
 
 // DevSecret signs tokens in Dev mode only; it is public, so a node that
 // uses it must never face the internet.
@@ -122,6 +136,8 @@ func DefaultConfig() Config {
 		UpgradeRate:      2000,
 		UpgradeBurst:     4000,
 		DrainTimeout:     20 * time.Second,
+		ChatPolicy:       ChatPolicyOpen,
+		EditWindow:       hub.DefaultEditWindow,
 	}
 }
 
@@ -161,6 +177,8 @@ func (c Config) withDefaults() Config {
 		}
 	}
 	setStr(&c.DataDir, d.DataDir)
+	setStr(&c.ChatPolicy, d.ChatPolicy)
+	setDur(&c.EditWindow, d.EditWindow)
 	setDur(&c.StoreTimeout, d.StoreTimeout)
 	setStr(&c.RedisPrefix, d.RedisPrefix)
 	setDur(&c.PresenceTTL, d.PresenceTTL)
@@ -215,6 +233,9 @@ func (c *Config) validate() ([]byte, error) {
 	}
 	if c.ActionCablePrefix != "" && c.RedisURL == "" {
 		return nil, ErrCableWithoutRedis
+	}
+	if c.ChatPolicy != ChatPolicyOpen && c.ChatPolicy != ChatPolicyGranted {
+		return nil, fmt.Errorf("--chat-policy %q: want open or granted", c.ChatPolicy)
 	}
 	if c.Transport != "epoll" && c.Transport != "portable" {
 		return nil, fmt.Errorf("--transport %q: want epoll or portable", c.Transport)

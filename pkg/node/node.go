@@ -103,6 +103,11 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 		// A reply over the outbound queue bound would get the socket
 		// dropped as a slow consumer: keep pages well below it.
 		MaxReplyBytes: min(hub.DefaultMaxReplyBytes, cfg.Engine.MaxQueueBytes/4),
+		EditWindow:    cfg.EditWindow,
+	}
+	verifier := auth.NewVerifier(key)
+	if cfg.ChatPolicy == ChatPolicyGranted {
+		hcfg.Grants = verifier
 	}
 	if cfg.RedisURL != "" {
 		opts := redisbus.Options{
@@ -130,6 +135,10 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 
 	n.hub = hub.New(hcfg)
 	undo = append(undo, n.hub.Close)
+	// Bans are refused from the first handshake on.
+	if err := n.hub.LoadBans(ctx); err != nil {
+		log.Warn("could not read the bans; retrying in the background", "err", err)
+	}
 	hubCtx, stopHub := context.WithCancel(context.Background())
 	n.stopHub = stopHub
 	n.bg.Add(1)
@@ -147,7 +156,8 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 	}
 
 	n.srv = server.New(server.Config{
-		Verifier:         auth.NewVerifier(key),
+		Verifier:         verifier,
+		Banned:           n.hub.Banned,
 		Origins:          server.ParseOrigins(cfg.AllowedOrigins),
 		Engine:           n.engine,
 		Hub:              n.hub,
