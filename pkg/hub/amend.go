@@ -84,23 +84,21 @@ func (c *Client) amendReply(ch channel, f *phx.Frame, a store.Amend, del bool) {
 	if w := c.hub.cfg.EditWindow; w > 0 {
 		a.NotBefore = time.Now().Add(-w)
 	}
-	payload, err := c.hub.amend(ch.topic, a, del, c)
+	m, event, payload, err := c.hub.amendStore(a, del)
 	if err != nil {
 		c.replyError(ch.joinRef, f.Ref, f.Topic, storeReason(err))
 		return
 	}
+	// The acknowledgement precedes the broadcast, as for new_message.
 	c.reply(ch.joinRef, f.Ref, f.Topic, "ok", payload)
+	c.hub.announceAmend(ch.topic, m, event, payload, c)
 }
 
-// amend stores an edit or delete and broadcasts it to the chat (and to
-// the other side's lobby when they are not in the chat). It returns the
-// reply: the updated message, or {id, room, seq} of a delete.
-func (h *Hub) amend(t topic.Topic, a store.Amend, del bool, origin *Client) ([]byte, error) {
+// amendStore stores an edit or delete and returns the message, the event
+// to broadcast and its payload: the updated message, or {id, room, seq} of
+// a delete.
+func (h *Hub) amendStore(a store.Amend, del bool) (m store.Message, event string, payload []byte, err error) {
 	ctx, cancel := h.ctx()
-	var (
-		m   store.Message
-		err error
-	)
 	if del {
 		m, err = h.cfg.Store.DeleteMessage(ctx, a)
 	} else {
@@ -108,34 +106,29 @@ func (h *Hub) amend(t topic.Topic, a store.Amend, del bool, origin *Client) ([]b
 	}
 	cancel()
 	if err != nil {
-		return nil, err
+		return m, "", nil, err
 	}
-	if t.Kind == 0 {
-		if t, err = topic.Parse(m.Room); err != nil {
-			return nil, err
-		}
+	if !del {
+		payload, err = json.Marshal(m)
+		return m, "message_updated", payload, err
 	}
-	event := "message_updated"
-	var payload []byte
-	if del {
-		event = "message_deleted"
-		payload = append([]byte(`{"id":`), strconv.FormatInt(m.ID, 10)...)
-		payload = append(append(payload, `,"room":`...), phx.AppendString(nil, m.Room)...)
-		payload = append(append(payload, `,"seq":`...), strconv.FormatInt(m.Seq, 10)...)
-		payload = append(payload, '}')
-	} else if payload, err = json.Marshal(m); err != nil {
-		return nil, err
-	}
+	payload = append([]byte(`{"id":`), strconv.FormatInt(m.ID, 10)...)
+	payload = append(append(payload, `,"room":`...), phx.AppendString(nil, m.Room)...)
+	payload = append(append(payload, `,"seq":`...), strconv.FormatInt(m.Seq, 10)...)
+	return m, "message_deleted", append(payload, '}'), nil
+}
+
+// announceAmend broadcasts a stored edit or delete to its chat, and to
+// each side's lobby when that side is not in the chat: an unread count or
+// a last message shown there may have changed.
+func (h *Hub) announceAmend(t topic.Topic, m store.Message, event string, payload []byte, origin *Client) {
 	room := t.String()
 	h.broadcastFrom(room, event, payload, origin, nil)
-	// The lobby follows: an unread count or a last message shown there may
-	// have changed.
 	for _, u := range [...]string{m.UserID, m.OpponentID} {
 		if present, _ := h.cfg.Presence.Present(context.Background(), room, u); !present {
 			h.Broadcast(topic.LobbyName(u), event, payload)
 		}
 	}
-	return payload, nil
 }
 
 // ModerateMessage edits (body set) or deletes (del) any message by id, for
@@ -146,11 +139,19 @@ func (h *Hub) ModerateMessage(id int64, body string, del bool) ([]byte, error) {
 			return nil, &InputError{reason}
 		}
 	}
-	out, err := h.amend(topic.Topic{}, store.Amend{ID: id, Body: body}, del, nil)
+	m, event, payload, err := h.amendStore(store.Amend{ID: id, Body: body}, del)
 	if errors.Is(err, store.ErrRefused) {
 		return nil, &InputError{storeReason(err)}
 	}
-	return out, err
+	if err != nil {
+		return nil, err
+	}
+	t, err := topic.Parse(m.Room)
+	if err != nil {
+		return nil, err // a stored room is always a topic
+	}
+	h.announceAmend(t, m, event, payload, nil)
+	return payload, nil
 }
 
 // changes is a page of up to lim changes of room after seq after.

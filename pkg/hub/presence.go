@@ -48,9 +48,6 @@ func (c *Client) untrack(ch channel) {
 		h.cfg.Logger.Warn("presence untrack failed", "topic", ch.name, "err", err)
 	}
 	if ch.topic.Kind == topic.Chat {
-		if blocks, _ := h.rules.blocked(c.user, ch.topic.Other(c.user)); blocks {
-			return
-		}
 		meta := Meta{Ref: ch.metaRef, Name: c.name}
 		h.broadcastFrom(ch.name, "presence_diff", encodeDiff(nil, map[string][]Meta{c.user: {meta}}), c, nil)
 	}

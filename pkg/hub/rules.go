@@ -86,11 +86,32 @@ func (r *rules) silenced(a, b string) bool {
 	return ab || ba
 }
 
-func (r *rules) dropBlocks(blocker string) {
+// dropBlocks forgets blocker's cached blocks and reports whether there
+// were any.
+func (r *rules) dropBlocks(blocker string) bool {
 	r.mu.Lock()
 	r.gen++
+	_, had := r.blocks[blocker]
 	delete(r.blocks, blocker)
 	r.mu.Unlock()
+	return had
+}
+
+// refreshBlocks drops blocker's cached blocks and, if this node had them,
+// reads them again in the background: typing and presence consult the
+// cache only (they may not wait on the store), so the entry must come back
+// before the next keystroke, not at the next message.
+func (h *Hub) refreshBlocks(blocker string) {
+	if !h.rules.dropBlocks(blocker) {
+		return
+	}
+	go func() {
+		ctx, cancel := h.ctx()
+		defer cancel()
+		if _, err := h.loadBlocks(ctx, blocker); err != nil {
+			h.cfg.Logger.Warn("could not reload blocks", "user", blocker, "err", err)
+		}
+	}()
 }
 
 func (r *rules) resetBlocks() {
@@ -168,7 +189,7 @@ func (h *Hub) SetBlock(blocker, blocked string, on bool) error {
 	if err := h.cfg.Store.SetBlock(ctx, blocker, blocked, on); err != nil {
 		return err
 	}
-	h.rules.dropBlocks(blocker)
+	h.refreshBlocks(blocker)
 	h.announce(ctlBlock, map[string]string{"user": blocker})
 	return nil
 }
@@ -407,7 +428,7 @@ func (h *Hub) control(msg []byte) {
 	case ctlBlock:
 		var p struct{ User string }
 		if json.Unmarshal(f.Payload, &p) == nil {
-			h.rules.dropBlocks(p.User)
+			h.refreshBlocks(p.User)
 		}
 	case ctlBan:
 		var b store.Ban

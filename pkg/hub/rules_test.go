@@ -68,6 +68,14 @@ func TestBlockAcrossNodes(t *testing.T) {
 
 	ref = a.send(alj, "user:1", "block", map[string]any{"user_id": "2"})
 	a.replyTo(ref, "ok")
+	// Typing consults the cache only: the block's entry is read again in
+	// the background on both nodes before any message reloads it.
+	time.Sleep(50 * time.Millisecond)
+	b.send(bjr, "chat:1:2", "typing", map[string]any{})
+	time.Sleep(20 * time.Millisecond)
+	if got := events(a.rec.take(), "typing"); len(got) != 0 {
+		t.Fatalf("blocker saw typing right after the block: %+v", got)
+	}
 	// The other node applies the block at once: no stale cache.
 	ref = b.send(bjr, "chat:1:2", "new_message", map[string]any{"body": "blocked"})
 	if got := b.errorReason(ref); got != "blocked by the recipient" {

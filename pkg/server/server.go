@@ -375,8 +375,10 @@ func (s *Server) authorize(hs *handshake, ip string, claims *auth.Claims, releas
 	}
 	*claims = c
 	if s.cfg.Banned != nil {
-		if reason, banned := s.cfg.Banned(c.UserID); banned {
-			return reason, http.StatusForbidden
+		// A fixed reason: it is also a metrics label. The ban's own reason
+		// reached the client in the close frame.
+		if _, banned := s.cfg.Banned(c.UserID); banned {
+			return "banned", http.StatusForbidden
 		}
 	}
 	if s.cfg.Limits != nil {
