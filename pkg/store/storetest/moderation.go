@@ -2,7 +2,9 @@ package storetest
 
 import (
 	"errors"
+	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -21,6 +23,7 @@ var moderationTests = []struct {
 	{"ChangesCursor", testChangesCursor},
 	{"ChangesPaging", testChangesPaging},
 	{"ChangesCursorAhead", testChangesCursorAhead},
+	{"ChangesWhileWriting", testChangesWhileWriting},
 	{"OpenChat", testOpenChat},
 	{"Blocks", testBlocks},
 	{"Bans", testBans},
@@ -310,5 +313,77 @@ func testBans(t *testing.T, s store.Store) {
 	}
 	if got, _ := s.Bans(ctx, now); len(got) != 1 || got[0].UserID != "trudy" {
 		t.Errorf("Bans after Unban = %+v", got)
+	}
+}
+
+// A reader that follows the change cursor while messages, edits and read
+// marks are written concurrently misses none of them: a change never
+// becomes visible after a later seq was seen.
+func testChangesWhileWriting(t *testing.T, s store.Store) {
+	ctx := ctxT(t)
+	const writers, each = 4, 25
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Go(func() {
+			for i := range each {
+				m, _, err := s.Save(ctx, msg("r", fmt.Sprint("w", w), "reader", fmt.Sprint(i), ""))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if i%5 == 0 {
+					if _, err := s.EditMessage(ctx, store.Amend{ID: m.ID, Room: "r", Body: "edited"}); err != nil {
+						t.Error(err)
+						return
+					}
+				}
+				if i%7 == 0 {
+					if _, err := s.MarkRead(ctx, "r", "reader", m.ID); err != nil {
+						t.Error(err)
+						return
+					}
+				}
+			}
+		})
+	}
+	seen := map[int64]bool{}
+	var after int64
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	for finished := false; !finished; {
+		select {
+		case <-done:
+			finished = true
+		default:
+		}
+		for range 100 {
+			page, _, err := s.Changes(ctx, "r", after, 7)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(page) == 0 {
+				break
+			}
+			for _, c := range page {
+				if c.Type == store.ChangeMessage {
+					seen[c.Message.ID] = true
+				}
+				after = c.Seq
+			}
+		}
+	}
+	// Every message's latest change is at or below the cursor, and every
+	// message was seen: nothing was skipped.
+	all := since(t, s, "r")
+	if len(all) != writers*each {
+		t.Fatalf("stored %d messages, want %d", len(all), writers*each)
+	}
+	for _, m := range all {
+		if !seen[m.ID] {
+			t.Errorf("message %d (seq %d) never seen by a reader at cursor %d", m.ID, m.Seq, after)
+		}
+		if m.Seq > after {
+			t.Errorf("message %d changed at seq %d after the final cursor %d", m.ID, m.Seq, after)
+		}
 	}
 }
