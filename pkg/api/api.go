@@ -140,7 +140,7 @@ func (a *Handler) presence(w http.ResponseWriter, r *http.Request) {
 func (a *Handler) unread(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
 	defer cancel()
-	chats, err := a.hub.Store().Unread(ctx, r.PathValue("id"))
+	chats, err := a.hub.Unread(ctx, r.PathValue("id"))
 	if err != nil {
 		writeError(w, http.StatusServiceUnavailable, "store unavailable")
 		return

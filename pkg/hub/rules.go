@@ -237,6 +237,16 @@ func (h *Hub) withoutBlocked(ctx context.Context, user string, unread []store.Un
 	}), nil
 }
 
+// Unread lists user's chats with unread messages as their lobby does:
+// without the chats of users they block. The HTTP API uses it.
+func (h *Hub) Unread(ctx context.Context, user string) ([]store.UnreadChat, error) {
+	unread, err := h.cfg.Store.Unread(ctx, user)
+	if err != nil {
+		return nil, err
+	}
+	return h.withoutBlocked(ctx, user, unread)
+}
+
 // admitChat applies the chat policy to a join of t by c, on the request
 // stage: "" admits. Under the granted policy a join carries a valid grant
 // for this pair, which opens the chat for both sides for good, or joins a

@@ -61,6 +61,7 @@ func TestRefusals(t *testing.T) {
 			node.ErrDatabaseURL, []string{"postgres://"}},
 		{"unknown engine", func(c *node.Config) { c.Transport = "kqueue" }, nil, []string{"--transport", "kqueue"}},
 		{"negative limit", func(c *node.Config) { c.MaxConnsPerUser = -1 }, nil, []string{"--max-conns-per-user", "negative"}},
+		{"unknown chat policy", func(c *node.Config) { c.ChatPolicy = "closed" }, nil, []string{"--chat-policy", "open or granted"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := embedded(t)

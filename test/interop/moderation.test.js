@@ -273,6 +273,7 @@ bothStores("block: refused sends, no typing or presence, lobby unread unaffected
   assert.deepEqual(lobby2.unread, [], `lobby while blocking: ${JSON.stringify(lobby2)}`);
   const apiUnread = await api(ctx.server, "GET", "/api/v1/users/1/unread");
   assert.equal(apiUnread.status, 200);
+  assert.deepEqual(apiUnread.body, { total: 0, chats: [] }, "the API's unread follows the lobby");
 
   // No typing and no presence from Alice reaches Bob.
   const bTyping = collect(cb, "typing");
