@@ -205,14 +205,25 @@ func (c *Client) blockEvent(f *phx.Frame) {
 		c.replyError(ch.joinRef, f.Ref, f.Topic, "unknown event")
 		return
 	}
+	// user_id is a string; a number is taken as its decimal form, as
+	// clients holding numeric ids send them.
 	var p struct {
-		UserID string `json:"user_id"`
+		UserID json.RawMessage `json:"user_id"`
 	}
-	if err := json.Unmarshal(f.Payload, &p); err != nil {
+	var id string
+	if err := json.Unmarshal(f.Payload, &p); err != nil || len(p.UserID) == 0 {
 		c.replyError(ch.joinRef, f.Ref, f.Topic, ErrBadUser.Error())
 		return
 	}
-	err := c.hub.SetBlock(c.user, p.UserID, f.Event == "block")
+	if err := json.Unmarshal(p.UserID, &id); err != nil {
+		var n json.Number
+		if json.Unmarshal(p.UserID, &n) != nil {
+			c.replyError(ch.joinRef, f.Ref, f.Topic, ErrBadUser.Error())
+			return
+		}
+		id = n.String()
+	}
+	err := c.hub.SetBlock(c.user, id, f.Event == "block")
 	var in *InputError
 	switch {
 	case errors.As(err, &in):

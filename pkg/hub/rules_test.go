@@ -118,7 +118,7 @@ func TestBlockAcrossNodes(t *testing.T) {
 		t.Fatalf("lobby lists the blocked user's chat: %v", lobby)
 	}
 
-	ref = a.send(alj, "user:1", "unblock", map[string]any{"user_id": "2"})
+	ref = a.send(alj, "user:1", "unblock", map[string]any{"user_id": 2}) // a number is its decimal form
 	a.replyTo(ref, "ok")
 	ref = b.send(bjr, "chat:1:2", "new_message", map[string]any{"body": "after"})
 	b.replyTo(ref, "ok")
@@ -128,7 +128,7 @@ func TestBlockAcrossNodes(t *testing.T) {
 	}
 
 	// Bad input.
-	for _, p := range []map[string]any{{"user_id": "1"}, {"user_id": ""}, {"user_id": "a:b"}, {}} {
+	for _, p := range []map[string]any{{"user_id": "1"}, {"user_id": ""}, {"user_id": "a:b"}, {}, {"user_id": true}, {"user_id": 1}} {
 		ref = a.send(alj, "user:1", "block", p)
 		if got := a.errorReason(ref); got != hub.ErrBadUser.Error() {
 			t.Errorf("block %v: %q", p, got)
