@@ -80,8 +80,14 @@ func (c *Client) typingLocked(f *phx.Frame) {
 		c.replyError(ch.joinRef, f.Ref, f.Topic, "unknown event")
 		return
 	}
-	if c.hub.rules.silenced(ch.topic.A, ch.topic.B) {
-		// Nobody learns that a blocked user is typing, nor a blocker.
+	if silenced, known := c.hub.rules.silenced(ch.topic.A, ch.topic.B); silenced || !known {
+		// Nobody learns that a blocked user is typing, nor a blocker. A
+		// chat join caches both users' blocks; if they were evicted since,
+		// this notice is dropped (it cannot wait for the store) and they
+		// are read again for the next one.
+		if !known {
+			c.hub.loadLater(ch.topic)
+		}
 		c.reply(ch.joinRef, f.Ref, f.Topic, "ok", nil)
 		return
 	}

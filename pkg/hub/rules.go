@@ -33,8 +33,9 @@ const (
 	ctlUnban = "unban" // {"user": user}
 )
 
-// maxCachedBlockers bounds the block cache; past it the cache starts over.
-const maxCachedBlockers = 1 << 16
+// maxCachedBlockers bounds the block cache and the opened-chat cache; past
+// it an eighth of the entries, picked at random, are dropped.
+const maxCachedBlockers = 1 << 18
 
 // DefaultBanRefresh is how often the ban list is read again from the store.
 const DefaultBanRefresh = 30 * time.Second
@@ -54,14 +55,18 @@ var ErrBadUser = errors.New("user_id must be a valid user id other than your own
 type rules struct {
 	mu sync.RWMutex
 	// gen counts invalidations, so a load that raced one is not cached.
-	gen    uint64                         // guarded by mu
-	blocks map[string]map[string]struct{} // blocker → blocked; guarded by mu
-	bans   map[string]store.Ban           // guarded by mu
-	opened map[string]struct{}            // chats opened by a grant; guarded by mu
+	gen uint64 // guarded by mu
+	// blocks maps a blocker to whom they block; nil for nobody (most
+	// users), so a cached user costs its key only.
+	blocks  map[string]map[string]struct{} // guarded by mu
+	loading map[string]bool                // background loads in flight; guarded by mu
+	bans    map[string]store.Ban           // guarded by mu
+	opened  map[string]struct{}            // chats opened by a grant; guarded by mu
 }
 
 func (r *rules) init() {
 	r.blocks = make(map[string]map[string]struct{})
+	r.loading = make(map[string]bool)
 	r.bans = make(map[string]store.Ban)
 	r.opened = make(map[string]struct{})
 }
@@ -77,13 +82,58 @@ func (r *rules) blocked(blocker, blocked string) (yes, known bool) {
 }
 
 // silenced reports whether either user of a chat blocks the other, from
-// the cache alone (false when unknown).
-func (r *rules) silenced(a, b string) bool {
+// the cache alone; known is false when a user's blocks are not cached.
+func (r *rules) silenced(a, b string) (yes, known bool) {
 	r.mu.RLock()
-	_, ab := r.blocks[a][b]
-	_, ba := r.blocks[b][a]
+	sa, ka := r.blocks[a]
+	sb, kb := r.blocks[b]
 	r.mu.RUnlock()
-	return ab || ba
+	_, ab := sa[b]
+	_, ba := sb[a]
+	return ab || ba, ka && kb
+}
+
+// loadLater reads the blocks of the users of t that are not cached, in the
+// background: for paths that must not wait on the store.
+func (h *Hub) loadLater(t topic.Topic) {
+	for _, u := range [...]string{t.A, t.B} {
+		r := &h.rules
+		r.mu.Lock()
+		_, known := r.blocks[u]
+		start := !known && !r.loading[u]
+		if start {
+			r.loading[u] = true
+		}
+		r.mu.Unlock()
+		if !start {
+			continue
+		}
+		go func() {
+			ctx, cancel := h.ctx()
+			defer cancel()
+			if _, err := h.loadBlocks(ctx, u); err != nil {
+				h.cfg.Logger.Warn("could not load blocks", "user", u, "err", err)
+			}
+			r.mu.Lock()
+			delete(r.loading, u)
+			r.mu.Unlock()
+		}()
+	}
+}
+
+// evictLocked drops an eighth of m's entries, picked by map order (random),
+// once m holds maxCachedBlockers; the caller holds r.mu.
+func evictLocked[V any](m map[string]V) {
+	if len(m) < maxCachedBlockers {
+		return
+	}
+	n := len(m) / 8
+	for k := range m {
+		if n--; n < 0 {
+			break
+		}
+		delete(m, k)
+	}
 }
 
 // dropBlocks forgets blocker's cached blocks and reports whether there
@@ -133,15 +183,16 @@ func (h *Hub) loadBlocks(ctx context.Context, blocker string) (map[string]struct
 	if err != nil {
 		return nil, err
 	}
-	set := make(map[string]struct{}, len(list))
-	for _, b := range list {
-		set[b] = struct{}{}
+	var set map[string]struct{}
+	if len(list) > 0 {
+		set = make(map[string]struct{}, len(list))
+		for _, b := range list {
+			set[b] = struct{}{}
+		}
 	}
 	r.mu.Lock()
 	if r.gen == gen {
-		if len(r.blocks) >= maxCachedBlockers {
-			clear(r.blocks)
-		}
+		evictLocked(r.blocks)
 		r.blocks[blocker] = set
 	}
 	r.mu.Unlock()
@@ -308,9 +359,7 @@ func (c *Client) admitChat(t topic.Topic, grant string) string {
 
 func (r *rules) open(room string) {
 	r.mu.Lock()
-	if len(r.opened) >= maxCachedBlockers {
-		clear(r.opened)
-	}
+	evictLocked(r.opened)
 	r.opened[room] = struct{}{}
 	r.mu.Unlock()
 }
