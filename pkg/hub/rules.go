@@ -331,30 +331,47 @@ func (c *Client) admitChat(t topic.Topic, grant string) string {
 	room := t.String()
 	if grant != "" {
 		user, peer, err := h.cfg.Grants.VerifyGrant(grant)
-		if err != nil {
+		switch {
+		case err == nil && (user != c.user || peer != t.Other(c.user)):
+			err = errors.New("is for another chat")
+		case err == nil && h.rules.isOpen(room):
+			return ""
+		case err == nil:
+			if err := h.cfg.Store.OpenChat(ctx, room); err != nil {
+				return storeReason(err)
+			}
+			h.rules.open(room)
+			return ""
+		}
+		// A bad grant is refused unless the chat is open anyway: phoenix.js
+		// rejoins with the params it joined with, and the grant in the page
+		// may have expired since.
+		if open, oerr := h.chatOpen(ctx, room); oerr != nil || !open {
 			return "grant " + err.Error()
 		}
-		if user != c.user || peer != t.Other(c.user) {
-			return "grant is for another chat"
-		}
-		if err := h.cfg.Store.OpenChat(ctx, room); err != nil {
-			return storeReason(err)
-		}
-		h.rules.open(room)
 		return ""
 	}
-	if h.rules.isOpen(room) {
-		return ""
-	}
-	open, err := h.cfg.Store.ChatOpen(ctx, room)
+	open, err := h.chatOpen(ctx, room)
 	if err != nil {
 		return storeReason(err)
 	}
 	if !open {
 		return "grant required"
 	}
-	h.rules.open(room)
 	return ""
+}
+
+// chatOpen reports whether room was opened by a grant: from the cache, or
+// from the store (then cached: an opened chat stays open).
+func (h *Hub) chatOpen(ctx context.Context, room string) (bool, error) {
+	if h.rules.isOpen(room) {
+		return true, nil
+	}
+	open, err := h.cfg.Store.ChatOpen(ctx, room)
+	if open {
+		h.rules.open(room)
+	}
+	return open, err
 }
 
 func (r *rules) open(room string) {

@@ -257,6 +257,8 @@ func TestGrantedPolicy(t *testing.T) {
 	ref = b.send(bjr, "chat:1:2", "new_message", map[string]any{"body": "answer"})
 	b.replyTo(ref, "ok")
 	nodes[0].connect("1").join("chat:1:2", nil)
+	// A rejoin of the opened chat with a stale grant in its params is let in.
+	nodes[1].connect("1").join("chat:1:2", map[string]any{"grant": expired})
 	// Lobbies need no grant.
 	nodes[0].connect("3").join("user:3", nil)
 }
