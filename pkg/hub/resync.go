@@ -46,7 +46,22 @@ func (b *busHandler) PresenceChanged(name string, joins, leaves map[string][]Met
 	if !topic.IsChat(name) {
 		return // only chats carry presence to clients
 	}
-	b.hub().Broadcast(name, "presence_diff", encodeDiff(joins, leaves))
+	h := b.hub()
+	if t, err := topic.Parse(name); err == nil {
+		// A blocker's presence does not reach the blocked user (from the
+		// cache: this handler may not wait on the store).
+		for key := range joins {
+			if key == t.A || key == t.B {
+				if yes, _ := h.rules.blocked(key, t.Other(key)); yes {
+					delete(joins, key)
+				}
+			}
+		}
+		if len(joins) == 0 && len(leaves) == 0 {
+			return
+		}
+	}
+	h.Broadcast(name, "presence_diff", encodeDiff(joins, leaves))
 }
 
 func (b *busHandler) Down() { b.hub().busDown() }
