@@ -3,6 +3,7 @@ package hub
 import (
 	"context"
 	"errors"
+	"maps"
 	"math"
 	"strings"
 	"time"
@@ -50,11 +51,13 @@ func (b *busHandler) PresenceChanged(name string, joins, leaves map[string][]Met
 	if t, err := topic.Parse(name); err == nil {
 		// A blocker's presence does not reach the blocked user (from the
 		// cache: this handler may not wait on the store).
-		for key := range joins {
-			if key == t.A || key == t.B {
-				if yes, _ := h.rules.blocked(key, t.Other(key)); yes {
-					delete(joins, key)
-				}
+		for _, key := range [...]string{t.A, t.B} {
+			if _, ok := joins[key]; !ok {
+				continue
+			}
+			if yes, _ := h.rules.blocked(key, t.Other(key)); yes {
+				joins = maps.Clone(joins) // the bus's map is not ours to change
+				delete(joins, key)
 			}
 		}
 		if len(joins) == 0 && len(leaves) == 0 {
