@@ -32,6 +32,7 @@ commands:
   serve     run an ElChat node
   migrate   apply database migrations to ELCHAT_DATABASE_URL
   token     print a signed token: elchat token --user ID --name NAME [--ttl 24h]
+  grant     print a chat grant: elchat grant --user A --peer B [--ttl 24h]
 
 Run "elchat <command> -h" for the command's flags.
 `
@@ -57,6 +58,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return migrate(args[1:], stdout, stderr)
 	case "token":
 		return token(args[1:], stdout, stderr)
+	case "grant":
+		return grant(args[1:], stdout, stderr)
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return nil
@@ -112,6 +115,34 @@ func token(args []string, stdout, stderr io.Writer) error {
 		*name = *user
 	}
 	tok, err := auth.Mint(key, *user, *name, *ttl)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, tok)
+	return nil
+}
+
+// grant prints a chat grant (chat policy "granted") for --user to open the
+// chat with --peer.
+func grant(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("grant", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	secret := fs.String("secret", "", "HS256 secret shared with the host app")
+	user := fs.String("user", "", "the joining user (the grant's sub)")
+	peer := fs.String("peer", "", "the other user of the chat (the grant's peer)")
+	ttl := fs.Duration("ttl", 24*time.Hour, "lifetime")
+	dev := fs.Bool("dev", false, "use the development secret when none is set")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	key, err := secretKey(*secret, *dev, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		return err
+	}
+	if *user == "" || *peer == "" {
+		return errors.New("grant needs --user and --peer")
+	}
+	tok, err := auth.MintGrant(key, *user, *peer, *ttl)
 	if err != nil {
 		return err
 	}

@@ -62,6 +62,8 @@ func (c *config) flags(fs *flag.FlagSet) {
 	fs.IntVar(&n.PushBurst, "push-burst", d.PushBurst, "burst above --push-rate")
 	fs.IntVar(&n.RequestWorkers, "request-workers", d.RequestWorkers, "store and presence calls running at once (the hub's request stage; sockets never wait for them)")
 	fs.IntVar(&n.RequestQueue, "request-queue", d.RequestQueue, "requests of one connection waiting for the store before its reads pause")
+	fs.StringVar(&n.ChatPolicy, "chat-policy", d.ChatPolicy, "who may open a chat: open (any two users) or granted (a chat join carries a grant the host app signed; see elchat grant)")
+	fs.DurationVar(&n.EditWindow, "edit-window", d.EditWindow, "how long an author may edit or delete a message (negative: no limit)")
 	fs.StringVar(&n.APIKey, "api-key", d.APIKey, "bearer key of the server-to-server HTTP API under /api/v1/ (empty: API off)")
 	fs.StringVar(&n.WebhookURL, "webhook-url", d.WebhookURL, "POST signed webhook events (message.unread) to this URL (empty: off; needs --webhook-secret)")
 	fs.StringVar(&n.WebhookSecret, "webhook-secret", d.WebhookSecret, "HMAC-SHA256 key of the ElChat-Signature header, at least 16 bytes")

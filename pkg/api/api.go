@@ -38,6 +38,7 @@ func New(key string, h *hub.Hub) *Handler {
 	a.mux.HandleFunc("GET /api/v1/presence/{topic}", a.presence)
 	a.mux.HandleFunc("GET /api/v1/users/{id}/unread", a.unread)
 	a.mux.HandleFunc("GET /api/v1/users/{id}/online", a.online)
+	a.moderationRoutes()
 	return a
 }
 
@@ -141,7 +142,7 @@ func (a *Handler) presence(w http.ResponseWriter, r *http.Request) {
 func (a *Handler) unread(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
 	defer cancel()
-	chats, err := a.hub.Store().Unread(ctx, r.PathValue("id"))
+	chats, err := a.hub.Unread(ctx, r.PathValue("id"))
 	if err != nil {
 		writeError(w, http.StatusServiceUnavailable, "store unavailable")
 		return

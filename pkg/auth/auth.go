@@ -160,6 +160,10 @@ func claimsFrom(mc jwt.MapClaims) (Claims, error) {
 	if err := topic.ValidID(sub); err != nil {
 		return Claims{}, fmt.Errorf("%w: sub must be 1-%d bytes without ':' or control characters", ErrClaims, topic.MaxIDLen)
 	}
+	if _, ok := mc["peer"]; ok {
+		// A leaked grant must not open a socket.
+		return Claims{}, fmt.Errorf("%w: a chat grant is not a connection token", ErrClaims)
+	}
 	name := sub
 	switch n := mc["name"].(type) {
 	case nil:

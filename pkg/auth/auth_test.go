@@ -186,3 +186,49 @@ func FuzzVerify(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkVerifyGrant is what the granted policy costs one chat join; a
+// message costs nothing, since the grant is checked at the join only.
+func BenchmarkVerifyGrant(b *testing.B) {
+	secret := []byte("bench-grant-secret-0123456789abcdef")
+	g, err := MintGrant(secret, "1", "2", time.Hour)
+	if err != nil {
+		b.Fatal(err)
+	}
+	v := NewVerifier(secret)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, _, err := v.VerifyGrant(g); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// A grant and a socket token are not interchangeable.
+func TestGrantIsNotAToken(t *testing.T) {
+	secret := []byte("grant-secret-0123456789abcdef")
+	v := NewVerifier(secret)
+	g, err := MintGrant(secret, "1", "2", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u, p, err := v.VerifyGrant(g); err != nil || u != "1" || p != "2" {
+		t.Fatalf("VerifyGrant = %q, %q, %v", u, p, err)
+	}
+	if _, err := v.Verify(g); !errors.Is(err, ErrClaims) {
+		t.Errorf("a grant as socket token: %v, want ErrClaims", err)
+	}
+	tok, err := Mint(secret, "1", "one", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := v.VerifyGrant(tok); !errors.Is(err, ErrClaims) || err.Error() != "has invalid claims" {
+		t.Errorf("a socket token as grant: %v", err)
+	}
+	if _, _, err := NewVerifier([]byte("another-secret-0123456789abcdef")).VerifyGrant(g); !errors.Is(err, ErrSignature) {
+		t.Errorf("forged grant: %v", err)
+	}
+	if _, err := MintGrant(secret, "1", "1", time.Hour); err == nil {
+		t.Error("a grant for a self chat was minted")
+	}
+}

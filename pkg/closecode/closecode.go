@@ -35,4 +35,9 @@ const (
 	// not 1000, so phoenix.js reconnects and re-reads its params (or
 	// authToken), picking up a fresh token from the host page.
 	TokenExpired = 4001
+	// Banned (4003) closes the sockets of a user the host app banned; the
+	// reason ("banned" or "banned: <reason>") is for the client to show.
+	// phoenix.js reconnects after it, and the handshake refuses the user
+	// (HTTP 403, "banned") until the ban ends.
+	Banned = 4003
 )

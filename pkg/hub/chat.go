@@ -22,14 +22,20 @@ func (c *Client) lobbyJoin() ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	if unread, err = c.hub.withoutBlocked(ctx, c.user, unread); err != nil {
+		return nil, err
+	}
 	return encodeUnread(unread, c.hub.cfg.MaxReplyBytes)
 }
 
-// chatJoin reads a chat's join reply: what came after last_id, or the
-// newest page of history.
-func (c *Client) chatJoin(t topic.Topic, lastID *int64) ([]byte, error) {
+// chatJoin reads a chat's join reply: the changes after since_seq, what
+// came after last_id, or the newest page of history.
+func (c *Client) chatJoin(t topic.Topic, lastID, sinceSeq *int64) ([]byte, error) {
 	ctx, cancel := c.hub.ctx()
 	defer cancel()
+	if sinceSeq != nil {
+		return c.changes(ctx, t.String(), c.hub.catchUpSeq(*sinceSeq), c.hub.cfg.CatchUpLimit)
+	}
 	if lastID != nil {
 		return c.since(ctx, t.String(), c.hub.catchUpFrom(*lastID), c.hub.cfg.CatchUpLimit)
 	}
@@ -75,6 +81,17 @@ func (c *Client) typingLocked(f *phx.Frame) {
 		c.replyError(ch.joinRef, f.Ref, f.Topic, "unknown event")
 		return
 	}
+	if silenced, known := c.hub.rules.silenced(ch.topic.A, ch.topic.B); silenced || !known {
+		// Nobody learns that a blocked user is typing, nor a blocker. A
+		// chat join caches both users' blocks; if they were evicted since,
+		// this notice is dropped (it cannot wait for the store) and they
+		// are read again for the next one.
+		if !known {
+			c.hub.loadLater(ch.topic)
+		}
+		c.reply(ch.joinRef, f.Ref, f.Topic, "ok", nil)
+		return
+	}
 	payload := append([]byte(`{"user_id":`), phx.AppendString(nil, c.user)...)
 	payload = append(append(payload, `,"name":`...), phx.AppendString(nil, c.name)...)
 	payload = append(payload, '}')
@@ -102,6 +119,13 @@ func (c *Client) newMessage(f *phx.Frame) {
 	}
 	body, clientID, ok := c.messageParams(ch, f)
 	if !ok {
+		return
+	}
+	if reason, err := c.hub.blockReason(ch.topic, c.user); err != nil || reason != "" {
+		if err != nil {
+			reason = storeReason(err)
+		}
+		c.replyError(ch.joinRef, f.Ref, f.Topic, reason)
 		return
 	}
 	msg, err := c.hub.save(c.user, ch.topic, body, clientID)
@@ -133,6 +157,19 @@ func (c *Client) newMessageLocked(f *phx.Frame) {
 		return
 	}
 	h := c.hub
+	// Blocks are cached per node; on the event loop only the cache may
+	// answer, a miss waits for the store on the stage.
+	reason, known := h.blockReasonLocal(ch.topic, c.user)
+	if !known {
+		g := *f
+		g.Payload = bytes.Clone(f.Payload)
+		c.enqueueLocked(func(c *Client) { c.newMessage(&g) }, false)
+		return
+	}
+	if reason != "" {
+		c.replyError(ch.joinRef, f.Ref, f.Topic, reason)
+		return
+	}
 	m := store.NewMessage{Room: ch.name, UserID: c.user, OpponentID: ch.topic.Other(c.user), Body: body, ClientID: clientID}
 	if h.cfg.NotifyAfter > 0 {
 		// The webhook outbox needs to know now whether the recipient is
@@ -281,6 +318,13 @@ func (h *Hub) PostAndDeliver(user string, t topic.Topic, body, clientID string) 
 	if reason := h.validateBody(body); reason != "" {
 		return nil, &InputError{reason}
 	}
+	reason, err := h.blockReason(t, user)
+	if err != nil {
+		return nil, err
+	}
+	if reason != "" {
+		return nil, &InputError{reason}
+	}
 	msg, err := h.save(user, t, body, clientID)
 	if err != nil {
 		if reason := storeReason(err); reason != "store unavailable" && reason != "store error" {
@@ -334,8 +378,9 @@ func (c *Client) historyPage(f *phx.Frame) {
 		return
 	}
 	var p struct {
-		Before int64 `json:"before"`
-		After  int64 `json:"after"`
+		Before   int64  `json:"before"`
+		After    int64  `json:"after"`
+		SinceSeq *int64 `json:"since_seq"`
 	}
 	if err := json.Unmarshal(f.Payload, &p); err != nil {
 		c.replyError(ch.joinRef, f.Ref, f.Topic, "before must be a message id")
@@ -345,9 +390,15 @@ func (c *Client) historyPage(f *phx.Frame) {
 	defer cancel()
 	var resp []byte
 	var err error
-	if p.After > 0 {
+	switch {
+	case p.SinceSeq != nil && *p.SinceSeq < 0:
+		c.replyError(ch.joinRef, f.Ref, f.Topic, "since_seq must not be negative")
+		return
+	case p.SinceSeq != nil:
+		resp, err = c.changes(ctx, ch.name, *p.SinceSeq, c.hub.cfg.CatchUpLimit)
+	case p.After > 0:
 		resp, err = c.since(ctx, ch.name, p.After, c.hub.cfg.HistoryLimit)
-	} else {
+	default:
 		resp, err = c.history(ctx, ch.name, p.Before)
 	}
 	if err != nil {

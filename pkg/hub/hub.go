@@ -19,6 +19,9 @@
 //
 //	Client.mu → shard.mu → Bus and Presence internals → Conn internals
 //
+// rules.mu (blocks, bans, opened chats) and userShard.mu are leaves: taken
+// under any of these, with nothing called while they are held.
+//
 // stage.mu is taken with Client.mu held (to schedule), never the other
 // way round. No lock is held across a store, presence or bus call that
 // may wait on the network; Bus.Subscribe and Unsubscribe never wait, which
@@ -86,6 +89,12 @@ type Config struct {
 	// last id, the point clients catch up from after lost fanout
 	// (default 5s).
 	WatermarkPeriod time.Duration
+	// EditWindow is how long after sending an author may edit or delete a
+	// message (default 15 minutes; negative: no limit).
+	EditWindow time.Duration
+	// Grants, when set, is the "granted" chat policy: a chat join needs a
+	// grant it accepts, or a chat opened by one before (rules.go).
+	Grants GrantVerifier
 }
 
 // Defaults of Config, also used by the node's configuration.
@@ -140,6 +149,9 @@ func (c *Config) setDefaults() {
 	if c.WatermarkPeriod <= 0 {
 		c.WatermarkPeriod = 5 * time.Second
 	}
+	if c.EditWindow == 0 {
+		c.EditWindow = DefaultEditWindow
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -165,6 +177,9 @@ type Hub struct {
 	clients   atomic.Int64      // connected clients on this node
 	stage     *stage            // immutable
 	closeOnce sync.Once
+
+	rules rules                 // blocks, bans and opened chats (rules.go)
+	users [shardCount]userShard // local clients by user, for bans
 
 	// Catch-up after lost fanout (resync.go). All atomic.
 	resyncFrom  atomic.Int64 // joins with a later last_id catch up from here instead
@@ -222,6 +237,7 @@ func New(cfg Config) *Hub {
 	for i := range h.shards {
 		h.shards[i].topics = make(map[string]*subscribers)
 	}
+	h.rules.init()
 	if _, err := rand.Read(h.refBase[:]); err != nil {
 		panic(err)
 	}
@@ -235,8 +251,12 @@ func New(cfg Config) *Hub {
 // nodes are delivered, and on a clustered node the store's watermark is
 // sampled so that lost fanout can be healed (resync.go).
 func (h *Hub) Run(ctx context.Context) error {
+	go h.refreshBans(ctx, DefaultBanRefresh)
 	if h.clustered {
 		go h.trackWatermark(ctx, h.cfg.WatermarkPeriod)
+		if _, err := h.cfg.Bus.Subscribe(controlTopic); err != nil {
+			h.cfg.Logger.Warn("bus subscribe failed", "topic", controlTopic, "err", err)
+		}
 	}
 	return h.cfg.Bus.Run(ctx, (*busHandler)(h))
 }
@@ -259,8 +279,10 @@ func (h *Hub) Presence() Presence { return h.cfg.Presence }
 func (h *Hub) Store() store.Store { return h.cfg.Store }
 
 func (h *Hub) shard(topic string) *shard {
-	return &h.shards[maphash.String(h.seed, topic)%shardCount]
+	return &h.shards[h.shardIndex(topic)]
 }
+
+func (h *Hub) shardIndex(key string) uint64 { return maphash.String(h.seed, key) % shardCount }
 
 // subscribe adds c to topic's local subscribers; the first one subscribes
 // the node on the bus. The returned channel is closed once the bus

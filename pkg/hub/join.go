@@ -30,11 +30,23 @@ func (c *Client) join(f *phx.Frame) {
 		return
 	}
 	var params struct {
-		LastID *int64 `json:"last_id"`
+		LastID   *int64 `json:"last_id"`
+		SinceSeq *int64 `json:"since_seq"`
+		Grant    string `json:"grant"`
 	}
 	if len(f.Payload) > 0 && f.Payload[0] == '{' {
 		if err := json.Unmarshal(f.Payload, &params); err != nil {
 			c.replyError(f.JoinRef, f.Ref, f.Topic, "invalid join params")
+			return
+		}
+	}
+	if params.SinceSeq != nil && *params.SinceSeq < 0 {
+		c.replyError(f.JoinRef, f.Ref, f.Topic, "since_seq must not be negative")
+		return
+	}
+	if t.Kind == topic.Chat {
+		if reason := c.admitChat(t, params.Grant); reason != "" {
+			c.replyError(f.JoinRef, f.Ref, f.Topic, reason)
 			return
 		}
 	}
@@ -81,7 +93,7 @@ func (c *Client) join(f *phx.Frame) {
 	if t.Kind == topic.Lobby {
 		resp, err = c.lobbyJoin()
 	} else {
-		resp, err = c.chatJoin(t, params.LastID)
+		resp, err = c.chatJoin(t, params.LastID, params.SinceSeq)
 	}
 	if err != nil {
 		fail(storeReason(err))

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"strings"
 
 	"github.com/elchat/elchat/pkg/store"
 )
@@ -100,6 +101,13 @@ func storeReason(err error) string {
 		return "store unavailable"
 	case errors.Is(err, store.ErrInvalid):
 		return "invalid message"
+	case errors.Is(err, store.ErrRefused):
+		// "refused: message not found" and the like: the reason is the rest.
+		msg := err.Error()
+		if i := strings.LastIndex(msg, ": "); i >= 0 {
+			return msg[i+2:]
+		}
+		return msg
 	}
 	return "store error"
 }

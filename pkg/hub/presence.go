@@ -27,7 +27,16 @@ func (c *Client) track(ch channel) {
 		h.logs.list.Log("topic", ch.name, "err", err)
 		state = map[string][]Meta{c.user: {meta}}
 	}
+	other := ch.topic.Other(c.user)
+	// A blocker's presence does not reach the blocked user. On a store
+	// failure the presence is withheld too.
+	if blocks, err := h.isBlocked(other, c.user); blocks || err != nil {
+		delete(state, other)
+	}
 	c.push(ch.joinRef, ch.name, "presence_state", encodeState(state))
+	if blocks, err := h.isBlocked(c.user, other); blocks || err != nil {
+		return
+	}
 	h.broadcastFrom(ch.name, "presence_diff", encodeDiff(map[string][]Meta{c.user: {meta}}, nil), c, nil)
 }
 

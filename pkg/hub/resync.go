@@ -3,6 +3,7 @@ package hub
 import (
 	"context"
 	"errors"
+	"maps"
 	"math"
 	"strings"
 	"sync"
@@ -26,6 +27,10 @@ func (b *busHandler) hub() *Hub { return (*Hub)(b) }
 
 func (b *busHandler) Deliver(topic string, msg []byte) {
 	h := b.hub()
+	if topic == controlTopic {
+		h.control(msg) // node to node: never a client's
+		return
+	}
 	h.cfg.Metrics.BusDelivered()
 	h.deliverLocal(topic, msg)
 }
@@ -43,13 +48,39 @@ func (b *busHandler) PresenceChanged(name string, joins, leaves map[string][]Met
 	if !topic.IsChat(name) {
 		return // only chats carry presence to clients
 	}
-	b.hub().Broadcast(name, "presence_diff", encodeDiff(joins, leaves))
+	h := b.hub()
+	if t, err := topic.Parse(name); err == nil {
+		// A blocker's presence does not reach the blocked user (from the
+		// cache: this handler may not wait on the store).
+		for _, key := range [...]string{t.A, t.B} {
+			if _, ok := joins[key]; !ok {
+				continue
+			}
+			if yes, _ := h.rules.blocked(key, t.Other(key)); yes {
+				joins = maps.Clone(joins) // the bus's map is not ours to change
+				delete(joins, key)
+			}
+		}
+		if len(joins) == 0 && len(leaves) == 0 {
+			return
+		}
+	}
+	h.Broadcast(name, "presence_diff", encodeDiff(joins, leaves))
 }
 
 func (b *busHandler) Down(lastAlive time.Time) { b.hub().busDown(lastAlive) }
 
 func (b *busHandler) Up() {
 	h := b.hub()
+	// Block announcements may have been lost: read blocks afresh.
+	h.rules.resetBlocks()
+	go func() {
+		ctx, cancel := h.ctx()
+		defer cancel()
+		if err := h.LoadBans(ctx); err != nil {
+			h.cfg.Logger.Warn("could not read the bans", "err", err)
+		}
+	}()
 	go func() {
 		n := h.busUp(context.Background(), h.cfg.ResyncDelay, h.cfg.ResyncSpread)
 		h.cfg.Logger.Info("clients asked to rejoin after the bus outage", "topics", n)
@@ -277,6 +308,16 @@ func (h *Hub) catchUpFrom(lastID int64) int64 {
 		}
 	}
 	return lastID
+}
+
+// catchUpSeq is catchUpFrom for a change cursor. Lost fanout has no seq
+// watermark (the node samples message ids), so while it may have lost
+// changes a join replays the chat's whole change log, paged by has_more.
+func (h *Hub) catchUpSeq(after int64) int64 {
+	if time.Now().UnixNano() < h.resyncUntil.Load() {
+		return 0
+	}
+	return after
 }
 
 // Resync makes every client of this node rejoin its channels, spread over

@@ -55,7 +55,13 @@ type channel struct {
 // name) and returns the session the transport feeds its frames to.
 func (h *Hub) Connect(conn Conn, user, name string) *Client {
 	h.clients.Add(1)
-	return &Client{hub: h, conn: conn, user: user, name: name}
+	c := &Client{hub: h, conn: conn, user: user, name: name}
+	h.addUser(c)
+	if reason, banned := h.Banned(user); banned {
+		// Banned during its handshake.
+		conn.Close(closecode.Banned, reason)
+	}
+	return c
 }
 
 // User returns the connection's user id.
@@ -195,6 +201,12 @@ func (c *Client) routeLocked(f *phx.Frame) (fast, slow handler) {
 		return nil, (*Client).historyPage
 	case "typing":
 		return (*Client).typingLocked, nil
+	case "edit_message":
+		return nil, (*Client).editMessage
+	case "delete_message":
+		return nil, (*Client).deleteMessage
+	case "block", "unblock":
+		return nil, (*Client).blockEvent
 	}
 	return (*Client).unknownLocked, nil
 }
@@ -362,5 +374,6 @@ func (c *Client) Closed() {
 		c.dropLocked(len(c.channels) - 1)
 	}
 	c.mu.Unlock()
+	c.hub.removeUser(c)
 	c.hub.clients.Add(-1)
 }

@@ -126,10 +126,23 @@ type Config struct {
 	// after MaxAttempts the event is dead.
 	WebhookMaxAttempts int
 	WebhookRetryBase   time.Duration
+	// ChatPolicy is who may open a chat: ChatPolicyOpen (any two users,
+	// the default) or ChatPolicyGranted (a chat join carries a grant the
+	// host app signed, unless the chat was opened by one before).
+	ChatPolicy string
+	// EditWindow is how long an author may edit or delete their message
+	// (default 15 minutes; negative: no limit).
+	EditWindow time.Duration
 
 	Logger  *slog.Logger     // nil: slog.Default()
 	Metrics *metrics.Metrics // nil: a new registry; never share one between nodes
 }
+
+// Chat policies (Config.ChatPolicy).
+const (
+	ChatPolicyOpen    = "open"
+	ChatPolicyGranted = "granted"
+)
 
 // DevSecret signs tokens in Dev mode only; it is public, so a node that
 // uses it must never face the internet.
@@ -173,6 +186,8 @@ func DefaultConfig() Config {
 		LongPollWindow:     10 * time.Second,
 		LongPollTimeout:    20 * time.Second,
 		LongPollMaxBody:    1 << 20,
+		ChatPolicy:         ChatPolicyOpen,
+		EditWindow:         hub.DefaultEditWindow,
 	}
 }
 
@@ -218,6 +233,8 @@ func (c Config) withDefaults() Config {
 		}
 	}
 	setStr(&c.DataDir, d.DataDir)
+	setStr(&c.ChatPolicy, d.ChatPolicy)
+	setDur(&c.EditWindow, d.EditWindow)
 	setDur(&c.StoreTimeout, d.StoreTimeout)
 	setStr(&c.RedisPrefix, d.RedisPrefix)
 	setDur(&c.PresenceTTL, d.PresenceTTL)
@@ -317,6 +334,9 @@ func (c *Config) validate() ([]byte, error) {
 		// A held poll counts as activity, but the gap between two polls
 		// must fit too: phoenix.js polls again at once.
 		return nil, fmt.Errorf("--longpoll-timeout (%v) must exceed --longpoll-window (%v)", c.LongPollTimeout, c.LongPollWindow)
+	}
+	if c.ChatPolicy != ChatPolicyOpen && c.ChatPolicy != ChatPolicyGranted {
+		return nil, fmt.Errorf("--chat-policy %q: want open or granted", c.ChatPolicy)
 	}
 	if c.Transport != "epoll" && c.Transport != "portable" {
 		return nil, fmt.Errorf("--transport %q: want epoll or portable", c.Transport)

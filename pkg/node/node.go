@@ -40,6 +40,7 @@ type Node struct {
 	cfg    Config // immutable after New, with defaults filled in
 	log    *slog.Logger
 	st     store.Store
+	outbox store.Outbox  // the store's webhook outbox; nil when it keeps none
 	bus    *redisbus.Bus // nil: single node
 	hub    *hub.Hub
 	engine transport.Engine
@@ -106,6 +107,9 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 	undo = append(undo, func() { n.st.Close() })
 	// Outages are logged when they start and when they end, not once per
 	// failed call.
+	// The outbox is the store's own ability, not the hub's business: the
+	// sender and the API take the store unwrapped.
+	n.outbox, _ = n.st.(store.Outbox)
 	n.st = store.Watch(n.st, log)
 
 	hcfg := hub.Config{
@@ -122,6 +126,11 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 		// A reply over the outbound queue bound would get the socket
 		// dropped as a slow consumer: keep pages well below it.
 		MaxReplyBytes: min(hub.DefaultMaxReplyBytes, cfg.Engine.MaxQueueBytes/4),
+		EditWindow:    cfg.EditWindow,
+	}
+	verifier := auth.NewVerifier(key)
+	if cfg.ChatPolicy == ChatPolicyGranted {
+		hcfg.Grants = verifier
 	}
 	if cfg.clustered() {
 		url := cfg.RedisURL
@@ -154,9 +163,9 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 	})
 
 	if cfg.WebhookURL != "" {
-		ob, ok := n.st.(store.Outbox)
-		if !ok {
-			return nil, fmt.Errorf("webhooks: the store (%T) keeps no outbox", n.st)
+		ob := n.outbox
+		if ob == nil {
+			return nil, fmt.Errorf("webhooks: the store (%T) keeps no outbox", cfg.Store)
 		}
 		if err = webhook.Probe(ctx, cfg.WebhookURL); err != nil {
 			return nil, fmt.Errorf("%w (--webhook-url %s; start the receiver first)", err, cfg.WebhookURL)
@@ -180,6 +189,10 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 
 	n.hub = hub.New(hcfg)
 	undo = append(undo, n.hub.Close)
+	// Bans are refused from the first handshake on.
+	if err := n.hub.LoadBans(ctx); err != nil {
+		log.Warn("could not read the bans; retrying in the background", "err", err)
+	}
 	hubCtx, stopHub := context.WithCancel(context.Background())
 	n.stopHub = stopHub
 	n.bg.Add(1)
@@ -204,7 +217,8 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 	}
 
 	n.srv = server.New(server.Config{
-		Verifier:         auth.NewVerifier(key),
+		Verifier:         verifier,
+		Banned:           n.hub.Banned,
 		Origins:          server.ParseOrigins(cfg.AllowedOrigins),
 		Engine:           n.engine,
 		Hub:              n.hub,
@@ -294,7 +308,7 @@ func (n *Node) routes(key []byte) {
 	n.mux.Handle(longpoll.Path, n.lp)
 	a := api.New(n.cfg.APIKey, n.hub)
 	if n.hooks != nil {
-		a.DeadEvents(n.st.(store.Outbox))
+		a.DeadEvents(n.outbox)
 	}
 	n.mux.Handle("/api/v1/", a)
 	if n.cfg.Dev {

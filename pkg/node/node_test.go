@@ -64,6 +64,7 @@ func TestRefusals(t *testing.T) {
 		{"negative limit", func(c *node.Config) { c.MaxConnsPerUser = -1 }, nil, []string{"--max-conns-per-user", "negative"}},
 		{"long-poll timeout within the window", func(c *node.Config) { c.LongPollWindow, c.LongPollTimeout = 10*time.Second, 5*time.Second },
 			nil, []string{"--longpoll-timeout", "--longpoll-window"}},
+		{"unknown chat policy", func(c *node.Config) { c.ChatPolicy = "closed" }, nil, []string{"--chat-policy", "open or granted"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := embedded(t)

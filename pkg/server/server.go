@@ -43,6 +43,9 @@ type Config struct {
 	HandshakeTimeout time.Duration // whole upgrade, from accept to 101 (default 10s)
 	MaxHandshakes    int           // upgrades in progress at once (default 1024)
 	Limits           *Limits       // nil: no per-user or per-address limits
+	// Banned, when set, refuses a user at the handshake (HTTP 403 with
+	// its reason). It must answer from memory: it runs on every upgrade.
+	Banned func(userID string) (reason string, banned bool)
 	// UpgradeRate and UpgradeBurst cap accepted upgrades per second on this
 	// node, so a reconnect storm after a restart is spread out (phoenix.js
 	// backs off and retries) instead of starving live traffic. 0: no cap.
@@ -377,6 +380,13 @@ func (s *Server) authorize(hs *handshake, ip string, claims *auth.Claims, releas
 		return "token " + auth.Reason(err), http.StatusForbidden
 	}
 	*claims = c
+	if s.cfg.Banned != nil {
+		// A fixed reason: it is also a metrics label. The ban's own reason
+		// reached the client in the close frame.
+		if _, banned := s.cfg.Banned(c.UserID); banned {
+			return "banned", http.StatusForbidden
+		}
+	}
 	if s.cfg.Limits != nil {
 		r, reason := s.cfg.Limits.acquire(c.UserID, ip)
 		if reason != "" {

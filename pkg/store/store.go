@@ -35,6 +35,12 @@ type Message struct {
 	ClientID   string    `json:"client_id,omitempty"`
 	SentAt     time.Time `json:"sent_at"`
 	Delivered  bool      `json:"is_delivered"`
+	// Seq is the chat's change cursor at this message's latest change
+	// (its creation, edit or delete); see Moderation.Changes.
+	Seq      int64     `json:"seq"`
+	EditedAt time.Time `json:"edited_at,omitzero"`
+	// Deleted marks a tombstone: the body is gone for good.
+	Deleted bool `json:"deleted,omitempty"`
 }
 
 // NewMessage is a message to store. ClientID, when set, makes Save
@@ -100,4 +106,6 @@ type Store interface {
 	Ping(ctx context.Context) error
 	// Close flushes pending batches and releases the database.
 	Close() error
+
+	Moderation
 }

@@ -73,3 +73,16 @@ func (w *watched) Ping(ctx context.Context) error {
 	w.note(err)
 	return err
 }
+
+// SaveAsync forwards to a store that commits asynchronously, noting the
+// outcome like Save; false (the caller saves synchronously) otherwise.
+func (w *watched) SaveAsync(ctx context.Context, m NewMessage, then func(Message, bool, error)) bool {
+	a, ok := w.Store.(AsyncSaver)
+	if !ok {
+		return false
+	}
+	return a.SaveAsync(ctx, m, func(msg Message, created bool, err error) {
+		w.note(err)
+		then(msg, created, err)
+	})
+}

@@ -156,6 +156,26 @@ if ((!haveChromium || !playwright) && !process.env.CI) {
       await alice.locator('[data-testid="contact-list"][data-lobby="joined"]').waitFor({ state: "attached" });
       assert.equal(await tid(alice, "unread-2").isVisible(), false, "unread is 0 after reading");
 
+      // Edit, delete and block from the page.
+      await tid(alice, "contact-2").click();
+      const mine = messages(alice).filter({ hasText: "hello bob" });
+      alice.once("dialog", (d) => d.accept("hello bob (edited)"));
+      await mine.locator('[data-testid="edit"]').click();
+      await messages(bob).filter({ hasText: "hello bob (edited)" }).locator('[data-testid="edited"]').waitFor();
+      await messages(alice).filter({ hasText: "hello bob (edited)" }).locator('[data-testid="delete"]').click();
+      await messages(bob).filter({ hasText: "message deleted" }).waitFor();
+      assert.equal(await messages(bob).filter({ hasText: "hello bob" }).count(), 0, "a deleted body is gone from the other side");
+      await tid(alice, "block").click();
+      await tid(alice, "block").filter({ hasText: "Unblock" }).waitFor();
+      await tid(bob, "composer").fill("still there?");
+      await tid(bob, "composer").press("Enter");
+      await messages(bob).filter({ hasText: "not sent: blocked by the recipient" }).waitFor();
+      await tid(alice, "block").click();
+      await tid(alice, "block").filter({ hasText: /^Block$/ }).waitFor();
+      await tid(bob, "composer").fill("unblocked");
+      await tid(bob, "composer").press("Enter");
+      await messages(alice).filter({ hasText: "unblocked" }).waitFor();
+
       assert.deepEqual(pageErrors, [], "no script errors on the pages");
     } catch (e) {
       fs.mkdirSync(OUT_DIR, { recursive: true });

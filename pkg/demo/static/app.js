@@ -67,6 +67,7 @@ const state = {
   me: null, // {id, name}
   users: new Map(), // id -> {id, name, online}
   contacts: new Map(), // id -> {unread, preview, counted:Set}
+  blocked: new Set(), // ids this user blocked from this page
   socket: null,
   lobby: null,
   chat: null, // the open chat, see openChat
@@ -109,6 +110,7 @@ async function main() {
   connect(token);
   setInterval(pollUsers, USERS_POLL_MS);
   wireComposer();
+  $("block").addEventListener("click", toggleBlock);
   $("back").addEventListener("click", closeChat);
   $("load-older").addEventListener("click", loadOlder);
   document.addEventListener("visibilitychange", markRead);
@@ -155,7 +157,7 @@ function connect(token) {
   window.elchatTransport = () => (socket.conn ? socket.transportName(socket.conn.constructor) : "none");
   socket.onOpen(() => setConn("online", true));
   socket.onError(() => setConn("reconnecting…", false));
-  socket.onClose(() => setConn("reconnecting…", false));
+  socket.onClose((e) => setConn(e && e.code === 4003 ? `${e.reason || "banned"}: reconnecting when the ban ends…` : "reconnecting…", false));
   socket.connect();
 
   const lobby = socket.channel(`user:${state.me.id}`);
@@ -288,6 +290,17 @@ function openChat(other) {
     chat.seenUpTo = Math.max(chat.seenUpTo, Number(last_id));
     renderMessages(chat, false);
   });
+  channel.on("message_updated", (m) => {
+    if (state.chat !== chat || !chat.messages.has(m.id)) return;
+    chat.messages.set(m.id, m);
+    renderMessages(chat, false);
+  });
+  channel.on("message_deleted", ({ id }) => {
+    const m = state.chat === chat && chat.messages.get(id);
+    if (!m) return;
+    chat.messages.set(id, { ...m, body: "", deleted: true });
+    renderMessages(chat, false);
+  });
   channel.on("typing", ({ user_id, name }) => {
     if (state.chat !== chat || String(user_id) === state.me.id) return;
     showTyping(chat, name || nameOf(user_id));
@@ -313,6 +326,7 @@ function openChat(other) {
   $("chat").hidden = false;
   $("app").classList.add("chat-open");
   $("chat-name").textContent = nameOf(other);
+  $("block").textContent = state.blocked.has(other) ? "Unblock" : "Block";
   $("messages").replaceChildren();
   $("typing").textContent = "";
   $("send-error").hidden = true;
@@ -390,10 +404,17 @@ function messageItem(chat, m) {
     receipt.dataset.status = seen ? "seen" : "sent";
     meta.append(receipt);
   }
+  if (m.edited_at && !m.deleted) meta.append(el("span", { "data-testid": "edited", text: " · edited" }));
+  if (mine && !m.deleted) {
+    meta.append(
+      el("button", { type: "button", class: "amend", "data-testid": "edit", title: "Edit this message", text: "edit", onclick: () => editMessage(chat, m) }),
+      el("button", { type: "button", class: "amend", "data-testid": "delete", title: "Delete this message", text: "delete", onclick: () => deleteMessage(chat, m) })
+    );
+  }
   const li = el(
     "li",
-    { class: `message ${mine ? "mine" : "theirs"}`, "data-testid": "message" },
-    el("div", { class: "bubble", "data-testid": "message-body", text: m.body }),
+    { class: `message ${mine ? "mine" : "theirs"}${m.deleted ? " deleted" : ""}`, "data-testid": "message" },
+    el("div", { class: "bubble", "data-testid": "message-body", text: m.deleted ? "message deleted" : m.body }),
     meta
   );
   li.dataset.id = String(m.id);
@@ -450,6 +471,46 @@ function showError(text) {
   const e = $("send-error");
   e.textContent = text;
   e.hidden = false;
+}
+
+// editMessage asks for a new body and sends edit_message; the reply and
+// message_updated carry the stored result.
+function editMessage(chat, m) {
+  const body = window.prompt("Edit your message", m.body);
+  if (body == null || body === m.body) return;
+  chat.channel
+    .push("edit_message", { id: m.id, body })
+    .receive("ok", (updated) => {
+      chat.messages.set(updated.id, updated);
+      if (state.chat === chat) renderMessages(chat, false);
+    })
+    .receive("error", (resp) => showError(`cannot edit: ${(resp && resp.reason) || "error"}`));
+}
+
+function deleteMessage(chat, m) {
+  chat.channel
+    .push("delete_message", { id: m.id })
+    .receive("ok", () => {
+      chat.messages.set(m.id, { ...m, body: "", deleted: true });
+      if (state.chat === chat) renderMessages(chat, false);
+    })
+    .receive("error", (resp) => showError(`cannot delete: ${(resp && resp.reason) || "error"}`));
+}
+
+// toggleBlock blocks or unblocks the open chat's other user from the lobby.
+function toggleBlock() {
+  const chat = state.chat;
+  if (!chat) return;
+  const other = chat.other;
+  const block = !state.blocked.has(other);
+  state.lobby
+    .push(block ? "block" : "unblock", { user_id: other })
+    .receive("ok", () => {
+      if (block) state.blocked.add(other);
+      else state.blocked.delete(other);
+      if (state.chat && state.chat.other === other) $("block").textContent = block ? "Unblock" : "Block";
+    })
+    .receive("error", (resp) => showError(`cannot ${block ? "block" : "unblock"}: ${(resp && resp.reason) || "error"}`));
 }
 
 function wireComposer() {

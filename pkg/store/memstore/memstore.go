@@ -38,6 +38,14 @@ type Store struct {
 	events    map[int64]*event
 	pending   map[string]int64
 	nextEvent int64
+	// The change log (moderation.go).
+	seq    int64                       // last Seq handed out
+	heads  map[string]int64            // room → its latest Seq
+	reads  map[string]map[string]int64 // room → reader → Seq of their read mark
+	marks  map[string]map[string]int64 // room → reader → last id read
+	opened map[string]bool             // rooms opened by a grant
+	blocks map[string]map[string]bool  // blocker → blocked
+	bans   map[string]store.Ban
 }
 
 var _ store.Store = (*Store)(nil)
@@ -50,6 +58,12 @@ func New() *Store {
 		unread:  make(map[string]map[string][]int64),
 		events:  make(map[int64]*event),
 		pending: make(map[string]int64),
+		heads:   make(map[string]int64),
+		reads:   make(map[string]map[string]int64),
+		marks:   make(map[string]map[string]int64),
+		opened:  make(map[string]bool),
+		blocks:  make(map[string]map[string]bool),
+		bans:    make(map[string]store.Ban),
 	}
 }
 
@@ -97,7 +111,7 @@ func (s *Store) flush(_ context.Context, batch []store.NewMessage) ([]store.Save
 		}
 		id := int64(len(s.msgs)) + 1
 		msg := store.Message{ID: id, Room: m.Room, UserID: m.UserID, OpponentID: m.OpponentID,
-			Body: m.Body, ClientID: m.ClientID, SentAt: now}
+			Body: m.Body, ClientID: m.ClientID, SentAt: now, Seq: s.nextSeqLocked(m.Room)}
 		s.msgs = append(s.msgs, msg)
 		s.rooms[m.Room] = append(s.rooms[m.Room], id)
 		if hasKey {
@@ -169,6 +183,7 @@ func (s *Store) MarkRead(ctx context.Context, room, reader string, lastID int64)
 	if s.closed {
 		return 0, errClosed
 	}
+	s.markLocked(room, reader, lastID)
 	byRoom := s.unread[reader]
 	ids := byRoom[room]
 	n := firstAbove(ids, lastID)
@@ -248,5 +263,6 @@ func (s *Store) Close() error {
 	defer s.mu.Unlock()
 	s.closed = true
 	s.msgs, s.rooms, s.keys, s.unread, s.events, s.pending = nil, nil, nil, nil, nil, nil
+	s.heads, s.reads, s.marks, s.opened, s.blocks, s.bans = nil, nil, nil, nil, nil, nil
 	return nil
 }

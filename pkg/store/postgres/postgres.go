@@ -134,7 +134,7 @@ func (s *Store) SaveBatch(ctx context.Context, batch []store.NewMessage) ([]stor
 	return store.SaveBatch(ctx, s.flush, batch)
 }
 
-const cols = `id, room, user_id, opponent_id, body, client_id, sent_at, is_delivered`
+const cols = `id, room, user_id, opponent_id, body, client_id, sent_at, is_delivered, seq, edited_at, deleted_at`
 
 // insertSQL draws the ids itself (input is materialised once because
 // nextval is volatile) so the RETURNING rows, which come back in no promised
@@ -149,9 +149,9 @@ const insertSQL = `WITH input AS (
 	INSERT INTO messages (id, room, user_id, opponent_id, body, client_id)
 	SELECT id, room, user_id, opponent_id, body, client_id FROM input ORDER BY ord
 	ON CONFLICT (user_id, room, client_id) WHERE client_id IS NOT NULL DO NOTHING
-	RETURNING id, sent_at
+	RETURNING id, sent_at, seq
 )
-SELECT input.ord, ins.id, ins.sent_at FROM ins JOIN input USING (id)`
+SELECT input.ord, ins.id, ins.sent_at, ins.seq FROM ins JOIN input USING (id)`
 
 const existingSQL = `SELECT ` + cols + ` FROM messages
 WHERE client_id IS NOT NULL
@@ -195,15 +195,16 @@ func (s *Store) flush(ctx context.Context, batch []store.NewMessage) ([]store.Sa
 				ord    int64
 				id     int64
 				sentAt time.Time
+				seq    int64
 			)
-			if err := rows.Scan(&ord, &id, &sentAt); err != nil {
+			if err := rows.Scan(&ord, &id, &sentAt, &seq); err != nil {
 				return err
 			}
 			i := int(ord - 1)
 			m := batch[i]
 			out[i] = store.SaveResult{Created: true, Msg: store.Message{
 				ID: id, Room: m.Room, UserID: m.UserID, OpponentID: m.OpponentID,
-				Body: m.Body, ClientID: m.ClientID, SentAt: sentAt.UTC(),
+				Body: m.Body, ClientID: m.ClientID, SentAt: sentAt.UTC(), Seq: seq,
 			}}
 			done[i] = true
 		}
@@ -310,21 +311,29 @@ func (s *Store) query(ctx context.Context, limit int, q string, args ...any) ([]
 	})
 }
 
-// MarkRead implements store.Store.
+// MarkRead implements store.Store. The read mark is a change of the chat,
+// so its seq is drawn under the insert lock like a message's.
 func (s *Store) MarkRead(ctx context.Context, room, reader string, lastID int64) (int64, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
-	var tag pgconn.CommandTag
-	err := retry(ctx, func() (err error) {
-		tag, err = s.pool.Exec(ctx, `UPDATE messages SET is_delivered = true
+	var n int64
+	err := retry(ctx, func() error {
+		return s.locked(ctx, func(tx pgx.Tx) error {
+			tag, err := tx.Exec(ctx, `UPDATE messages SET is_delivered = true
 WHERE opponent_id = $1 AND room = $2 AND id <= $3 AND NOT is_delivered`, reader, room, lastID)
-		return err
+			if err != nil {
+				return err
+			}
+			n = tag.RowsAffected()
+			_, err = tx.Exec(ctx, markSQL, room, reader, lastID)
+			return err
+		})
 	})
 	if err != nil {
 		return 0, classify(ctx, err)
 	}
-	return tag.RowsAffected(), nil
+	return n, nil
 }
 
 // unreadSQL finds undelivered messages through the partial index, then each
@@ -335,7 +344,8 @@ const unreadSQL = `WITH u AS (
 	GROUP BY room
 )
 SELECT u.room, s.user_id, u.unread,
-	m.id, m.room, m.user_id, m.opponent_id, m.body, m.client_id, m.sent_at, m.is_delivered
+	m.id, m.room, m.user_id, m.opponent_id, m.body, m.client_id, m.sent_at, m.is_delivered,
+	m.seq, m.edited_at, m.deleted_at
 FROM u
 JOIN messages s ON s.id = u.last_unread
 JOIN messages m ON m.id = (SELECT max(id) FROM messages WHERE room = u.room)
@@ -354,18 +364,13 @@ func (s *Store) Unread(ctx context.Context, userID string) ([]store.UnreadChat, 
 		}
 		out, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (store.UnreadChat, error) {
 			var (
-				c        store.UnreadChat
-				unread   int64
-				clientID *string
+				c      store.UnreadChat
+				unread int64
 			)
-			err := row.Scan(&c.Room, &c.OpponentID, &unread,
-				&c.Last.ID, &c.Last.Room, &c.Last.UserID, &c.Last.OpponentID, &c.Last.Body,
-				&clientID, &c.Last.SentAt, &c.Last.Delivered)
+			sc := newMsgScan(&c.Last)
+			err := row.Scan(append([]any{&c.Room, &c.OpponentID, &unread}, sc.dest()...)...)
 			c.Unread = int(unread)
-			if clientID != nil {
-				c.Last.ClientID = *clientID
-			}
-			c.Last.SentAt = c.Last.SentAt.UTC()
+			sc.finish()
 			return c, err
 		})
 		return err
@@ -406,16 +411,38 @@ func (s *Store) Close() error {
 }
 
 func scanMessage(row pgx.CollectableRow) (store.Message, error) {
-	var (
-		m        store.Message
-		clientID *string
-	)
-	err := row.Scan(&m.ID, &m.Room, &m.UserID, &m.OpponentID, &m.Body, &clientID, &m.SentAt, &m.Delivered)
-	if clientID != nil {
-		m.ClientID = *clientID
+	var m store.Message
+	sc := newMsgScan(&m)
+	err := row.Scan(sc.dest()...)
+	sc.finish()
+	return m, err
+}
+
+// msgScan reads the columns of cols into a Message.
+type msgScan struct {
+	m                 *store.Message
+	clientID          *string
+	editedAt, deleted *time.Time
+}
+
+func newMsgScan(m *store.Message) *msgScan { return &msgScan{m: m} }
+
+func (s *msgScan) dest() []any {
+	m := s.m
+	return []any{&m.ID, &m.Room, &m.UserID, &m.OpponentID, &m.Body, &s.clientID, &m.SentAt, &m.Delivered,
+		&m.Seq, &s.editedAt, &s.deleted}
+}
+
+func (s *msgScan) finish() {
+	m := s.m
+	if s.clientID != nil {
+		m.ClientID = *s.clientID
 	}
 	m.SentAt = m.SentAt.UTC()
-	return m, err
+	if s.editedAt != nil {
+		m.EditedAt = s.editedAt.UTC()
+	}
+	m.Deleted = s.deleted != nil
 }
 
 // classify maps an error to the store's vocabulary: the caller's own

@@ -166,10 +166,10 @@ func (s *Store) SaveBatch(ctx context.Context, batch []store.NewMessage) ([]stor
 }
 
 const (
-	cols = `id, room, user_id, opponent_id, body, client_id, sent_at, is_delivered`
+	cols = `id, room, user_id, opponent_id, body, client_id, sent_at, is_delivered, seq, edited_at, deleted_at`
 
-	insertSQL = `INSERT INTO messages (room, user_id, opponent_id, body, client_id, sent_at)
-VALUES (?, ?, ?, ?, ?, ?)
+	insertSQL = `INSERT INTO messages (room, user_id, opponent_id, body, client_id, sent_at, seq)
+VALUES (?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (user_id, room, client_id) WHERE client_id IS NOT NULL DO NOTHING
 RETURNING id`
 
@@ -197,16 +197,23 @@ func (s *Store) flush(ctx context.Context, batch []store.NewMessage) (_ []store.
 
 	// One timestamp per batch: the messages became durable together.
 	now := time.Now().UTC().Truncate(time.Microsecond)
+	// One seq per message of the batch, drawn at once; a retry that
+	// stores nothing leaves its seq unused.
+	seq, err := nextSeq(ctx, tx, len(batch))
+	if err != nil {
+		return nil, store.Unavailable(err)
+	}
 	out := make([]store.SaveResult, len(batch))
 	for i, m := range batch {
 		var id int64
+		seq := seq + int64(i)
 		err := ins.QueryRowContext(ctx, m.Room, m.UserID, m.OpponentID, m.Body,
-			nullString(m.ClientID), now.UnixMicro()).Scan(&id)
+			nullString(m.ClientID), now.UnixMicro(), seq).Scan(&id)
 		switch {
 		case err == nil:
 			out[i] = store.SaveResult{Created: true, Msg: store.Message{
 				ID: id, Room: m.Room, UserID: m.UserID, OpponentID: m.OpponentID,
-				Body: m.Body, ClientID: m.ClientID, SentAt: now,
+				Body: m.Body, ClientID: m.ClientID, SentAt: now, Seq: seq,
 			}}
 		case errors.Is(err, sql.ErrNoRows):
 			// DO NOTHING fired: a committed message of this sender in
@@ -275,18 +282,34 @@ func (s *Store) query(ctx context.Context, limit int, q *sql.Stmt, args ...any) 
 }
 
 // MarkRead implements store.Store. It runs on the writer connection, so it
-// queues behind an in-flight batch instead of fighting it for the lock.
-func (s *Store) MarkRead(ctx context.Context, room, reader string, lastID int64) (int64, error) {
+// queues behind an in-flight batch instead of fighting it for the lock. A
+// read mark that moves forward is a change of the chat with its own seq.
+func (s *Store) MarkRead(ctx context.Context, room, reader string, lastID int64) (_ int64, err error) {
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
-	res, err := s.w.ExecContext(ctx, `UPDATE messages SET is_delivered = 1
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, ctxOr(ctx, err)
+	}
+	defer func() {
+		if err != nil {
+			tx.Rollback()
+		}
+	}()
+	res, err := tx.ExecContext(ctx, `UPDATE messages SET is_delivered = 1
 WHERE opponent_id = ? AND room = ? AND id <= ? AND NOT is_delivered`, reader, room, lastID)
 	if err != nil {
 		return 0, ctxOr(ctx, err)
 	}
 	n, err := res.RowsAffected()
 	if err != nil {
+		return 0, ctxOr(ctx, err)
+	}
+	if err := mark(ctx, tx, room, reader, lastID); err != nil {
+		return 0, ctxOr(ctx, err)
+	}
+	if err := tx.Commit(); err != nil {
 		return 0, ctxOr(ctx, err)
 	}
 	return n, nil
@@ -300,7 +323,8 @@ const unreadSQL = `WITH u AS (
 	GROUP BY room
 )
 SELECT u.room, s.user_id, u.unread,
-	m.id, m.room, m.user_id, m.opponent_id, m.body, m.client_id, m.sent_at, m.is_delivered
+	m.id, m.room, m.user_id, m.opponent_id, m.body, m.client_id, m.sent_at, m.is_delivered,
+	m.seq, m.edited_at, m.deleted_at
 FROM u
 JOIN messages s ON s.id = u.last_unread
 JOIN messages m ON m.id = (SELECT max(id) FROM messages WHERE room = u.room)
@@ -318,19 +342,12 @@ func (s *Store) Unread(ctx context.Context, userID string) ([]store.UnreadChat, 
 	defer rows.Close()
 	out := []store.UnreadChat{}
 	for rows.Next() {
-		var (
-			c        store.UnreadChat
-			clientID sql.NullString
-			sentAt   int64
-		)
-		err := rows.Scan(&c.Room, &c.OpponentID, &c.Unread,
-			&c.Last.ID, &c.Last.Room, &c.Last.UserID, &c.Last.OpponentID, &c.Last.Body,
-			&clientID, &sentAt, &c.Last.Delivered)
-		if err != nil {
+		var c store.UnreadChat
+		var sc msgScan
+		if err := rows.Scan(append([]any{&c.Room, &c.OpponentID, &c.Unread}, sc.dest(&c.Last)...)...); err != nil {
 			return nil, ctxOr(ctx, err)
 		}
-		c.Last.ClientID = clientID.String
-		c.Last.SentAt = fromMicros(sentAt)
+		sc.finish(&c.Last)
 		out = append(out, c)
 	}
 	if err := rows.Err(); err != nil {
@@ -373,17 +390,35 @@ type scanner interface{ Scan(dest ...any) error }
 
 func scanMessage(row scanner) (store.Message, error) {
 	var (
-		m        store.Message
-		clientID sql.NullString
-		sentAt   int64
+		m  store.Message
+		sc msgScan
 	)
-	err := row.Scan(&m.ID, &m.Room, &m.UserID, &m.OpponentID, &m.Body, &clientID, &sentAt, &m.Delivered)
-	if err != nil {
+	if err := row.Scan(sc.dest(&m)...); err != nil {
 		return store.Message{}, err
 	}
-	m.ClientID = clientID.String
-	m.SentAt = fromMicros(sentAt)
+	sc.finish(&m)
 	return m, nil
+}
+
+// msgScan holds the columns of cols that need converting.
+type msgScan struct {
+	clientID          sql.NullString
+	sentAt            int64
+	editedAt, deleted sql.NullInt64
+}
+
+func (s *msgScan) dest(m *store.Message) []any {
+	return []any{&m.ID, &m.Room, &m.UserID, &m.OpponentID, &m.Body, &s.clientID, &s.sentAt, &m.Delivered,
+		&m.Seq, &s.editedAt, &s.deleted}
+}
+
+func (s *msgScan) finish(m *store.Message) {
+	m.ClientID = s.clientID.String
+	m.SentAt = fromMicros(s.sentAt)
+	if s.editedAt.Valid {
+		m.EditedAt = fromMicros(s.editedAt.Int64)
+	}
+	m.Deleted = s.deleted.Valid
 }
 
 func fromMicros(us int64) time.Time { return time.UnixMicro(us).UTC() }

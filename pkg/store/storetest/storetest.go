@@ -55,6 +55,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"Ping", testPing},
 		{"LastID", testLastID},
 	}
+	tests = append(tests, moderationTests...)
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.fn(t, open(t))
@@ -110,7 +111,10 @@ func testSaveReturnsFields(t *testing.T, s store.Store) {
 		t.Errorf("ID = %d, want > 0", got.ID)
 	}
 	want := store.Message{ID: got.ID, Room: "r1", UserID: "alice", OpponentID: "bob",
-		Body: "hello", ClientID: "c-1", SentAt: got.SentAt}
+		Body: "hello", ClientID: "c-1", SentAt: got.SentAt, Seq: got.Seq}
+	if got.Seq <= 0 {
+		t.Errorf("Seq = %d, want > 0", got.Seq)
+	}
 	if got != want {
 		t.Errorf("Save = %+v, want %+v", got, want)
 	}
@@ -879,6 +883,9 @@ func BenchmarkSaveBatch(b *testing.B, s BatchSaver, size int) {
 func CheckUpgradedClientID(t *testing.T, s store.Store, old store.Message) {
 	t.Helper()
 	ctx := ctxT(t)
+	// The change cursor's migration gives every earlier message its id as
+	// seq.
+	old.Seq = old.ID
 	if got := since(t, s, old.Room); len(got) != 1 || got[0] != old {
 		t.Fatalf("%s after migration = %+v, want [%+v]", old.Room, got, old)
 	}
@@ -890,7 +897,7 @@ func CheckUpgradedClientID(t *testing.T, s store.Store, old store.Message) {
 		t.Errorf("reuse of a pre-migration client id = %v, want ErrClientIDReused", err)
 	}
 	other, created, err := s.Save(ctx, msg("other-room", old.UserID, old.OpponentID, "elsewhere", old.ClientID))
-	if err != nil || !created || other.Room != "other-room" || other.ID <= old.ID {
+	if err != nil || !created || other.Room != "other-room" || other.ID <= old.ID || other.Seq <= old.Seq {
 		t.Errorf("pre-migration client id in another room = %+v, %v, %v; want a new message", other, created, err)
 	}
 }
