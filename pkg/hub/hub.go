@@ -171,9 +171,12 @@ type Hub struct {
 	users [shardCount]userShard // local clients by user, for bans
 
 	// Catch-up after lost fanout (resync.go). All atomic.
-	safeID      atomic.Int64 // a store LastID sample at least one sampling period old
-	resyncFrom  atomic.Int64 // joins with a later last_id catch up from here instead
-	resyncUntil atomic.Int64 // unix nanoseconds; math.MaxInt64 while the bus is down
+	safeID     atomic.Int64 // a store LastID sample at least one sampling period old
+	resyncFrom atomic.Int64 // joins with a later last_id catch up from here instead
+	// The same for change cursors (since_seq): a store LastSeq sample, and
+	// where joins with a later since_seq catch up from.
+	safeSeq, resyncFromSeq atomic.Int64
+	resyncUntil            atomic.Int64 // unix nanoseconds; math.MaxInt64 while the bus is down
 }
 
 // shard holds the local subscribers of the topics that hash to it. Holding

@@ -137,17 +137,23 @@ func ValidHostEvent(name, event string) error {
 func (h *Hub) trackWatermark(ctx context.Context, period time.Duration) {
 	t := time.NewTicker(period)
 	defer t.Stop()
-	var prev int64
+	var prev, prevSeq int64
 	for {
 		c, cancel := h.ctx()
 		id, err := h.cfg.Store.LastID(c)
+		var seq int64
+		if err == nil {
+			// The change cursor's watermark, sampled with the id's.
+			seq, err = h.cfg.Store.LastSeq(c)
+		}
 		cancel()
 		if err == nil {
 			// Publish the previous sample: it is at least one period old, so
 			// messages up to it were published before any outage that
 			// starts now.
 			h.safeID.Store(prev)
-			prev = id
+			h.safeSeq.Store(prevSeq)
+			prev, prevSeq = id, seq
 		}
 		select {
 		case <-ctx.Done():
@@ -166,12 +172,14 @@ func (h *Hub) busDown() {
 	if prev == math.MaxInt64 {
 		return // already down
 	}
-	w := h.safeID.Load()
+	w, ws := h.safeID.Load(), h.safeSeq.Load()
 	if prev > time.Now().UnixNano() {
 		// A resync is still under way: keep the older of the watermarks.
 		w = min(w, h.resyncFrom.Load())
+		ws = min(ws, h.resyncFromSeq.Load())
 	}
 	h.resyncFrom.Store(w)
+	h.resyncFromSeq.Store(ws)
 }
 
 // busUp ends an outage: after delay (other nodes reconnect too), every
@@ -210,6 +218,9 @@ func (h *Hub) resyncRequested(ctx context.Context, watermark int64, delay, sprea
 		}
 	}
 	h.resyncFrom.Store(watermark)
+	// The announcement names a message id only: change cursors replay
+	// the whole change log of their chat, paged.
+	h.resyncFromSeq.Store(0)
 	select {
 	case <-ctx.Done():
 		return 0
@@ -230,12 +241,14 @@ func (h *Hub) catchUpFrom(lastID int64) int64 {
 	return lastID
 }
 
-// catchUpSeq is catchUpFrom for a change cursor. Lost fanout has no seq
-// watermark (the node samples message ids), so while it may have lost
-// changes a join replays the chat's whole change log, paged by has_more.
+// catchUpSeq is catchUpFrom for a change cursor: while fanout may have
+// lost changes, a join with a later since_seq catches up from the change
+// watermark taken before the loss.
 func (h *Hub) catchUpSeq(after int64) int64 {
 	if time.Now().UnixNano() < h.resyncUntil.Load() {
-		return 0
+		if from := h.resyncFromSeq.Load(); from < after {
+			return from
+		}
 	}
 	return after
 }
