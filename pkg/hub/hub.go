@@ -183,8 +183,11 @@ type Hub struct {
 
 	// Catch-up after lost fanout (resync.go). All atomic.
 	resyncFrom  atomic.Int64 // joins with a later last_id catch up from here instead
-	resyncUntil atomic.Int64 // unix nanoseconds; math.MaxInt64 while the bus is down
-	marks       watermarks   // store LastID samples, see resync.go
+	// The same for change cursors: joins with a later since_seq catch up
+	// from here.
+	resyncFromSeq atomic.Int64
+	resyncUntil   atomic.Int64 // unix nanoseconds; math.MaxInt64 while the bus is down
+	marks         watermarks   // store LastID and LastSeq samples, see resync.go
 
 	logs hubLogs // immutable after New
 }

@@ -175,33 +175,33 @@ type watermarks struct {
 }
 
 type watermark struct {
-	at time.Time
-	id int64
+	at      time.Time
+	id, seq int64 // store LastID and LastSeq
 }
 
-func (w *watermarks) add(at time.Time, id int64) {
+func (w *watermarks) add(at time.Time, id, seq int64) {
 	w.mu.Lock()
-	w.samples[w.n%len(w.samples)] = watermark{at, id}
+	w.samples[w.n%len(w.samples)] = watermark{at, id, seq}
 	w.n++
 	w.mu.Unlock()
 }
 
 // before returns the newest sample taken before t. With none that old it
 // returns the oldest sample kept (ok false when there is none at all).
-func (w *watermarks) before(t time.Time) (id int64, ok bool) {
+func (w *watermarks) before(t time.Time) (s watermark, ok bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	kept := min(w.n, len(w.samples))
 	for i := 1; i <= kept; i++ { // newest first
 		s := w.samples[(w.n-i)%len(w.samples)]
 		if s.at.Before(t) {
-			return s.id, true
+			return s, true
 		}
 	}
 	if kept == 0 {
-		return 0, false
+		return watermark{}, false
 	}
-	return w.samples[(w.n-kept)%len(w.samples)].id, true
+	return w.samples[(w.n-kept)%len(w.samples)], true
 }
 
 // trackWatermark samples the store's last message id every period until
@@ -216,9 +216,14 @@ func (h *Hub) trackWatermark(ctx context.Context, period time.Duration) {
 		at := time.Now()
 		c, cancel := h.ctx()
 		id, err := h.cfg.Store.LastID(c)
+		var seq int64
+		if err == nil {
+			// The change cursor's watermark, sampled with the id's.
+			seq, err = h.cfg.Store.LastSeq(c)
+		}
 		cancel()
 		if err == nil {
-			h.marks.add(at, id)
+			h.marks.add(at, id, seq)
 		}
 		select {
 		case <-ctx.Done():
@@ -228,12 +233,13 @@ func (h *Hub) trackWatermark(ctx context.Context, period time.Duration) {
 	}
 }
 
-// safeWatermark returns an id older than every message that may have been
-// lost after lastAlive, the last moment fanout was known to work: the
-// newest sample taken before lastAlive minus watermarkMargin.
-func (h *Hub) safeWatermark(lastAlive time.Time) int64 {
-	id, _ := h.marks.before(lastAlive.Add(-watermarkMargin))
-	return id
+// safeWatermark returns an id and a change sequence older than every
+// message or change that may have been lost after lastAlive, the last
+// moment fanout was known to work: the newest sample taken before
+// lastAlive minus watermarkMargin.
+func (h *Hub) safeWatermark(lastAlive time.Time) (id, seq int64) {
+	s, _ := h.marks.before(lastAlive.Add(-watermarkMargin))
+	return s.id, s.seq
 }
 
 // busDown records that cross-node messages may be lost since lastAlive:
@@ -246,12 +252,14 @@ func (h *Hub) busDown(lastAlive time.Time) {
 	if prev == math.MaxInt64 {
 		return // already down
 	}
-	w := h.safeWatermark(lastAlive)
+		w, ws := h.safeWatermark(lastAlive)
 	if prev > time.Now().UnixNano() {
 		// A resync is still under way: keep the older of the watermarks.
 		w = min(w, h.resyncFrom.Load())
+		ws = min(ws, h.resyncFromSeq.Load())
 	}
 	h.resyncFrom.Store(w)
+	h.resyncFromSeq.Store(ws)
 }
 
 // busUp ends an outage: after delay (other nodes reconnect too), every
@@ -290,6 +298,9 @@ func (h *Hub) resyncRequested(ctx context.Context, watermark int64, delay, sprea
 		}
 	}
 	h.resyncFrom.Store(watermark)
+	// The announcement names a message id only: change cursors replay
+	// the whole change log of their chat, paged.
+	h.resyncFromSeq.Store(0)
 	select {
 	case <-ctx.Done():
 		return 0
@@ -310,12 +321,14 @@ func (h *Hub) catchUpFrom(lastID int64) int64 {
 	return lastID
 }
 
-// catchUpSeq is catchUpFrom for a change cursor. Lost fanout has no seq
-// watermark (the node samples message ids), so while it may have lost
-// changes a join replays the chat's whole change log, paged by has_more.
+// catchUpSeq is catchUpFrom for a change cursor: while fanout may have
+// lost changes, a join with a later since_seq catches up from the change
+// watermark taken before the loss.
 func (h *Hub) catchUpSeq(after int64) int64 {
 	if time.Now().UnixNano() < h.resyncUntil.Load() {
-		return 0
+		if from := h.resyncFromSeq.Load(); from < after {
+			return from
+		}
 	}
 	return after
 }

@@ -15,20 +15,20 @@ func TestWatermarkOlderThanLastSignOfLife(t *testing.T) {
 	}
 	t0 := time.Unix(1000, 0)
 	for i := range 100 { // more than the ring keeps
-		w.add(t0.Add(time.Duration(i)*5*time.Second), int64(i*10))
+		w.add(t0.Add(time.Duration(i)*5*time.Second), int64(i*10), int64(i*100))
 	}
 	// Last sign of life at 99*5s-3s: the newest sample before it is #98
 	// (taken at 490s, id 980), although #99 (id 990) is the newest.
-	if id, _ := w.before(t0.Add(99*5*time.Second - 3*time.Second)); id != 980 {
-		t.Fatalf("got %d, want 980", id)
+	if s, _ := w.before(t0.Add(99*5*time.Second - 3*time.Second)); s.id != 980 || s.seq != 9800 {
+		t.Fatalf("got %+v, want id 980 and seq 9800", s)
 	}
 	// Older than everything kept: the oldest kept sample.
-	if id, _ := w.before(t0); id != 360 {
-		t.Fatalf("got %d, want the oldest kept (360)", id)
+	if s, _ := w.before(t0); s.id != 360 {
+		t.Fatalf("got %d, want the oldest kept (360)", s.id)
 	}
 	lastAlive := t0.Add(98*5*time.Second + 500*time.Millisecond)
 	// The margin pushes it before sample #98.
-	if id := h.safeWatermark(lastAlive); id != 970 {
-		t.Fatalf("safeWatermark %d, want 970", id)
+	if id, seq := h.safeWatermark(lastAlive); id != 970 || seq != 9700 {
+		t.Fatalf("safeWatermark %d/%d, want 970/9700", id, seq)
 	}
 }

@@ -76,6 +76,10 @@ type Moderation interface {
 	// reader's newest read mark. head is the room's latest Seq; an after
 	// beyond it gets ErrCursorAhead.
 	Changes(ctx context.Context, room string, after int64, limit int) (changes []Change, head int64, err error)
+	// LastSeq returns the highest change seq handed out so far (0 when
+	// none). A clustered node samples it with LastID, so that after lost
+	// fanout change cursors catch up from before the loss.
+	LastSeq(ctx context.Context) (int64, error)
 
 	// OpenChat records that room was opened by a grant: from now on
 	// either side may join without one. Idempotent.

@@ -115,6 +115,12 @@ func (s *Store) Changes(ctx context.Context, room string, after int64, limit int
 	return store.MergeChanges(msgs, reads, limit), head, nil
 }
 
+// LastSeq implements store.Moderation.
+func (s *Store) LastSeq(ctx context.Context) (seq int64, err error) {
+	err = s.guard(ctx, func() { seq = s.seq })
+	return seq, err
+}
+
 // guard runs fn under the write lock unless the store is closed or ctx ended.
 func (s *Store) guard(ctx context.Context, fn func()) error {
 	if err := ctx.Err(); err != nil {

@@ -143,6 +143,18 @@ func (s *Store) Changes(ctx context.Context, room string, after int64, limit int
 	return store.MergeChanges(msgs, reads, limit), head, nil
 }
 
+// LastSeq implements store.Moderation. The sequence's own state is read:
+// a seq drawn by a transaction still running counts, which only moves the
+// watermark later by what is in flight.
+func (s *Store) LastSeq(ctx context.Context) (int64, error) {
+	var seq int64
+	err := s.pool.QueryRow(ctx, `SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM message_changes_seq`).Scan(&seq)
+	if err != nil {
+		return 0, classify(ctx, err)
+	}
+	return seq, nil
+}
+
 // exec runs one statement with the store's retry and error vocabulary.
 func (s *Store) exec(ctx context.Context, q string, args ...any) error {
 	if err := ctx.Err(); err != nil {

@@ -145,6 +145,15 @@ func (s *Store) Changes(ctx context.Context, room string, after int64, limit int
 	return store.MergeChanges(msgs, reads, limit), head, nil
 }
 
+// LastSeq implements store.Moderation.
+func (s *Store) LastSeq(ctx context.Context) (int64, error) {
+	var seq int64
+	if err := s.r.QueryRowContext(ctx, `SELECT value FROM change_seq WHERE id = 1`).Scan(&seq); err != nil {
+		return 0, ctxOr(ctx, err)
+	}
+	return seq, nil
+}
+
 // exec runs one write on the writer connection.
 func (s *Store) exec(ctx context.Context, q string, args ...any) error {
 	if err := ctx.Err(); err != nil {

@@ -24,6 +24,7 @@ var moderationTests = []struct {
 	{"ChangesPaging", testChangesPaging},
 	{"ChangesCursorAhead", testChangesCursorAhead},
 	{"ChangesWhileWriting", testChangesWhileWriting},
+	{"LastSeq", testLastSeq},
 	{"OpenChat", testOpenChat},
 	{"Blocks", testBlocks},
 	{"Bans", testBans},
@@ -385,5 +386,23 @@ func testChangesWhileWriting(t *testing.T, s store.Store) {
 		if m.Seq > after {
 			t.Errorf("message %d changed at seq %d after the final cursor %d", m.ID, m.Seq, after)
 		}
+	}
+}
+
+func testLastSeq(t *testing.T, s store.Store) {
+	ctx := ctxT(t)
+	if seq, err := s.LastSeq(ctx); err != nil || seq != 0 {
+		t.Errorf("LastSeq of an empty store = %d, %v", seq, err)
+	}
+	m := mustSave(t, s, msg("r", "alice", "bob", "one", ""))
+	if seq, err := s.LastSeq(ctx); err != nil || seq < m.Seq {
+		t.Errorf("LastSeq = %d, %v; want >= %d", seq, err, m.Seq)
+	}
+	ed, err := s.EditMessage(ctx, store.Amend{ID: m.ID, Room: "r", Body: "two"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if seq, err := s.LastSeq(ctx); err != nil || seq < ed.Seq {
+		t.Errorf("LastSeq after an edit = %d, %v; want >= %d", seq, err, ed.Seq)
 	}
 }
