@@ -182,7 +182,7 @@ type Hub struct {
 	users [shardCount]userShard // local clients by user, for bans
 
 	// Catch-up after lost fanout (resync.go). All atomic.
-	resyncFrom  atomic.Int64 // joins with a later last_id catch up from here instead
+	resyncFrom atomic.Int64 // joins with a later last_id catch up from here instead
 	// The same for change cursors: joins with a later since_seq catch up
 	// from here.
 	resyncFromSeq atomic.Int64

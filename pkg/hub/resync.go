@@ -252,7 +252,7 @@ func (h *Hub) busDown(lastAlive time.Time) {
 	if prev == math.MaxInt64 {
 		return // already down
 	}
-		w, ws := h.safeWatermark(lastAlive)
+	w, ws := h.safeWatermark(lastAlive)
 	if prev > time.Now().UnixNano() {
 		// A resync is still under way: keep the older of the watermarks.
 		w = min(w, h.resyncFrom.Load())
