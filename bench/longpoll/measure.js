@@ -155,6 +155,10 @@ async function forwarded(server, secret, dataDir, pprofPort) {
     const r1 = [rssKiB(server.proc.pid), rssKiB(via.proc.pid)];
     const h1 = [await metric(server, "go_memstats_heap_inuse_bytes"), await metric(via, "go_memstats_heap_inuse_bytes")];
     const fwd = await metric(via, "elchat_longpoll_forwarded_total");
+    if (process.argv.includes("--heap-profile")) {
+      const res = await fetch(`http://127.0.0.1:${pprof2}/debug/pprof/heap?gc=1`);
+      fs.writeFileSync(process.argv[process.argv.indexOf("--heap-profile") + 1] + ".forwarder", Buffer.from(await res.arrayBuffer()));
+    }
     console.log(`\n## ${SESSIONS} idle sessions whose polls all come through a second node (forwarded to the owner)\n`);
     console.log("| node | RSS per session | Go heap per session |\n|---|---|---|");
     console.log(`| owner | ${((r1[0] - r0[0]) / SESSIONS).toFixed(2)} KiB | ${((h1[0] - h0[0]) / SESSIONS / 1024).toFixed(2)} KiB |`);
