@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"strings"
 	"time"
 
@@ -235,6 +236,11 @@ func (c *Config) validate() ([]byte, error) {
 	}
 	if c.ActionCablePrefix != "" && c.RedisURL == "" {
 		return nil, ErrCableWithoutRedis
+	}
+	if c.AdvertiseAddr != "" {
+		if host, port, err := net.SplitHostPort(c.AdvertiseAddr); err != nil || host == "" || port == "" {
+			return nil, fmt.Errorf("--advertise-addr %q: want host:port that the other nodes can reach", c.AdvertiseAddr)
+		}
 	}
 	if c.LongPollTimeout <= c.LongPollWindow {
 		// A held poll counts as activity, but the gap between two polls
