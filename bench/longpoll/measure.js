@@ -14,7 +14,7 @@
 // run to 300 messages at 50/s.
 //
 //   go build -o bin/elchat ./cmd/elchat
-//   ELCHAT_BIN=$PWD/bin/elchat node bench/longpoll/measure.js [--sessions 2000] [--msgs 300] [--rate 50] [--heap-profile FILE]
+//   ELCHAT_BIN=$PWD/bin/elchat node bench/longpoll/measure.js [--sessions 2000] [--msgs 300] [--rate 50] [--heap-profile FILE] [--forwarded]
 const path = require("node:path");
 const fs = require("node:fs");
 const os = require("node:os");
@@ -96,13 +96,17 @@ async function latency(server) {
 
 // idleSessions opens n sessions through the raw protocol (one user each,
 // lobby joined) and keeps one poll held per session, as phoenix.js does.
-async function idleSessions(server, n) {
+// With via, the opens go to server and every later request to via, which
+// forwards it to server (what half the requests do behind a round-robin
+// balancer in front of two nodes).
+async function idleSessions(server, n, via = null) {
   const base = `${server.httpUrl}/socket/longpoll`;
+  const viaBase = via ? `${via.httpUrl}/socket/longpoll` : base;
   const stop = { v: false };
   let answered = 0;
   let failed = 0;
   const loops = [];
-  const q = (jwt, tok) => `${base}?token=${encodeURIComponent(jwt)}&vsn=2.0.0${tok ? `&token=${encodeURIComponent(tok)}` : ""}`;
+  const q = (jwt, tok) => `${tok ? viaBase : base}?token=${encodeURIComponent(jwt)}&vsn=2.0.0${tok ? `&token=${encodeURIComponent(tok)}` : ""}`;
   for (let i = 0; i < n; i++) {
     const user = 1000 + i;
     const jwt = mint(server.secret, user);
@@ -128,6 +132,43 @@ async function idleSessions(server, n) {
     );
   }
   return { stop: () => ((stop.v = true), Promise.allSettled(loops)), answered: () => answered, failed: () => failed };
+}
+
+// forwarded measures the forwarding node's cost: sessions owned by server,
+// every poll held through a second node with the same secret.
+async function forwarded(server, secret, dataDir, pprofPort) {
+  await sleep(25000); // the first batch of sessions expires
+  const port2 = await freePort();
+  const pprof2 = await freePort();
+  const dir2 = fs.mkdtempSync(path.join(os.tmpdir(), "elchat-lp-bench-b-"));
+  const via = new H.Server({ port: port2, dataDir: dir2, secret, env: { ELCHAT_MAX_CONNS_PER_USER: "0", ELCHAT_PPROF_ADDR: `127.0.0.1:${pprof2}` } });
+  await via.start();
+  try {
+    await gc(pprofPort);
+    await gc(pprof2);
+    const r0 = [rssKiB(server.proc.pid), rssKiB(via.proc.pid)];
+    const h0 = [await metric(server, "go_memstats_heap_inuse_bytes"), await metric(via, "go_memstats_heap_inuse_bytes")];
+    const idle = await idleSessions(server, SESSIONS, via);
+    await sleep(12000);
+    await gc(pprofPort);
+    await gc(pprof2);
+    const r1 = [rssKiB(server.proc.pid), rssKiB(via.proc.pid)];
+    const h1 = [await metric(server, "go_memstats_heap_inuse_bytes"), await metric(via, "go_memstats_heap_inuse_bytes")];
+    const fwd = await metric(via, "elchat_longpoll_forwarded_total");
+    if (process.argv.includes("--heap-profile")) {
+      const res = await fetch(`http://127.0.0.1:${pprof2}/debug/pprof/heap?gc=1`);
+      fs.writeFileSync(process.argv[process.argv.indexOf("--heap-profile") + 1] + ".forwarder", Buffer.from(await res.arrayBuffer()));
+    }
+    console.log(`\n## ${SESSIONS} idle sessions whose polls all come through a second node (forwarded to the owner)\n`);
+    console.log("| node | RSS per session | Go heap per session |\n|---|---|---|");
+    console.log(`| owner | ${((r1[0] - r0[0]) / SESSIONS).toFixed(2)} KiB | ${((h1[0] - h0[0]) / SESSIONS / 1024).toFixed(2)} KiB |`);
+    console.log(`| forwarding node | ${((r1[1] - r0[1]) / SESSIONS).toFixed(2)} KiB | ${((h1[1] - h0[1]) / SESSIONS / 1024).toFixed(2)} KiB |`);
+    console.log(`\nrequests forwarded: ${fwd}, failed: ${idle.failed()}`);
+    await idle.stop();
+  } finally {
+    await via.stop("SIGKILL", 3000);
+    fs.rmSync(dir2, { recursive: true, force: true });
+  }
 }
 
 async function main() {
@@ -168,6 +209,7 @@ async function main() {
     console.log(`| goroutines per session (the held poll's request) | ${((g1 - g0) / SESSIONS).toFixed(2)} |`);
     console.log(`| polls answered (204 after the 10 s window) | ${answered} |`);
     await idle.stop();
+    if (process.argv.includes("--forwarded")) await forwarded(server, secret, dataDir, pprofPort);
   } finally {
     await server.stop("SIGKILL", 3000);
     fs.rmSync(dataDir, { recursive: true, force: true });

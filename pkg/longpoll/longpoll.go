@@ -173,6 +173,11 @@ func (c Config) withDefaults() Config {
 			IdleConnTimeout:     90 * time.Second,
 			// A poll is held for Window: the owner answers within it.
 			ResponseHeaderTimeout: c.Window + 10*time.Second,
+			// A forwarded poll keeps its connection's buffers while it is
+			// held: keep them small (a request is a line and a few
+			// headers; a longer answer streams through).
+			WriteBufferSize: 1 << 10,
+			ReadBufferSize:  1 << 10,
 		}
 	}
 	return c
@@ -554,7 +559,8 @@ func (m *Manager) forward(w http.ResponseWriter, r *http.Request, t ticket) {
 			pr.SetXForwarded()
 			pr.Out.Header.Set(headerHop, m.cfg.NodeID)
 		},
-		Transport: m.cfg.Transport,
+		Transport:  m.cfg.Transport,
+		BufferPool: copyBuffers,
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			if r.Context().Err() != nil {
 				return // the client left
@@ -567,6 +573,15 @@ func (m *Manager) forward(w http.ResponseWriter, r *http.Request, t ticket) {
 	}
 	p.ServeHTTP(w, r)
 }
+
+// copyBuffers lends the forwarder its body-copy buffers (ReverseProxy
+// allocates 32 KiB per response without a pool).
+var copyBuffers = &bufferPool{sync.Pool{New: func() any { b := make([]byte, 8<<10); return &b }}}
+
+type bufferPool struct{ p sync.Pool }
+
+func (b *bufferPool) Get() []byte  { return *b.p.Get().(*[]byte) }
+func (b *bufferPool) Put(p []byte) { b.p.Put(&p) }
 
 // finish releases what a closed session held in the hub.
 func (m *Manager) finish(s *session) {

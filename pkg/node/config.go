@@ -330,6 +330,11 @@ func (c *Config) validate() ([]byte, error) {
 	} else if c.WebhookSecret != "" {
 		return nil, ErrWebhookSecretWithoutURL
 	}
+	if c.AdvertiseAddr != "" {
+		if host, port, err := net.SplitHostPort(c.AdvertiseAddr); err != nil || host == "" || port == "" {
+			return nil, fmt.Errorf("--advertise-addr %q: want host:port that the other nodes can reach", c.AdvertiseAddr)
+		}
+	}
 	if c.LongPollTimeout <= c.LongPollWindow {
 		// A held poll counts as activity, but the gap between two polls
 		// must fit too: phoenix.js polls again at once.

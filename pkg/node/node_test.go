@@ -62,6 +62,7 @@ func TestRefusals(t *testing.T) {
 			node.ErrDatabaseURL, []string{"postgres://"}},
 		{"unknown engine", func(c *node.Config) { c.Transport = "kqueue" }, nil, []string{"--transport", "kqueue"}},
 		{"negative limit", func(c *node.Config) { c.MaxConnsPerUser = -1 }, nil, []string{"--max-conns-per-user", "negative"}},
+		{"advertise address without a port", func(c *node.Config) { c.AdvertiseAddr = "10.0.0.7" }, nil, []string{"--advertise-addr", "host:port"}},
 		{"long-poll timeout within the window", func(c *node.Config) { c.LongPollWindow, c.LongPollTimeout = 10*time.Second, 5*time.Second },
 			nil, []string{"--longpoll-timeout", "--longpoll-window"}},
 		{"unknown chat policy", func(c *node.Config) { c.ChatPolicy = "closed" }, nil, []string{"--chat-policy", "open or granted"}},

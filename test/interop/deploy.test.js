@@ -32,6 +32,18 @@ test("deploy: nginx/elchat.conf keeps sockets open longer than the idle timeout"
     assert.ok(Number(m[1]) >= 75, `${t} ${m[1]}s must exceed the 60s idle timeout (clients heartbeat every 30s)`);
   }
   assert.match(conf, /upstream elchat_nodes \{[^}]*least_conn;[^}]*include elchat-upstreams\.conf;/);
+  // Long-polls: plain round-robin over the same nodes, no stickiness (ElChat
+  // forwards a request to the node owning its session).
+  const lpUp = /upstream elchat_longpoll \{([^}]*)\}/.exec(conf);
+  assert.ok(lpUp, "elchat.conf has an elchat_longpoll upstream");
+  assert.match(lpUp[1], /include elchat-upstreams\.conf;/);
+  assert.doesNotMatch(lpUp[1], /least_conn|ip_hash|hash |sticky/, "the long-poll upstream is plain round-robin");
+  const lpLoc = /location \/socket\/longpoll \{([\s\S]*?)\n {4}\}/.exec(conf);
+  assert.ok(lpLoc, "elchat.conf has a location /socket/longpoll block");
+  assert.match(lpLoc[1], /proxy_pass http:\/\/elchat_longpoll;/);
+  const rt = /proxy_read_timeout (\d+)s;/.exec(lpLoc[1]);
+  assert.ok(rt && Number(rt[1]) > 10, "proxy_read_timeout above the 10s poll window");
+  assert.match(lpLoc[1], /client_max_body_size 1m;/, "the body bound of --longpoll-max-body");
   assert.match(conf, /include elchat-listen\.conf;/);
   // The compose file mounts exactly the files elchat.conf and nginx.conf include.
   for (const f of ["nginx.conf", "elchat.conf", "elchat-upstreams.conf", "elchat-listen.conf"]) {
