@@ -121,3 +121,20 @@ func (c *RedisCluster) WaitOK(limit time.Duration) error {
 		return nil
 	})
 }
+
+// StartRedisClusterShared starts a cluster that outlives t: it is torn
+// down by Shutdown (testenv.Main), for tests of one binary that share it.
+func StartRedisClusterShared(t testing.TB) *RedisCluster {
+	t.Helper()
+	c, err := newRedisCluster()
+	if err != nil {
+		skipOrFail(t, err)
+		return nil
+	}
+	atShutdown(func() {
+		for _, s := range c.Servers {
+			s.destroy()
+		}
+	})
+	return c
+}

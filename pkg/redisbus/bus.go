@@ -269,6 +269,9 @@ func New(ctx context.Context, opts Options) (*Bus, error) {
 // newClient builds the command client: one server from opts.URL, or the
 // primary the Sentinels name.
 func newClient(opts Options) (redis.UniversalClient, error) {
+	if opts.URL == "" && (len(opts.Cluster) > 0 || len(opts.Sentinels) > 0) {
+		opts.URL = "redis://" // no password, database 0
+	}
 	ro, err := redis.ParseURL(opts.URL)
 	if err != nil {
 		return nil, err

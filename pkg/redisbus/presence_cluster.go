@@ -145,7 +145,7 @@ func (p *presence) lobbyChanged(ctx context.Context, users []string, delta int) 
 	now := strconv.FormatInt(time.Now().Unix(), 10)
 	pipe := p.b.rdb.Pipeline()
 	for _, u := range users {
-		onlineScript.Run(ctx, pipe, []string{p.b.keys.online(u)}, delta)
+		onlineScript.Eval(ctx, pipe, []string{p.b.keys.online(u)}, delta) // EVALSHA in a pipeline does not fall back
 		pipe.HSet(ctx, p.b.keys.lastSeen(), u, now)
 	}
 	_, err := pipe.Exec(ctx)

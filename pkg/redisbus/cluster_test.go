@@ -1,0 +1,117 @@
+package redisbus
+
+import (
+	"context"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/elchat/elchat/internal/testenv"
+	"github.com/elchat/elchat/pkg/hub"
+	"github.com/elchat/elchat/pkg/hub/hubtest"
+)
+
+var (
+	clusterOnce sync.Once
+	clusterSrv  *testenv.RedisCluster
+)
+
+// sharedCluster starts one Redis Cluster for the tests of this binary
+// that do not break it.
+func sharedCluster(t *testing.T) *testenv.RedisCluster {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("starts six servers")
+	}
+	clusterOnce.Do(func() {
+		// Owned by the binary, not by t: killed by Pdeathsig at exit.
+		clusterSrv = testenv.StartRedisClusterShared(t)
+	})
+	if clusterSrv == nil {
+		t.Fatal("no cluster")
+	}
+	return clusterSrv
+}
+
+func clusterNode(t testing.TB, seeds []string, pfx string, ttl time.Duration) *Bus {
+	t.Helper()
+	b, err := New(context.Background(), Options{Cluster: seeds, Prefix: pfx, PresenceTTL: ttl, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Close)
+	return b
+}
+
+func TestClusterBusContract(t *testing.T) {
+	rc := sharedCluster(t)
+	hubtest.RunBus(t, func(t *testing.T, nodes int) []hub.Bus {
+		pfx := prefix(t)
+		out := make([]hub.Bus, nodes)
+		for i := range out {
+			out[i] = clusterNode(t, rc.Seeds(), pfx, 30*time.Second)
+		}
+		return out
+	})
+}
+
+func TestClusterPresenceContract(t *testing.T) {
+	rc := sharedCluster(t)
+	hubtest.RunPresence(t, func(t *testing.T, nodes int) []hub.Presence {
+		pfx := prefix(t)
+		out := make([]hub.Presence, nodes)
+		for i := range out {
+			out[i] = clusterNode(t, rc.Seeds(), pfx, 30*time.Second).Presence()
+		}
+		return out
+	})
+}
+
+// TestClusterConnections: a node holds one classic and one sharded
+// connection per partition, however many topics it subscribes.
+func TestClusterConnections(t *testing.T) {
+	rc := sharedCluster(t)
+	b := clusterNode(t, rc.Seeds(), prefix(t), 30*time.Second)
+	for i := range 200 {
+		confirmed(t, subscribe(t, b, "chat:"+strconv.Itoa(2*i+1)+":"+strconv.Itoa(2*i+2)), 10*time.Second)
+	}
+	if n := len(b.conns); n != 1+defaultPartitions {
+		t.Fatalf("%d pub/sub connections, want %d", n, 1+defaultPartitions)
+	}
+	eventually(t, 10*time.Second, "ready", func() bool { return b.Ready() == nil })
+}
+
+// TestClusterNodeDeath: a dead node's presence is swept per partition on
+// a cluster too, and the leaves are reported.
+func TestClusterNodeDeath(t *testing.T) {
+	rc := sharedCluster(t)
+	const ttl = 2 * time.Second
+	pfx := prefix(t)
+	dead, live := clusterNode(t, rc.Seeds(), pfx, ttl), clusterNode(t, rc.Seeds(), pfx, ttl)
+	rec := run(t, live)
+	ctx := context.Background()
+	var topics []string
+	for i := range 50 {
+		topics = append(topics, "chat:"+strconv.Itoa(2*i+1)+":"+strconv.Itoa(2*i+2))
+	}
+	for _, topic := range topics {
+		confirmed(t, subscribe(t, live, topic), 10*time.Second)
+		must(t, dead.Presence().Track(ctx, topic, strings.Split(topic, ":")[1], hub.Meta{Ref: "g" + topic, Name: "G"}))
+	}
+	must(t, dead.Presence().Track(ctx, "user:9", "9", hub.Meta{Ref: "lobby", Name: "G"}))
+	if n, _ := live.rdb.Get(ctx, pfx+"online:9").Int(); n != 1 {
+		t.Fatalf("online:9 = %d", n)
+	}
+	kill(dead)
+	eventually(t, ttl+ttl/3+10*time.Second, "every leave", func() bool { return rec.count(kindIs(kPresence)) == len(topics) })
+	for _, topic := range topics {
+		if l, _ := live.Presence().List(ctx, topic); len(l) != 0 {
+			t.Fatalf("%s still has %v", topic, l)
+		}
+	}
+	if n, _ := live.rdb.Exists(ctx, pfx+"online:9").Result(); n != 0 {
+		t.Fatal("online:9 left")
+	}
+}
