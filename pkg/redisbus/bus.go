@@ -453,13 +453,32 @@ func (b *Bus) waitCmd() {
 				break drain
 			}
 		}
+		b.refreshSlots()
 		ctx, cancel := context.WithTimeout(b.ctx, time.Second)
-		err := b.rdb.Ping(ctx).Err()
+		err := b.probe(ctx)
 		cancel()
 		if err == nil {
 			b.setCmd(true, nil)
 		}
 	}
+}
+
+// refreshSlots makes a cluster client reload its slot map (in the
+// background): after a primary failed over or slots moved, commands and
+// sharded subscriptions must go to the new owners. A no-op on one server.
+func (b *Bus) refreshSlots() {
+	if cc, ok := b.rdb.(*redis.ClusterClient); ok {
+		cc.ReloadState(b.ctx)
+	}
+}
+
+// probe checks that commands work again: PING, on a cluster to every
+// primary (a PING answered by one says nothing of the others).
+func (b *Bus) probe(ctx context.Context) error {
+	if cc, ok := b.rdb.(*redis.ClusterClient); ok {
+		return cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error { return c.Ping(ctx).Err() })
+	}
+	return b.rdb.Ping(ctx).Err()
 }
 
 // Subscribe records that this node has subscribers for topic. The
@@ -743,6 +762,7 @@ func (b *Bus) canaryLoop() {
 				lastFix[i] = now
 				b.stats.silent.Add(1)
 				c.setSub(false, errSilent)
+				b.refreshSlots()
 				c.resubscribe()
 			}
 			// The PUBLISH must not hold up the check: a stuck command

@@ -221,6 +221,9 @@ func (c *subConn) recvLoop() {
 				}
 			}
 			c.setSub(false, err)
+			if c.sharded {
+				b.refreshSlots() // its primary may have failed over
+			}
 			pingSent = false
 			select {
 			case <-b.ctx.Done():

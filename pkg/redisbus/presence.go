@@ -567,6 +567,7 @@ func (p *presence) loop() {
 		err := p.heartbeat(ctx, true)
 		cancel()
 		if err != nil && p.b.ctx.Err() == nil {
+			p.b.refreshSlots()
 			p.b.setCmd(false, err)
 		}
 	}
