@@ -115,3 +115,48 @@ func TestClusterNodeDeath(t *testing.T) {
 		t.Fatal("online:9 left")
 	}
 }
+
+// TestClusterReshard moves the slot of a subscribed topic's partition to
+// another primary under traffic: Redis drops the sharded subscription,
+// the node subscribes again on the new owner, reports the outage so the
+// hub resyncs, and deliveries and presence carry on.
+func TestClusterReshard(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts six servers")
+	}
+	rc := testenv.StartRedisCluster(t)
+	pfx := prefix(t)
+	a, b := clusterNode(t, rc.Seeds(), pfx, 30*time.Second), clusterNode(t, rc.Seeds(), pfx, 30*time.Second)
+	recA := run(t, a)
+	run(t, b)
+	const topic = "chat:1:2"
+	confirmed(t, subscribe(t, a, topic), 10*time.Second)
+	ctx := context.Background()
+	must(t, b.Presence().Track(ctx, topic, "2", hub.Meta{Ref: "r2", Name: "B"}))
+	sent := publishing(t, b, topic)
+	recA.wait(t, 5*time.Second, "first delivery", kindIs(kDeliver))
+
+	tag := a.keys.tag(topic)
+	slot := int(crc16(tag[1:len(tag)-1]) % slots)
+	var target string
+	for _, p := range rc.Primaries() {
+		if own, _ := p.OwnsSlot(slot); !own {
+			target = p.Addr()
+			break
+		}
+	}
+	moved := time.Now()
+	must(t, rc.MoveSlot(slot, target))
+	recA.wait(t, 10*time.Second, "down after the move", kindIs(kDown))
+	recA.wait(t, 15*time.Second, "up on the new owner", kindIs(kUp))
+	after := sent.Load()
+	recA.wait(t, 10*time.Second, "deliveries from the new owner", func(c call) bool {
+		i, _ := strconv.Atoi(strings.TrimPrefix(c.data, "frame-"))
+		return c.kind == kDeliver && int64(i) > after
+	})
+	t.Logf("slot %d moved to %s: deliveries back %v after the move", slot, target, time.Since(moved).Round(time.Millisecond))
+	l, err := a.Presence().List(ctx, topic)
+	if err != nil || len(l["2"]) != 1 {
+		t.Fatalf("presence after the move: %v %v", l, err)
+	}
+}
