@@ -280,3 +280,41 @@ func finishFailover(t *testing.T, db string, pairs []*pair, stop chan struct{}, 
 	}
 	verify(t, db, pairs)
 }
+
+// TestSilentSubscriberUnderTraffic: one node reaches Redis through a
+// proxy that silently swallows the bytes of every connection open at the
+// cut, as a dead NAT entry would; publishes from the other node go on.
+// The node finds its subscription silent by its canary, reconnects and
+// resyncs, and every acknowledged message reaches its receiver.
+func TestSilentSubscriberUnderTraffic(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts PostgreSQL, Redis and two nodes")
+	}
+	db := testenv.Postgres(t)
+	srv := testenv.StartRedisServer(t)
+	proxy := testenv.StartProxy(t, srv.Addr())
+	common := []string{"--push-rate", "1000", "--push-burst", "1000", "--presence-ttl", "30s"}
+	a := startProc(t, freeAddr(t), db, append([]string{"--redis-url", "redis://" + proxy.Addr() + "/0"}, common...)...)
+	b := startProc(t, freeAddr(t), db, append([]string{"--redis-url", srv.URL()}, common...)...)
+	pairs := crossPairs(t, "si", a, b, 4)
+	stop := make(chan struct{})
+	done := traffic(pairs, stop)
+	waitProgress(t, pairs, 40, wait)
+
+	faultsTried.Add(1)
+	cut := time.Now()
+	proxy.Freeze()
+	if !phxtest.WaitFor(10*time.Second, func() bool { return !ready(a.addr) }) {
+		t.Fatal("the node behind the cut stayed ready")
+	}
+	detected := time.Since(cut)
+	if !phxtest.WaitFor(30*time.Second, func() bool { return ready(a.addr) }) {
+		t.Fatal("the node behind the cut did not recover")
+	}
+	t.Logf("subscription cut silently: node not ready after %v, ready again after %v",
+		detected.Round(time.Millisecond), time.Since(cut).Round(time.Millisecond))
+	if detected > 5*time.Second {
+		t.Errorf("silent subscriber detected after %v, want within 5s", detected)
+	}
+	finishFailover(t, db, pairs, stop, done)
+}
