@@ -160,3 +160,29 @@ func TestClusterReshard(t *testing.T) {
 		t.Fatalf("presence after the move: %v %v", l, err)
 	}
 }
+
+// TestClusterIngressAndControl: on a cluster the ingress and control
+// channels are classic pub/sub, which Redis Cluster carries to every
+// node: plain publishes reach the hub, resync announcements the others.
+func TestClusterIngressAndControl(t *testing.T) {
+	rc := sharedCluster(t)
+	pfx := prefix(t)
+	a, b := clusterNode(t, rc.Seeds(), pfx, 30*time.Second), clusterNode(t, rc.Seeds(), pfx, 30*time.Second)
+	recA, recB := run(t, a), run(t, b)
+	const topic = "user:42"
+	confirmed(t, subscribe(t, b, topic), 10*time.Second)
+	ctx := context.Background()
+	eventually(t, 10*time.Second, "plain ingress", func() bool {
+		must(t, a.rdb.Publish(ctx, pfx+"publish", `{"topic":"user:42","event":"invoice_paid","payload":{"id":7}}`).Err())
+		time.Sleep(20 * time.Millisecond)
+		return recB.count(ingressed(topic, "invoice_paid")) > 0
+	})
+	must(t, a.AnnounceResync(ctx, 42))
+	got := recB.wait(t, 5*time.Second, "resync announcement", kindIs(kResync))
+	if got.watermark != 42 || got.node != a.NodeID() {
+		t.Fatalf("ResyncRequested(%d, %q)", got.watermark, got.node)
+	}
+	if n := recA.count(kindIs(kResync)); n != 0 {
+		t.Fatalf("the announcer heard itself")
+	}
+}
