@@ -74,6 +74,7 @@ func (c *config) flags(fs *flag.FlagSet) {
 	fs.StringVar(&n.RedisURL, "redis-url", d.RedisURL, "Redis URL (redis://...); set on every node of a cluster, with --database-url; empty: single node")
 	fs.StringVar(&n.RedisSentinels, "redis-sentinels", d.RedisSentinels, "comma-separated Sentinel host:port addresses: follow the primary they name --redis-master (password and database from --redis-url)")
 	fs.StringVar(&n.RedisMaster, "redis-master", d.RedisMaster, "name the Sentinels know the primary by (with --redis-sentinels)")
+	fs.StringVar(&n.RedisCluster, "redis-cluster", d.RedisCluster, "comma-separated Redis Cluster seed host:port addresses (Redis 7+): sharded pub/sub; password from --redis-url")
 	fs.StringVar(&n.RedisPrefix, "redis-prefix", d.RedisPrefix, "prefix of every Redis key and channel ElChat uses")
 	fs.DurationVar(&n.RedisLiveness, "redis-liveness", d.RedisLiveness, "a pub/sub connection whose canary has not come back for this long is replaced")
 	fs.DurationVar(&n.PresenceTTL, "presence-ttl", d.PresenceTTL, "how long the presence of a dead node may outlive it")

@@ -40,6 +40,8 @@ func TestServeRefuses(t *testing.T) {
 		{[]string{"--dev", "--secret", "0123456789abcdef0123", "--data-dir", dir}, node.ErrDevWithSecret},
 		{[]string{"--secret", "0123456789abcdef0123", "--data-dir", dir, "--redis-sentinels", "127.0.0.1:1"}, node.ErrSentinelWithoutMaster},
 		{[]string{"--secret", "0123456789abcdef0123", "--data-dir", dir, "--redis-master", "m"}, node.ErrMasterWithoutSentinel},
+		{[]string{"--secret", "0123456789abcdef0123", "--data-dir", dir, "--redis-sentinels", "127.0.0.1:1", "--redis-master", "m", "--redis-cluster", "127.0.0.1:2"}, node.ErrSentinelAndCluster},
+		{[]string{"--secret", "0123456789abcdef0123", "--data-dir", dir, "--redis-cluster", "127.0.0.1:2"}, node.ErrRedisWithoutDatabase},
 		{[]string{"--secret", "0123456789abcdef0123", "--data-dir", dir, "--redis-sentinels", "127.0.0.1:1", "--redis-master", "m"}, node.ErrRedisWithoutDatabase},
 	} {
 		var stderr bytes.Buffer

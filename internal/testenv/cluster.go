@@ -5,6 +5,7 @@ package testenv
 import (
 	"fmt"
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -120,4 +121,109 @@ func (c *RedisCluster) WaitOK(limit time.Duration) error {
 		}
 		return nil
 	})
+}
+
+// StartRedisClusterShared starts a cluster that outlives t: it is torn
+// down by Shutdown (testenv.Main), for tests of one binary that share it.
+func StartRedisClusterShared(t testing.TB) *RedisCluster {
+	t.Helper()
+	c, err := newRedisCluster()
+	if err != nil {
+		skipOrFail(t, err)
+		return nil
+	}
+	atShutdown(func() {
+		for _, s := range c.Servers {
+			s.destroy()
+		}
+	})
+	return c
+}
+
+// MoveSlot moves slot, with its keys, from the primary that owns it to
+// the primary at addr, the way redis-cli --cluster reshard does: the
+// target imports, the source migrates its keys, then every primary is
+// told the new owner.
+func (c *RedisCluster) MoveSlot(slot int, addr string) error {
+	prims := c.Primaries()
+	id := func(s *RedisServer) (string, error) {
+		r, err := s.Do("CLUSTER", "MYID")
+		return fmt.Sprint(r), err
+	}
+	var src, dst *RedisServer
+	for _, s := range prims {
+		if s.Addr() == addr {
+			dst = s
+		}
+		own, err := s.OwnsSlot(slot)
+		if err == nil && own {
+			src = s
+		}
+	}
+	if src == nil || dst == nil {
+		return fmt.Errorf("source or target of slot %d not found", slot)
+	}
+	if src == dst {
+		return nil
+	}
+	srcID, err := id(src)
+	if err != nil {
+		return err
+	}
+	dstID, err := id(dst)
+	if err != nil {
+		return err
+	}
+	s := fmt.Sprint(slot)
+	if _, err := dst.Do("CLUSTER", "SETSLOT", s, "IMPORTING", srcID); err != nil {
+		return err
+	}
+	if _, err := src.Do("CLUSTER", "SETSLOT", s, "MIGRATING", dstID); err != nil {
+		return err
+	}
+	for range 1000 {
+		r, err := src.Do("CLUSTER", "GETKEYSINSLOT", s, "100")
+		if err != nil {
+			return err
+		}
+		keys, _ := r.([]any)
+		if len(keys) == 0 {
+			break
+		}
+		args := []string{"MIGRATE", "127.0.0.1", fmt.Sprint(dst.port), "", "0", "5000", "KEYS"}
+		for _, k := range keys {
+			args = append(args, fmt.Sprint(k))
+		}
+		if _, err := src.Do(args...); err != nil {
+			return err
+		}
+	}
+	for _, p := range prims {
+		if _, err := p.Do("CLUSTER", "SETSLOT", s, "NODE", dstID); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// OwnsSlot reports whether s serves slot according to its CLUSTER SLOTS.
+func (s *RedisServer) OwnsSlot(slot int) (bool, error) {
+	r, err := s.Do("CLUSTER", "SLOTS")
+	if err != nil {
+		return false, err
+	}
+	ranges, _ := r.([]any)
+	for _, rg := range ranges {
+		l, _ := rg.([]any)
+		if len(l) < 3 {
+			continue
+		}
+		lo, _ := strconv.Atoi(fmt.Sprint(l[0]))
+		hi, _ := strconv.Atoi(fmt.Sprint(l[1]))
+		node, _ := l[2].([]any)
+		if slot >= lo && slot <= hi && len(node) >= 2 && fmt.Sprint(node[1]) == fmt.Sprint(s.port) {
+			return true, nil
+		}
+	}
+	return false, nil
 }

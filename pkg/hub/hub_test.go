@@ -560,6 +560,23 @@ func TestResyncRequested(t *testing.T) {
 	}
 }
 
+// TestResyncTopics: only the named topics that have local subscribers get
+// a phx_error, so their clients rejoin and get a fresh presence_state.
+func TestResyncTopics(t *testing.T) {
+	e := newEnv(t)
+	a := e.connect("1")
+	a.join("chat:1:2", nil)
+	a.join("chat:1:3", nil)
+	a.rec.take()
+	if n := e.hub.ResyncTopics(t.Context(), []string{"chat:1:2", "chat:7:8"}, 0); n != 1 {
+		t.Fatalf("resynced %d topics, want 1", n)
+	}
+	errs := events(a.rec.take(), "phx_error")
+	if len(errs) != 1 {
+		t.Fatalf("phx_error frames: %+v", errs)
+	}
+}
+
 // TestClientIDPerChat: a client_id reused in another chat is a new message
 // there, never the first chat's message delivered to the wrong user; reused
 // in the same chat for another body it is refused.

@@ -55,8 +55,13 @@ type Config struct {
 	// like RedisURL.
 	RedisSentinels string
 	RedisMaster    string
-	RedisPrefix    string        // prefix of every Redis key and channel
-	PresenceTTL    time.Duration // how long a dead node's presence may outlive it
+	// RedisCluster is a comma-separated list of Redis Cluster seed
+	// host:port addresses (Redis 7 or later): fanout over sharded pub/sub,
+	// presence keys hash-tagged per partition. Exclusive with
+	// RedisSentinels. Joins a cluster like RedisURL.
+	RedisCluster string
+	RedisPrefix  string        // prefix of every Redis key and channel
+	PresenceTTL  time.Duration // how long a dead node's presence may outlive it
 	// RedisLiveness bounds how long the pub/sub connection may stay
 	// silent: the node's canary to itself must come back within it.
 	RedisLiveness time.Duration
@@ -196,7 +201,7 @@ var (
 	// ErrRedisWithoutDatabase: in a cluster each node with its own
 	// embedded SQLite file numbers messages on its own, so ids collide
 	// across nodes and clients skip or repeat messages.
-	ErrRedisWithoutDatabase = errors.New("--redis-url (or --redis-sentinels) needs --database-url: with the embedded SQLite store every node keeps its own message ids, which collide across the cluster; point every node at the same PostgreSQL")
+	ErrRedisWithoutDatabase = errors.New("--redis-url (or --redis-sentinels, --redis-cluster) needs --database-url: with the embedded SQLite store every node keeps its own message ids, which collide across the cluster; point every node at the same PostgreSQL")
 	// ErrDevWithSecret: the demo token endpoint signs tokens for demo
 	// users 1–5 with the node's secret; with a real secret that would let
 	// anybody act as the host app's users 1–5.
@@ -204,10 +209,11 @@ var (
 	ErrNoSecret      = errors.New("set ELCHAT_SECRET (or --secret) to the HS256 secret shared with the host app, or pass --dev")
 	ErrShortSecret   = errors.New("ELCHAT_SECRET must be at least 16 bytes")
 	// ErrCableWithoutRedis: Action Cable broadcasts arrive through Redis.
-	ErrCableWithoutRedis = errors.New("--actioncable-prefix needs --redis-url or --redis-sentinels")
+	ErrCableWithoutRedis = errors.New("--actioncable-prefix needs --redis-url, --redis-sentinels or --redis-cluster")
 	// ErrSentinelWithoutMaster: Sentinels watch several primaries by name.
 	ErrSentinelWithoutMaster = errors.New("--redis-sentinels needs --redis-master, the name the Sentinels know the primary by")
 	ErrMasterWithoutSentinel = errors.New("--redis-master needs --redis-sentinels")
+	ErrSentinelAndCluster    = errors.New("--redis-sentinels and --redis-cluster are exclusive: Redis Cluster fails over by itself")
 	ErrDatabaseURL           = errors.New("ELCHAT_DATABASE_URL must be a postgres:// URL")
 	// ErrWebhookSecretWithoutURL: a secret alone suggests the URL was
 	// meant to be set too, and nothing would ever be sent.
@@ -274,12 +280,19 @@ func (c Config) withDefaults() Config {
 }
 
 // clustered reports whether the node joins a cluster through Redis.
-func (c *Config) clustered() bool { return c.RedisURL != "" || c.RedisSentinels != "" }
+func (c *Config) clustered() bool {
+	return c.RedisURL != "" || c.RedisSentinels != "" || c.RedisCluster != ""
+}
 
 // sentinels splits RedisSentinels.
-func (c *Config) sentinels() []string {
+func (c *Config) sentinels() []string { return splitAddrs(c.RedisSentinels) }
+
+// clusterSeeds splits RedisCluster.
+func (c *Config) clusterSeeds() []string { return splitAddrs(c.RedisCluster) }
+
+func splitAddrs(list string) []string {
 	var out []string
-	for _, a := range strings.Split(c.RedisSentinels, ",") {
+	for _, a := range strings.Split(list, ",") {
 		if a = strings.TrimSpace(a); a != "" {
 			out = append(out, a)
 		}
@@ -307,6 +320,8 @@ func (c *Config) validate() ([]byte, error) {
 		return nil, ErrDatabaseURL
 	}
 	switch {
+	case c.RedisSentinels != "" && c.RedisCluster != "":
+		return nil, ErrSentinelAndCluster
 	case c.RedisSentinels != "" && c.RedisMaster == "":
 		return nil, ErrSentinelWithoutMaster
 	case c.RedisMaster != "" && c.RedisSentinels == "":
@@ -315,6 +330,11 @@ func (c *Config) validate() ([]byte, error) {
 	for _, a := range c.sentinels() {
 		if _, _, err := net.SplitHostPort(a); err != nil {
 			return nil, fmt.Errorf("--redis-sentinels: %q is not host:port", a)
+		}
+	}
+	for _, a := range c.clusterSeeds() {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			return nil, fmt.Errorf("--redis-cluster: %q is not host:port", a)
 		}
 	}
 	if c.clustered() && c.DatabaseURL == "" {

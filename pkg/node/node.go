@@ -133,13 +133,10 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 		hcfg.Grants = verifier
 	}
 	if cfg.clustered() {
-		url := cfg.RedisURL
-		if url == "" {
-			url = "redis://" // Sentinels: no password, database 0
-		}
 		opts := redisbus.Options{
-			URL: url, Sentinels: cfg.sentinels(), MasterName: cfg.RedisMaster,
-			Prefix: cfg.RedisPrefix, NodeID: cfg.NodeID,
+			URL: cfg.RedisURL, Sentinels: cfg.sentinels(), MasterName: cfg.RedisMaster,
+			Cluster: cfg.clusterSeeds(),
+			Prefix:  cfg.RedisPrefix, NodeID: cfg.NodeID,
 			PresenceTTL: cfg.PresenceTTL, Liveness: cfg.RedisLiveness,
 			Logger: log, OnPublish: m.BusPublished,
 		}

@@ -68,7 +68,7 @@ type countingHandler struct {
 
 func (h *countingHandler) Deliver(string, []byte) { h.n.Add(1) }
 
-func netInput(t testing.TB, rdb *redis.Client) int64 {
+func netInput(t testing.TB, rdb redis.UniversalClient) int64 {
 	info, err := rdb.Info(context.Background(), "stats").Result()
 	if err != nil {
 		t.Fatal(err)

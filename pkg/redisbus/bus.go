@@ -7,7 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
+	"math"
 	"strconv"
 	"strings"
 	"sync"
@@ -31,6 +31,12 @@ type Options struct {
 	// whichever server they promote.
 	Sentinels  []string
 	MasterName string
+	// Cluster, when set, are seed host:port addresses of a Redis Cluster
+	// (7 or later): fanout goes over sharded pub/sub, topics spread over
+	// Partitions (default 16) hash tags, and every key of a topic sits in
+	// its partition's slot. Exclusive with Sentinels.
+	Cluster    []string
+	Partitions int
 	// Prefix is put in front of every key and channel (default "elchat:").
 	Prefix string
 	// NodeID names this node in the cluster (default: 8 random
@@ -88,17 +94,21 @@ type Bus struct {
 	// Immutable after New.
 	opts       Options
 	log        *slog.Logger
-	rdb        *redis.Client // commands; safe for concurrent use
-	chanPrefix string        // prefix + "t:"
-	pubChan    string        // prefix + "publish"
-	ctlChan    string        // prefix + "control"
-	canaryChan string        // prefix + "canary:" + NodeID
-	hdrFrame   []byte        // kindFrame, len(NodeID), NodeID
-	hdrPres    []byte        // kindPresence, len(NodeID), NodeID
-	pingEvery  time.Duration
-	ctx        context.Context // done when the Bus closes
-	cancel     context.CancelFunc
-	wg         sync.WaitGroup
+	rdb        redis.UniversalClient // commands; safe for concurrent use
+	keys       keyspace
+	chanPrefix string // prefix + "t:"
+	pubChan    string // prefix + "publish"
+	ctlChan    string // prefix + "control"
+	// conns are the pub/sub connections: conns[0] carries the ingress and
+	// control channels and the Action Cable patterns (and, on one server,
+	// every topic); on a cluster conns[1+k] carries partition k's topics.
+	conns     []*subConn
+	hdrFrame  []byte // kindFrame, len(NodeID), NodeID
+	hdrPres   []byte // kindPresence, len(NodeID), NodeID
+	pingEvery time.Duration
+	ctx       context.Context // done when the Bus closes
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
 
 	pubq chan pubItem // bounded queue drained by pubLoop
 
@@ -109,15 +119,6 @@ type Bus struct {
 	// publisher, so the node's last presence leaves still go out.
 	direct atomic.Bool
 
-	// psMu guards ps, the node's one pub/sub connection (see subLoop and
-	// recvLoop; the liveness check replaces it when it falls silent), and
-	// what has been subscribed on it. subLoop holds psMu while it sends,
-	// so a replacement subscribes exactly what was applied.
-	psMu        sync.Mutex
-	ps          *redis.PubSub       // guarded by psMu
-	applied     map[string]struct{} // guarded by psMu: topics SUBSCRIBEd
-	appliedPats map[string]struct{} // guarded by psMu: patterns PSUBSCRIBEd
-
 	mu        sync.Mutex
 	topics    map[string]struct{}    // guarded by mu: topics the hub wants
 	dirty     map[string]struct{}    // guarded by mu: topics whose subscription subLoop must reconcile
@@ -125,29 +126,17 @@ type Bus struct {
 	dirtyPats map[string]struct{}    // guarded by mu: patterns subLoop must reconcile
 	closed    bool                   // guarded by mu
 	subKick   chan struct{}          // cap 1: wakes subLoop
-	// Subscription confirmation. waiting: topics whose Subscribe subLoop
-	// has not handled yet → the channel the hub waits on. barriers: PINGs
-	// sent on the pub/sub connection after SUBSCRIBEs → the channels to
-	// close when the PONG comes back, which proves Redis processed every
-	// command sent before it. Both guarded by mu.
-	waiting  map[string]chan struct{}
-	barriers map[uint64][]chan struct{}
-	barrier  uint64 // guarded by mu; sequence of the last barrier PING
+	// Subscription confirmation: topics whose Subscribe subLoop has not
+	// handled yet → the channel the hub waits on (guarded by mu); each
+	// subConn confirms them with its barrier PINGs.
+	waiting map[string]chan struct{}
 
-	// Health. subOK: the pub/sub connection works; cmdOK: commands work.
-	// Ready needs both. healthMu serialises transitions so that each is
-	// logged once.
-	subOK    atomic.Bool
+	// Health. Every subConn's subOK: its connection works; cmdOK: commands
+	// work. Ready needs all. healthMu serialises transitions so that each
+	// is logged once.
 	cmdOK    atomic.Bool
-	lastRecv atomic.Int64 // unix nanos of the last reply on the pub/sub connection
-	// lastAlive is the unix nanos at which the last canary that came back
-	// was sent: every message Redis handled before then has reached this
-	// node. What was lost in an outage was published after it.
-	lastAlive atomic.Int64
-	// lastCanary is the unix nanos at which the last canary came back.
-	lastCanary atomic.Int64
-	healthMu   sync.Mutex
-	healthy    bool // guarded by healthMu: last logged state
+	healthMu sync.Mutex
+	healthy  bool // guarded by healthMu: last logged state
 
 	stats struct {
 		published, dropped, failed, received, delivered, refused, forged, silent atomic.Uint64
@@ -197,6 +186,12 @@ func New(ctx context.Context, opts Options) (*Bus, error) {
 	if opts.Liveness <= 0 {
 		opts.Liveness = 3 * time.Second
 	}
+	if opts.Partitions <= 0 {
+		opts.Partitions = defaultPartitions
+	}
+	if len(opts.Cluster) > 0 && len(opts.Sentinels) > 0 {
+		return nil, errors.New("redisbus: Cluster and Sentinels are exclusive")
+	}
 	setClientLogger(opts.Logger)
 	rdb, err := newClient(opts)
 	if err != nil {
@@ -208,34 +203,39 @@ func New(ctx context.Context, opts Options) (*Bus, error) {
 	}
 
 	b := &Bus{
-		opts:        opts,
-		log:         opts.Logger.With("component", "redisbus", "node", opts.NodeID),
-		rdb:         rdb,
-		chanPrefix:  opts.Prefix + "t:",
-		pubChan:     opts.Prefix + "publish",
-		ctlChan:     opts.Prefix + "control",
-		canaryChan:  opts.Prefix + "canary:" + opts.NodeID,
-		applied:     make(map[string]struct{}),
-		appliedPats: make(map[string]struct{}),
-		hdrFrame:    header(kindFrame, opts.NodeID),
-		hdrPres:     header(kindPresence, opts.NodeID),
-		pingEvery:   min(max(opts.PresenceTTL/3, 100*time.Millisecond), 5*time.Second),
-		pubq:        make(chan pubItem, opts.PublishQueue),
-		topics:      make(map[string]struct{}),
-		dirty:       make(map[string]struct{}),
-		patterns:    make(map[string]*acListener),
-		dirtyPats:   make(map[string]struct{}),
-		subKick:     make(chan struct{}, 1),
-		waiting:     make(map[string]chan struct{}),
-		barriers:    make(map[uint64][]chan struct{}),
-		healthy:     true,
+		opts:       opts,
+		log:        opts.Logger.With("component", "redisbus", "node", opts.NodeID),
+		rdb:        rdb,
+		keys:       newKeyspace(opts.Prefix, len(opts.Cluster) > 0, opts.Partitions),
+		chanPrefix: opts.Prefix + "t:",
+		pubChan:    opts.Prefix + "publish",
+		ctlChan:    opts.Prefix + "control",
+		hdrFrame:   header(kindFrame, opts.NodeID),
+		hdrPres:    header(kindPresence, opts.NodeID),
+		pingEvery:  min(max(opts.PresenceTTL/3, 100*time.Millisecond), 5*time.Second),
+		pubq:       make(chan pubItem, opts.PublishQueue),
+		topics:     make(map[string]struct{}),
+		dirty:      make(map[string]struct{}),
+		patterns:   make(map[string]*acListener),
+		dirtyPats:  make(map[string]struct{}),
+		subKick:    make(chan struct{}, 1),
+		waiting:    make(map[string]chan struct{}),
+		healthy:    true,
 	}
 	b.ctx, b.cancel = context.WithCancel(context.Background())
-	b.subOK.Store(true)
 	b.cmdOK.Store(true)
-	b.lastRecv.Store(time.Now().UnixNano())
-	b.lastAlive.Store(time.Now().UnixNano())
-	b.lastCanary.Store(time.Now().UnixNano())
+	// The plain publish channel is always subscribed: it is an ingress,
+	// and it gives the connection a subscription whose confirmation
+	// proves the connection live even when the hub has no topics. Each
+	// sharded connection has its canary for that.
+	c0canary := b.keys.prefix + "canary:" + opts.NodeID
+	b.conns = append(b.conns, newSubConn(b, false, 0, []string{b.pubChan, b.ctlChan, c0canary}, c0canary))
+	if b.keys.cluster {
+		for k := range b.keys.partitions() {
+			can := b.keys.canary(opts.NodeID, k)
+			b.conns = append(b.conns, newSubConn(b, true, k, []string{can}, can))
+		}
+	}
 	b.pres = newPresence(b)
 	b.refusedLog = logx.NewRepeated(b.log, slog.LevelWarn, "ingress message refused; dropped", logEvery)
 	b.forgedLog = logx.NewRepeated(b.log, slog.LevelWarn, "malformed node-to-node message; dropped", logEvery)
@@ -243,15 +243,21 @@ func New(ctx context.Context, opts Options) (*Bus, error) {
 	// The plain publish channel is always subscribed: it is an ingress,
 	// and it gives the connection a subscription whose confirmation
 	// proves the connection live even when the hub has no topics.
-	b.ps = rdb.Subscribe(ctx, b.baseChannels()...)
+	for _, c := range b.conns {
+		c.ps = c.open(ctx)
+	}
 	if err := b.pres.heartbeat(ctx, false); err != nil {
-		b.ps.Close()
+		for _, c := range b.conns {
+			c.ps.Close()
+		}
 		rdb.Close()
 		return nil, fmt.Errorf("redisbus: %w", err)
 	}
-	b.wg.Add(6)
+	b.wg.Add(5 + len(b.conns))
 	go b.pres.sweeper()
-	go b.recvLoop()
+	for _, c := range b.conns {
+		go c.recvLoop()
+	}
 	go b.subLoop()
 	go b.pubLoop()
 	go b.pres.loop()
@@ -262,7 +268,10 @@ func New(ctx context.Context, opts Options) (*Bus, error) {
 
 // newClient builds the command client: one server from opts.URL, or the
 // primary the Sentinels name.
-func newClient(opts Options) (*redis.Client, error) {
+func newClient(opts Options) (redis.UniversalClient, error) {
+	if opts.URL == "" && (len(opts.Cluster) > 0 || len(opts.Sentinels) > 0) {
+		opts.URL = "redis://" // no password, database 0
+	}
 	ro, err := redis.ParseURL(opts.URL)
 	if err != nil {
 		return nil, err
@@ -279,6 +288,22 @@ func newClient(opts Options) (*redis.Client, error) {
 	ro.ContextTimeoutEnabled = true
 	if ro.DialTimeout == 0 || ro.DialTimeout > 2*time.Second {
 		ro.DialTimeout = 2 * time.Second
+	}
+	if len(opts.Cluster) > 0 {
+		// MaxRedirects follows MOVED and ASK while slots move
+		// (resharding, a primary failing over); a redirected PUBLISH is
+		// not a retry, Redis refused it.
+		return redis.NewClusterClient(&redis.ClusterOptions{
+			Addrs:                 opts.Cluster,
+			Username:              ro.Username,
+			Password:              ro.Password,
+			Protocol:              ro.Protocol,
+			MaxRetries:            ro.MaxRetries,
+			MaxRedirects:          8,
+			DialTimeout:           ro.DialTimeout,
+			ContextTimeoutEnabled: ro.ContextTimeoutEnabled,
+			TLSConfig:             ro.TLSConfig,
+		}), nil
 	}
 	if len(opts.Sentinels) == 0 {
 		return redis.NewClient(ro), nil
@@ -311,14 +336,6 @@ func setClientLogger(l *slog.Logger) {
 	})
 }
 
-// baseChannels are subscribed on every pub/sub connection, whatever the
-// hub wants: the plain ingress (whose confirmation also proves a
-// connection live when the hub has no topics), the control channel and
-// the node's canary.
-func (b *Bus) baseChannels() []string {
-	return []string{b.pubChan, b.ctlChan, b.canaryChan}
-}
-
 func header(kind byte, id string) []byte {
 	return append([]byte{kind, byte(len(id))}, id...)
 }
@@ -341,7 +358,10 @@ func (b *Bus) Publish(topic string, frame []byte) error {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
 		msg := append(append([]byte(nil), b.hdrFrame...), frame...)
-		return b.rdb.Publish(ctx, b.chanPrefix+topic, msg).Err()
+		if b.keys.cluster {
+			return b.rdb.SPublish(ctx, b.keys.topicChan(topic), msg).Err()
+		}
+		return b.rdb.Publish(ctx, b.keys.topicChan(topic), msg).Err()
 	}
 	if !b.cmdOK.Load() {
 		b.stats.dropped.Add(1)
@@ -350,7 +370,7 @@ func (b *Bus) Publish(topic string, frame []byte) error {
 	msg := make([]byte, 0, len(b.hdrFrame)+len(frame))
 	msg = append(append(msg, b.hdrFrame...), frame...)
 	select {
-	case b.pubq <- pubItem{b.chanPrefix + topic, msg, time.Now()}:
+	case b.pubq <- pubItem{b.keys.topicChan(topic), msg, time.Now()}:
 		return nil
 	default:
 		b.stats.dropped.Add(1)
@@ -387,7 +407,11 @@ func (b *Bus) pubLoop() {
 		ctx, cancel := context.WithTimeout(b.ctx, 2*time.Second)
 		pipe := b.rdb.Pipeline()
 		for _, it := range batch {
-			pipe.Publish(ctx, it.channel, it.msg)
+			if b.keys.cluster {
+				pipe.SPublish(ctx, it.channel, it.msg)
+			} else {
+				pipe.Publish(ctx, it.channel, it.msg)
+			}
 		}
 		_, err := pipe.Exec(ctx)
 		cancel()
@@ -429,13 +453,32 @@ func (b *Bus) waitCmd() {
 				break drain
 			}
 		}
+		b.refreshSlots()
 		ctx, cancel := context.WithTimeout(b.ctx, time.Second)
-		err := b.rdb.Ping(ctx).Err()
+		err := b.probe(ctx)
 		cancel()
 		if err == nil {
 			b.setCmd(true, nil)
 		}
 	}
+}
+
+// refreshSlots makes a cluster client reload its slot map (in the
+// background): after a primary failed over or slots moved, commands and
+// sharded subscriptions must go to the new owners. A no-op on one server.
+func (b *Bus) refreshSlots() {
+	if cc, ok := b.rdb.(*redis.ClusterClient); ok {
+		cc.ReloadState(b.ctx)
+	}
+}
+
+// probe checks that commands work again: PING, on a cluster to every
+// primary (a PING answered by one says nothing of the others).
+func (b *Bus) probe(ctx context.Context) error {
+	if cc, ok := b.rdb.(*redis.ClusterClient); ok {
+		return cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error { return c.Ping(ctx).Err() })
+	}
+	return b.rdb.Ping(ctx).Err()
 }
 
 // Subscribe records that this node has subscribers for topic. The
@@ -455,7 +498,7 @@ func (b *Bus) Subscribe(topic string) (<-chan struct{}, error) {
 	live := b.waiting[topic]
 	if live == nil {
 		live = make(chan struct{})
-		if b.subOK.Load() {
+		if b.connOf(topic).subOK.Load() {
 			b.waiting[topic] = live
 		} else {
 			close(live)
@@ -524,173 +567,116 @@ func (b *Bus) subLoop() {
 	}
 }
 
+// connOf returns the connection that carries topic.
+func (b *Bus) connOf(topic string) *subConn {
+	if !b.keys.cluster {
+		return b.conns[0]
+	}
+	return b.conns[1+b.keys.partition(topic)]
+}
+
 // subRound is one round of subLoop.
 func (b *Bus) subRound() {
-	b.psMu.Lock()
-	defer b.psMu.Unlock()
-	ps, applied, appliedPats := b.ps, b.applied, b.appliedPats
-	{
-		b.mu.Lock()
-		dirty, dirtyPats := b.dirty, b.dirtyPats
-		b.dirty, b.dirtyPats = make(map[string]struct{}), make(map[string]struct{})
-		var sub, unsub, psub, punsub []string
-		var confirm []chan struct{}
-		for t := range dirty {
-			_, want := b.topics[t]
-			_, have := applied[t]
-			if live := b.waiting[t]; live != nil {
-				delete(b.waiting, t)
-				if want {
-					// Whether this round sends the SUBSCRIBE or an earlier
-					// one did, the barrier PING sent after this round
-					// proves it.
-					confirm = append(confirm, live)
-				} else {
-					close(live) // unsubscribed already: nobody waits for it
-				}
-			}
-			switch {
-			case want && !have:
-				sub = append(sub, b.chanPrefix+t)
-				applied[t] = struct{}{}
-			case !want && have:
-				unsub = append(unsub, b.chanPrefix+t)
-				delete(applied, t)
-			case want && have:
-				// Unsubscribed and subscribed again before we ran: the
-				// subscription never lapsed, but the mirror was dropped.
-				b.pres.load(t)
-			}
-		}
-		for p := range dirtyPats {
-			_, want := b.patterns[p]
-			_, have := appliedPats[p]
-			switch {
-			case want && !have:
-				psub = append(psub, p)
-				appliedPats[p] = struct{}{}
-			case !want && have:
-				punsub = append(punsub, p)
-				delete(appliedPats, p)
-			}
-		}
-		b.mu.Unlock()
-		ctx := b.ctx
-		for len(sub) > 0 {
-			n := min(len(sub), maxSubBatch)
-			b.logSub("subscribe", ps.Subscribe(ctx, sub[:n]...))
-			sub = sub[n:]
-		}
-		for len(unsub) > 0 {
-			n := min(len(unsub), maxSubBatch)
-			b.logSub("unsubscribe", ps.Unsubscribe(ctx, unsub[:n]...))
-			unsub = unsub[n:]
-		}
-		if len(psub) > 0 {
-			b.logSub("psubscribe", ps.PSubscribe(ctx, psub...))
-		}
-		if len(punsub) > 0 {
-			b.logSub("punsubscribe", ps.PUnsubscribe(ctx, punsub...))
-		}
-		if len(confirm) > 0 {
-			b.sendBarrier(ps, confirm)
-		}
+	type work struct {
+		sub, unsub, psub, punsub []string
+		confirm                  []chan struct{}
 	}
-}
-
-// resubscribe replaces the pub/sub connection with a new one subscribed
-// to everything the old one was: the liveness check calls it when the old
-// one fell silent without an error (a dead peer behind a NAT or a proxy, a
-// stuck server), which go-redis cannot notice by itself. The old one is
-// closed, which also ends a receive blocked on it.
-func (b *Bus) resubscribe() {
-	b.psMu.Lock()
-	if b.ctx.Err() != nil { // closing: stop closes b.ps
-		b.psMu.Unlock()
-		return
+	for _, c := range b.conns {
+		c.mu.Lock()
 	}
-	old := b.ps
-	chans := b.baseChannels()
-	for t := range b.applied {
-		chans = append(chans, b.chanPrefix+t)
+	defer func() {
+		for _, c := range b.conns {
+			c.mu.Unlock()
+		}
+	}()
+	todo := make(map[*subConn]*work)
+	get := func(c *subConn) *work {
+		w := todo[c]
+		if w == nil {
+			w = &work{}
+			todo[c] = w
+		}
+		return w
 	}
-	pats := make([]string, 0, len(b.appliedPats))
-	for p := range b.appliedPats {
-		pats = append(pats, p)
-	}
-	// go-redis records the channels even when the commands fail (the
-	// server is unreachable) and sends them again on its reconnect.
-	ps := b.rdb.Subscribe(b.ctx)
-	for len(chans) > 0 {
-		n := min(len(chans), maxSubBatch)
-		b.logSub("subscribe", ps.Subscribe(b.ctx, chans[:n]...))
-		chans = chans[n:]
-	}
-	if len(pats) > 0 {
-		b.logSub("psubscribe", ps.PSubscribe(b.ctx, pats...))
-	}
-	b.ps = ps
-	b.psMu.Unlock()
-	old.Close()
-}
-
-// pubsub returns the current pub/sub connection.
-func (b *Bus) pubsub() *redis.PubSub {
-	b.psMu.Lock()
-	defer b.psMu.Unlock()
-	return b.ps
-}
-
-// barrierPrefix marks the PINGs whose PONG confirms subscriptions.
-const barrierPrefix = "elchat-barrier:"
-
-// sendBarrier PINGs the pub/sub connection; the PONG closes confirm. If
-// the PING fails, the connection is broken and setSub(false) releases
-// every barrier.
-func (b *Bus) sendBarrier(ps *redis.PubSub, confirm []chan struct{}) {
 	b.mu.Lock()
-	if !b.subOK.Load() {
-		b.mu.Unlock()
-		for _, ch := range confirm {
-			close(ch)
-		}
-		return
-	}
-	b.barrier++
-	seq := b.barrier
-	b.barriers[seq] = confirm
-	b.mu.Unlock()
-	b.logSub("ping", ps.Ping(b.ctx, barrierPrefix+strconv.FormatUint(seq, 10)))
-}
-
-// confirmed closes the channels of every barrier up to seq: replies on the
-// connection come in order, so the earlier ones are done too.
-func (b *Bus) confirmed(seq uint64) {
-	b.mu.Lock()
-	for s, chans := range b.barriers {
-		if s <= seq {
-			for _, ch := range chans {
-				close(ch)
+	dirty, dirtyPats := b.dirty, b.dirtyPats
+	b.dirty, b.dirtyPats = make(map[string]struct{}), make(map[string]struct{})
+	for t := range dirty {
+		c := b.connOf(t)
+		_, want := b.topics[t]
+		_, have := c.applied[t]
+		if live := b.waiting[t]; live != nil {
+			delete(b.waiting, t)
+			if want {
+				// Whether this round sends the SUBSCRIBE or an earlier
+				// one did, the barrier PING sent after this round proves
+				// it.
+				get(c).confirm = append(get(c).confirm, live)
+			} else {
+				close(live) // unsubscribed already: nobody waits for it
 			}
-			delete(b.barriers, s)
+		}
+		switch {
+		case want && !have:
+			get(c).sub = append(get(c).sub, b.keys.topicChan(t))
+			c.applied[t] = struct{}{}
+		case !want && have:
+			get(c).unsub = append(get(c).unsub, b.keys.topicChan(t))
+			delete(c.applied, t)
+		case want && have:
+			// Unsubscribed and subscribed again before we ran: the
+			// subscription never lapsed, but the mirror was dropped.
+			b.pres.load(t)
+		}
+	}
+	c0 := b.conns[0]
+	for p := range dirtyPats {
+		_, want := b.patterns[p]
+		_, have := c0.appliedPats[p]
+		switch {
+		case want && !have:
+			get(c0).psub = append(get(c0).psub, p)
+			c0.appliedPats[p] = struct{}{}
+		case !want && have:
+			get(c0).punsub = append(get(c0).punsub, p)
+			delete(c0.appliedPats, p)
 		}
 	}
 	b.mu.Unlock()
+	ctx := b.ctx
+	for c, w := range todo {
+		ps := c.ps
+		for len(w.sub) > 0 {
+			n := min(len(w.sub), maxSubBatch)
+			b.logSub("subscribe", c.subscribe(ctx, ps, w.sub[:n]...))
+			w.sub = w.sub[n:]
+		}
+		for len(w.unsub) > 0 {
+			n := min(len(w.unsub), maxSubBatch)
+			b.logSub("unsubscribe", c.unsubscribe(ctx, ps, w.unsub[:n]...))
+			w.unsub = w.unsub[n:]
+		}
+		if len(w.psub) > 0 {
+			b.logSub("psubscribe", ps.PSubscribe(ctx, w.psub...))
+		}
+		if len(w.punsub) > 0 {
+			b.logSub("punsubscribe", ps.PUnsubscribe(ctx, w.punsub...))
+		}
+		if len(w.confirm) > 0 {
+			c.sendBarrier(ps, w.confirm)
+		}
+	}
 }
 
-// releaseWaiters closes every pending confirmation: the connection is
-// down, and the hub resyncs once it is back.
-func (b *Bus) releaseWaiters() {
+// releaseWaiters closes the pending confirmations of c's topics: the
+// connection is down, and the hub resyncs once it is back.
+func (b *Bus) releaseWaiters(c *subConn) {
 	b.mu.Lock()
-	for s, chans := range b.barriers {
-		for _, ch := range chans {
-			close(ch)
-		}
-		delete(b.barriers, s)
-	}
 	for t, ch := range b.waiting {
-		close(ch)
-		delete(b.waiting, t)
+		if b.connOf(t) == c {
+			close(ch)
+			delete(b.waiting, t)
+		}
 	}
 	b.mu.Unlock()
 }
@@ -698,67 +684,6 @@ func (b *Bus) releaseWaiters() {
 func (b *Bus) logSub(op string, err error) {
 	if err != nil && b.ctx.Err() == nil {
 		b.log.Debug("pubsub "+op+" failed; go-redis resubscribes on reconnect", "err", err)
-	}
-}
-
-// recvLoop reads the pub/sub connection. go-redis reconnects it inside
-// Receive after an error and resubscribes every channel and pattern it
-// has recorded; each resubscription is confirmed by a subscribe reply,
-// which is where the Present mirrors are reloaded (they may have missed
-// changes while the connection was down).
-func (b *Bus) recvLoop() {
-	defer b.wg.Done()
-	delay := 50 * time.Millisecond
-	pingSent := false
-	for {
-		ps := b.pubsub()
-		msg, err := ps.ReceiveTimeout(b.ctx, b.pingEvery)
-		if b.ctx.Err() != nil {
-			return
-		}
-		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				// Quiet connection: ping it, so that Ready can tell a
-				// quiet connection from a dead one.
-				if !pingSent {
-					pingSent = true
-					_ = ps.Ping(b.ctx)
-					continue
-				}
-			}
-			b.setSub(false, err)
-			pingSent = false
-			select {
-			case <-b.ctx.Done():
-				return
-			case <-time.After(delay):
-			}
-			delay = min(2*delay, maxRecvDelay)
-			continue
-		}
-		delay = 50 * time.Millisecond
-		pingSent = false
-		b.lastRecv.Store(time.Now().UnixNano())
-		switch m := msg.(type) {
-		case *redis.Subscription:
-			b.setSub(true, nil)
-			if m.Kind == "subscribe" {
-				if t, ok := strings.CutPrefix(m.Channel, b.chanPrefix); ok {
-					b.pres.load(t)
-				}
-			}
-		case *redis.Pong:
-			b.setSub(true, nil)
-			if seq, ok := strings.CutPrefix(m.Payload, barrierPrefix); ok {
-				if n, err := strconv.ParseUint(seq, 10, 64); err == nil {
-					b.confirmed(n)
-				}
-			}
-		case *redis.Message:
-			b.setSub(true, nil)
-			b.handle(m)
-		}
 	}
 }
 
@@ -771,15 +696,13 @@ func (b *Bus) handle(m *redis.Message) {
 		b.handlePlain(m.Payload)
 	case m.Channel == b.ctlChan:
 		b.handleControl(m.Payload)
-	case m.Channel == b.canaryChan:
-		b.handleCanary(m.Payload)
 	default:
 		// Only channels this node subscribed arrive here, and it
 		// subscribes only topics the hub validated. What a message on
 		// them carries is trusted: nodes publish ElChat's own events
 		// there, so whoever can PUBLISH on P t:* is as trusted as a node
 		// (see the package doc). Malformed messages are counted.
-		topic, ok := strings.CutPrefix(m.Channel, b.chanPrefix)
+		topic, ok := b.keys.topicOf(m.Channel)
 		p := m.Payload
 		if !ok || len(p) < 2 || len(p) < 2+int(p[1]) || (p[0] != kindFrame && p[0] != kindPresence) {
 			b.stats.forged.Add(1)
@@ -819,8 +742,11 @@ func (b *Bus) canaryLoop() {
 	every := b.opts.Liveness / 4
 	t := time.NewTicker(every)
 	defer t.Stop()
-	lastFix := time.Now()
-	var sending atomic.Bool
+	lastFix := make([]time.Time, len(b.conns))
+	for i := range lastFix {
+		lastFix[i] = time.Now()
+	}
+	sending := make([]atomic.Bool, len(b.conns))
 	var sendWG sync.WaitGroup
 	defer sendWG.Wait()
 	for {
@@ -830,47 +756,38 @@ func (b *Bus) canaryLoop() {
 		case <-t.C:
 		}
 		now := time.Now()
-		heard := time.Unix(0, b.lastCanary.Load())
-		if now.Sub(heard) > b.opts.Liveness && now.Sub(lastFix) > b.opts.Liveness {
-			lastFix = now
-			b.stats.silent.Add(1)
-			b.setSub(false, errSilent)
-			b.resubscribe()
-		}
-		// The PUBLISH must not hold up the check: a stuck command
-		// connection blocks it until its deadline.
-		if !sending.Swap(true) {
+		for i, c := range b.conns {
+			heard := time.Unix(0, c.lastCanary.Load())
+			if now.Sub(heard) > b.opts.Liveness && now.Sub(lastFix[i]) > b.opts.Liveness {
+				lastFix[i] = now
+				b.stats.silent.Add(1)
+				c.setSub(false, errSilent)
+				b.refreshSlots()
+				c.resubscribe()
+			}
+			// The PUBLISH must not hold up the check: a stuck command
+			// connection blocks it until its deadline.
+			if sending[i].Swap(true) {
+				continue
+			}
 			msg := append(header(kindCanary, b.opts.NodeID), strconv.FormatInt(now.UnixNano(), 10)...)
 			sendWG.Add(1)
 			go func() {
 				defer sendWG.Done()
-				defer sending.Store(false)
+				defer sending[i].Store(false)
 				ctx, cancel := context.WithTimeout(b.ctx, every)
-				err := b.rdb.Publish(ctx, b.canaryChan, msg).Err()
+				var err error
+				if c.sharded {
+					err = b.rdb.SPublish(ctx, c.canary, msg).Err()
+				} else {
+					err = b.rdb.Publish(ctx, c.canary, msg).Err()
+				}
 				cancel()
 				if err != nil && b.ctx.Err() == nil {
 					b.log.Debug("canary publish failed", "err", err)
 				}
 			}()
 		}
-	}
-}
-
-// handleCanary notes a canary that came back: the subscription path works,
-// and everything Redis handled before the canary was sent has arrived.
-func (b *Bus) handleCanary(p string) {
-	if len(p) < 2 || len(p) < 2+int(p[1]) || p[0] != kindCanary || p[2:2+int(p[1])] != b.opts.NodeID {
-		b.stats.forged.Add(1)
-		return
-	}
-	sent, err := strconv.ParseInt(p[2+int(p[1]):], 10, 64)
-	if err != nil {
-		b.stats.forged.Add(1)
-		return
-	}
-	b.lastCanary.Store(time.Now().UnixNano())
-	if sent > b.lastAlive.Load() {
-		b.lastAlive.Store(sent) // only recvLoop writes it after New
 	}
 }
 
@@ -981,7 +898,7 @@ func (b *Bus) Run(ctx context.Context, h hub.BusHandler) error {
 	down := !b.healthy
 	b.healthMu.Unlock()
 	if down {
-		h.Down(time.Unix(0, b.lastAlive.Load()))
+		h.Down(b.lastAlive())
 	}
 	select {
 	case <-ctx.Done():
@@ -999,23 +916,37 @@ func (b *Bus) Ready() error {
 		return ErrClosed
 	case !b.cmdOK.Load():
 		return fmt.Errorf("%w: commands failing", ErrUnavailable)
-	case !b.subOK.Load():
-		return fmt.Errorf("%w: pub/sub connection down", ErrUnavailable)
-	case time.Since(time.Unix(0, b.lastRecv.Load())) > 3*b.pingEvery,
-		time.Since(time.Unix(0, b.lastCanary.Load())) > b.opts.Liveness:
-		return fmt.Errorf("%w: pub/sub connection silent", ErrUnavailable)
+	}
+	for _, c := range b.conns {
+		switch {
+		case !c.subOK.Load():
+			return fmt.Errorf("%w: pub/sub connection down", ErrUnavailable)
+		case time.Since(time.Unix(0, c.lastRecv.Load())) > 3*b.pingEvery,
+			time.Since(time.Unix(0, c.lastCanary.Load())) > b.opts.Liveness:
+			return fmt.Errorf("%w: pub/sub connection silent", ErrUnavailable)
+		}
 	}
 	return nil
 }
 
-func (b *Bus) setSub(ok bool, err error) {
-	if b.subOK.Load() != ok {
-		b.subOK.Store(ok)
-		if !ok {
-			b.releaseWaiters()
+// subsOK reports whether every pub/sub connection works.
+func (b *Bus) subsOK() bool {
+	for _, c := range b.conns {
+		if !c.subOK.Load() {
+			return false
 		}
-		b.healthChanged(err)
 	}
+	return true
+}
+
+// lastAlive is the oldest last sign of life of the pub/sub connections:
+// anything lost was published after it.
+func (b *Bus) lastAlive() time.Time {
+	t := int64(math.MaxInt64)
+	for _, c := range b.conns {
+		t = min(t, c.lastAlive.Load())
+	}
+	return time.Unix(0, t)
 }
 
 func (b *Bus) setCmd(ok bool, err error) {
@@ -1031,7 +962,7 @@ func (b *Bus) setCmd(ok bool, err error) {
 func (b *Bus) healthChanged(err error) {
 	b.healthMu.Lock()
 	defer b.healthMu.Unlock()
-	now := b.subOK.Load() && b.cmdOK.Load()
+	now := b.subsOK() && b.cmdOK.Load()
 	if now == b.healthy {
 		return
 	}
@@ -1045,7 +976,7 @@ func (b *Bus) healthChanged(err error) {
 	} else {
 		b.log.Warn("redis connection lost; publishing is dropped until it returns", "err", err)
 		if h := b.handler.Load(); h != nil {
-			h.Down(time.Unix(0, b.lastAlive.Load()))
+			h.Down(b.lastAlive())
 		}
 	}
 }
@@ -1105,9 +1036,11 @@ func (b *Bus) stop() bool {
 	// ReceiveTimeout does not watch ctx while it reads: closing the
 	// pub/sub connection is what unblocks the receive loop. go-redis
 	// makes Close safe against a concurrent Receive or Subscribe.
-	b.psMu.Lock() // resubscribe swaps it only while ctx is live
-	b.ps.Close()
-	b.psMu.Unlock()
+	for _, c := range b.conns {
+		c.mu.Lock() // resubscribe swaps it only while ctx is live
+		c.ps.Close()
+		c.mu.Unlock()
+	}
 	b.wg.Wait()
 	b.pres.stopLoader()
 	return true

@@ -1,7 +1,7 @@
 // Package redisbus lets many ElChat nodes behind a load balancer behave as
 // one service: it implements hub.Bus (fanout of broadcast frames between
 // nodes) and hub.Presence (who is in which topic, cluster-wide) on one
-// Redis server.
+// Redis server, a Sentinel-managed primary, or a Redis Cluster.
 //
 // # Redis keys and channels
 //
@@ -111,6 +111,29 @@
 // Track or Untrack, it reconciles P node:<id>:presence with that list:
 // missing entries are tracked again (and announced as presence_diff joins
 // in chat topics), left-over ones untracked.
+//
+// # Sentinel and Redis Cluster
+//
+// With Options.Sentinels the command client is go-redis's failover client:
+// it asks the Sentinels for the primary and follows their switches; the
+// pub/sub connection reconnects through it. Everything else is as on one
+// server.
+//
+// With Options.Cluster (Redis 7+) the names carry hash tags (see
+// keyspace): P t:{tag}<topic> is a sharded channel, P presence:{tag}<topic>,
+// P pcount:{tag}<topic> and P node:<id>:presence:{tag} share the slot of
+// the topic's partition tag, P {n}nodes and P {n}sweeping share {n}. Topics
+// hash (FNV-1a) onto Options.Partitions partitions, whose tags are chosen
+// so their slots fall in evenly spaced ranges. A node holds one classic
+// pub/sub connection (P publish, P control, the Action Cable patterns, its
+// classic canary) and one sharded connection per partition (SSUBSCRIBE on
+// the slot's primary, with its own canary P canary:{tag}<id>), each with
+// its own barriers and liveness check. The scripts SPUBLISH their mirror
+// messages within their slot; the online counters and last_seen, which
+// keep their names for other programs, are updated right after. A sharded
+// subscription that Redis drops (its slot moved) or a connection that
+// fails makes the bus reload the slot map and subscribe again on the
+// owner, reporting an outage in between so the hub resyncs.
 //
 // # Trust
 //

@@ -275,7 +275,7 @@ func (p *presence) Track(ctx context.Context, topic, key string, meta hub.Meta) 
 	p.ownMu.Lock()
 	p.own[e.member()] = e
 	p.ownMu.Unlock()
-	if err := trackScript.Run(ctx, p.b.rdb, p.keys(topic, lobbyUser(topic)), p.args(e, true)...).Err(); err != nil {
+	if err := p.runChange(ctx, e, true); err != nil {
 		p.dirty.Store(true)
 		return err
 	}
@@ -293,7 +293,7 @@ func (p *presence) Untrack(ctx context.Context, topic, key, ref string) error {
 	p.ownMu.Lock()
 	delete(p.own, e.member())
 	p.ownMu.Unlock()
-	if err := untrackScript.Run(ctx, p.b.rdb, p.keys(topic, lobbyUser(topic)), p.args(e, false)...).Err(); err != nil {
+	if err := p.runChange(ctx, e, false); err != nil {
 		p.dirty.Store(true)
 		return err
 	}
@@ -303,7 +303,7 @@ func (p *presence) Untrack(ctx context.Context, topic, key, ref string) error {
 // List reads the topic's hash: one HGETALL. Metas of a key are ordered by
 // online_at, then ref.
 func (p *presence) List(ctx context.Context, topic string) (map[string][]hub.Meta, error) {
-	all, err := p.b.rdb.HGetAll(ctx, p.prefix+"presence:"+topic).Result()
+	all, err := p.b.rdb.HGetAll(ctx, p.b.keys.presence(topic)).Result()
 	if err != nil {
 		return nil, err
 	}
@@ -342,7 +342,7 @@ func (p *presence) Present(ctx context.Context, topic, key string) (bool, error)
 		return ok, nil
 	}
 	p.mirMu.RUnlock()
-	n, err := p.b.rdb.HGet(ctx, p.prefix+"pcount:"+topic, key).Int64()
+	n, err := p.b.rdb.HGet(ctx, p.b.keys.pcount(topic), key).Int64()
 	if errors.Is(err, redis.Nil) {
 		return false, nil
 	}
@@ -520,7 +520,7 @@ func (p *presence) loadBatch(topics []string, gens map[string]uint64) error {
 	pipe := p.b.rdb.Pipeline()
 	cmds := make([]*redis.StringSliceCmd, len(topics))
 	for i, t := range topics {
-		cmds[i] = pipe.HKeys(ctx, p.prefix+"presence:"+t)
+		cmds[i] = pipe.HKeys(ctx, p.b.keys.presence(t))
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		return err
@@ -578,6 +578,7 @@ func (p *presence) loop() {
 		err := p.heartbeat(ctx, true)
 		cancel()
 		if err != nil && p.b.ctx.Err() == nil {
+			p.b.refreshSlots()
 			p.b.setCmd(false, err)
 		}
 	}
@@ -591,7 +592,7 @@ func (p *presence) loop() {
 // lost and leave ghosts on the other nodes' clients.
 func (p *presence) heartbeat(ctx context.Context, sweep bool) error {
 	ttl := p.b.opts.PresenceTTL.Milliseconds()
-	res, err := heartbeatScript.Run(ctx, p.b.rdb, []string{p.prefix + "nodes", p.prefix + "sweeping"}, p.b.opts.NodeID, ttl).Slice()
+	res, err := heartbeatScript.Run(ctx, p.b.rdb, []string{p.b.keys.nodes(), p.b.keys.sweeping()}, p.b.opts.NodeID, ttl).Slice()
 	if err != nil {
 		return err
 	}
@@ -659,14 +660,20 @@ func (p *presence) sweeper() {
 func (p *presence) reconcile(ctx context.Context) error {
 	p.reconcileMu.Lock()
 	defer p.reconcileMu.Unlock()
-	index := p.prefix + "node:" + p.b.opts.NodeID + ":presence"
-	inRedis, err := p.b.rdb.SMembers(ctx, index).Result()
-	if err != nil {
+	k := &p.b.keys
+	ipipe := p.b.rdb.Pipeline()
+	icmds := make([]*redis.StringSliceCmd, k.partitions())
+	for part := range icmds {
+		icmds[part] = ipipe.SMembers(ctx, k.nodeIndex(p.b.opts.NodeID, part))
+	}
+	if _, err := ipipe.Exec(ctx); err != nil {
 		return err
 	}
-	have := make(map[string]bool, len(inRedis))
-	for _, m := range inRedis {
-		have[m] = true
+	have := make(map[string]bool)
+	for _, c := range icmds {
+		for _, m := range c.Val() {
+			have[m] = true
+		}
 	}
 	p.ownMu.Lock()
 	var add []entry
@@ -682,7 +689,11 @@ func (p *presence) reconcile(ctx context.Context) error {
 	}
 	// EVALSHA in a pipeline does not fall back to EVAL: make sure a
 	// restarted Redis has the scripts.
-	for _, s := range scripts {
+	all := scripts
+	if k.cluster {
+		all = clusterScripts
+	}
+	for _, s := range all {
 		if err := s.Load(ctx, p.b.rdb).Err(); err != nil {
 			return err
 		}
@@ -690,18 +701,42 @@ func (p *presence) reconcile(ctx context.Context) error {
 	pipe := p.b.rdb.Pipeline()
 	cmds := make([]*redis.Cmd, len(add))
 	for i, e := range add {
-		cmds[i] = trackScript.EvalSha(ctx, pipe, p.keys(e.topic, lobbyUser(e.topic)), p.args(e, true)...)
+		s, keys, args := p.change(e, true)
+		cmds[i] = s.EvalSha(ctx, pipe, keys, args...)
 	}
+	var gone []entry
+	var gcmds []*redis.Cmd
 	for m := range have {
 		parts := strings.SplitN(m, "\x00", 3)
 		if len(parts) != 3 {
-			pipe.SRem(ctx, index, m)
+			for part := range k.partitions() {
+				pipe.SRem(ctx, k.nodeIndex(p.b.opts.NodeID, part), m)
+			}
 			continue
 		}
 		e := entry{topic: parts[0], key: parts[1], ref: parts[2]}
-		untrackScript.EvalSha(ctx, pipe, p.keys(e.topic, lobbyUser(e.topic)), p.args(e, false)...)
+		s, keys, args := p.change(e, false)
+		gone = append(gone, e)
+		gcmds = append(gcmds, s.EvalSha(ctx, pipe, keys, args...))
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
+		return err
+	}
+	var online, offline []string
+	for i, e := range add {
+		if n, _ := cmds[i].Int64(); n == 1 && lobbyUser(e.topic) != "" {
+			online = append(online, lobbyUser(e.topic))
+		}
+	}
+	for i, e := range gone {
+		if n, _ := gcmds[i].Int64(); n == 1 && lobbyUser(e.topic) != "" {
+			offline = append(offline, lobbyUser(e.topic))
+		}
+	}
+	if err := p.lobbyChanged(ctx, online, 1); err != nil {
+		return err
+	}
+	if err := p.lobbyChanged(ctx, offline, -1); err != nil {
 		return err
 	}
 	joins := map[string]map[string][]hub.Meta{} // topic → key → metas
@@ -744,60 +779,29 @@ func (p *presence) sweep(ctx context.Context, id string, self *handlerBox) error
 	if self != nil {
 		mode, h = "self", self
 	}
-	sweepKey := p.prefix + "sweep:" + id
-	claimed, err := claimScript.Run(ctx, p.b.rdb,
-		[]string{p.prefix + "nodes", p.prefix + "node:" + id + ":presence", sweepKey, p.prefix + "sweeping"},
-		id, p.b.opts.PresenceTTL.Milliseconds(), mode).Int()
-	if err != nil || claimed != 1 {
-		return err
-	}
 	start := time.Now()
 	lost0 := p.b.lost()
 	affected := map[string]struct{}{}
 	entries := 0
-	for range 1 << 20 { // bounded: each round removes entries or ends
-		if self == nil {
-			if err := p.b.waitQueue(ctx, sweepChunk); err != nil {
-				return err
-			}
-		}
-		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		res, err := sweepChunkScript.Run(cctx, p.b.rdb,
-			[]string{sweepKey, p.prefix + "sweeping", p.prefix + "node:" + id + ":presence"},
-			id, p.prefix, sweepChunk, p.b.hdrPres).Slice()
-		cancel()
-		if err != nil {
-			return err
-		}
-		left, _ := res[0].(int64)
-		flat, _ := res[1].([]any)
+	report := func(flat []any) {
 		entries += len(flat) / 3
-		leaves := map[string]map[string][]hub.Meta{}
-		for i := 0; i+2 < len(flat); i += 3 {
-			topic, _ := flat[i].(string)
-			key, _ := flat[i+1].(string)
-			mj, _ := flat[i+2].(string)
-			if !mirrorable(topic) {
-				continue // only chats carry presence to clients
-			}
-			var m hub.Meta
-			if err := json.Unmarshal([]byte(mj), &m); err != nil {
-				continue
-			}
-			if leaves[topic] == nil {
-				leaves[topic] = map[string][]hub.Meta{}
-			}
-			leaves[topic][key] = append(leaves[topic][key], m)
-			affected[topic] = struct{}{}
+		if h == nil {
+			leavesOf(flat, affected)
+			return
 		}
-		if h != nil {
-			for topic, left := range leaves {
-				h.PresenceChanged(topic, nil, left)
-			}
+		for topic, left := range leavesOf(flat, affected) {
+			h.PresenceChanged(topic, nil, left)
 		}
-		if left == 0 {
-			break
-		}
+	}
+	var claimed bool
+	var err error
+	if p.b.keys.cluster {
+		claimed, err = p.sweepCluster(ctx, id, mode, self == nil, report)
+	} else {
+		claimed, err = p.sweepOne(ctx, id, mode, self == nil, report)
+	}
+	if err != nil || !claimed {
+		return err
 	}
 	if self == nil {
 		p.b.log.Info("swept dead node's presence", "dead", id, "entries", entries, "topics", len(affected),
@@ -809,12 +813,44 @@ func (p *presence) sweep(ctx context.Context, id string, self *handlerBox) error
 			topics = append(topics, t)
 		}
 		p.b.log.Warn("leaves of a swept node may be lost; asking the nodes to resync those topics", "dead", id, "frames_lost", lost, "topics", len(topics))
-		if h != nil {
-			h.ResyncTopics(topics, p.b.opts.NodeID) // this node's clients got them, but cheap insurance
-		}
 		if err := p.b.announceTopics(ctx, topics); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// sweepOne is sweep on one server: claim (which renames the node's index
+// to its sweep set), then chunks until the set is empty.
+func (p *presence) sweepOne(ctx context.Context, id, mode string, wait bool, report func([]any)) (bool, error) {
+	k := &p.b.keys
+	sweepKey := k.sweepSet(id, 0)
+	claimed, err := claimScript.Run(ctx, p.b.rdb,
+		[]string{k.nodes(), k.nodeIndex(id, 0), sweepKey, k.sweeping()},
+		id, p.b.opts.PresenceTTL.Milliseconds(), mode).Int()
+	if err != nil || claimed != 1 {
+		return false, err
+	}
+	for range 1 << 20 { // bounded: each round removes entries or ends
+		if wait {
+			if err := p.b.waitQueue(ctx, sweepChunk); err != nil {
+				return true, err
+			}
+		}
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		res, err := sweepChunkScript.Run(cctx, p.b.rdb,
+			[]string{sweepKey, k.sweeping(), k.nodeIndex(id, 0)},
+			id, p.prefix, sweepChunk, p.b.hdrPres).Slice()
+		cancel()
+		if err != nil {
+			return true, err
+		}
+		left, _ := res[0].(int64)
+		flat, _ := res[1].([]any)
+		report(flat)
+		if left == 0 {
+			break
+		}
+	}
+	return true, nil
 }

@@ -301,7 +301,7 @@ func unhealthy(b *Bus) bool {
 	return !b.healthy
 }
 
-func commandCalls(t testing.TB, rdb *redis.Client, cmd string) int64 {
+func commandCalls(t testing.TB, rdb redis.UniversalClient, cmd string) int64 {
 	t.Helper()
 	info, err := rdb.Info(context.Background(), "commandstats").Result()
 	if err != nil {
@@ -614,7 +614,7 @@ func TestActionCable(t *testing.T) {
 	must(t, b.ListenActionCable(ctx, ac, nil))
 	subscribe(t, b, "user:42")
 	subscribe(t, b, "chat:4:5")
-	pub := redis.NewClient(&redis.Options{Addr: a.rdb.Options().Addr})
+	pub := redis.NewClient(&redis.Options{Addr: a.rdb.(*redis.Client).Options().Addr})
 	defer pub.Close()
 
 	send := func(channel, msg string) { must(t, pub.Publish(ctx, channel, msg).Err()) }

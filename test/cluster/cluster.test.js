@@ -4,7 +4,10 @@
 const assert = require("node:assert/strict");
 const { clusterTest, joinOk, pushOk, chatTopic, messageLog, presenceOf, collect, NGINX, WAIT_MS } = require("./lib/env");
 
-clusterTest("cluster: two users on different nodes chat, see each other's presence, get notifications and unread", { nodes: 3, nginx: true, skip: !NGINX && !process.env.CI && "nginx not installed" }, async (c) => {
+// The chat story across three nodes, run on one Redis and on a Redis
+// Cluster (three primaries, three replicas: sharded pub/sub, partitioned
+// presence keys).
+async function chatStory(c) {
   const [A, B, C] = c.nodes;
   const room = chatTopic(1, 2);
 
@@ -97,4 +100,8 @@ clusterTest("cluster: two users on different nodes chat, see each other's presen
   // And the sockets really were spread: A has Alice, B Bob, C Carol.
   const counts = await c.clientsOn();
   assert.ok(counts[0] >= 1 && counts[1] >= 1 && counts[2] >= 1, `clients per node ${JSON.stringify(counts)}`);
-});
+}
+
+const skip = !NGINX && !process.env.CI && "nginx not installed";
+clusterTest("cluster: two users on different nodes chat, see each other's presence, get notifications and unread", { nodes: 3, nginx: true, skip }, chatStory);
+clusterTest("redis cluster: the same story with the nodes on a Redis Cluster of three primaries and three replicas", { nodes: 3, nginx: true, redisCluster: true, skip, timeout: 120000 }, chatStory);

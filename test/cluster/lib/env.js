@@ -198,6 +198,47 @@ class Redis {
   }
 }
 
+// ------------------------------------------------------------------ Redis Cluster
+
+// RedisCluster is three primaries and three replicas (Redis 7 cluster
+// mode) on free ports, made with redis-cli --cluster create.
+class RedisCluster {
+  constructor() {
+    this.servers = [];
+  }
+  get seeds() {
+    return this.servers.map((s) => `127.0.0.1:${s.port}`);
+  }
+  static async start() {
+    assert.ok(REDIS_SERVER && REDIS_CLI, "redis-server/redis-cli not installed (apt-get install redis-server)");
+    const c = new RedisCluster();
+    try {
+      for (let i = 0; i < 6; i++) {
+        const r = new Redis();
+        r.dir = tmpDir("elchat-cluster-rc-");
+        r.port = await freePort();
+        r.proc = spawnOwned(REDIS_SERVER, ["--port", String(r.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", r.dir,
+          "--daemonize", "no", "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"]);
+        c.servers.push(r);
+      }
+      for (const r of c.servers) await waitUntil(async () => (await r.cmd(["PING"])).trim() === "PONG", `redis-server on ${r.port}`, 10000);
+      await new Promise((resolve, reject) =>
+        execFile(REDIS_CLI, ["--cluster", "create", ...c.seeds, "--cluster-replicas", "1", "--cluster-yes"], { timeout: 60000 }, (err, stdout, stderr) =>
+          err ? reject(new Error(`redis-cli --cluster create: ${err.message} ${stdout} ${stderr}`)) : resolve()));
+      for (const r of c.servers) {
+        await waitUntil(async () => (await r.rawCmd(["CLUSTER", "INFO"])).includes("cluster_state:ok"), `cluster state ok on ${r.port}`, 30000);
+      }
+    } catch (e) {
+      await c.destroy();
+      throw e;
+    }
+    return c;
+  }
+  async destroy() {
+    for (const r of this.servers) await r.destroy();
+  }
+}
+
 // ------------------------------------------------------------------ PostgreSQL
 
 class Postgres {
@@ -294,7 +335,7 @@ class Cluster {
   static async start(opts = {}) {
     const c = new Cluster(opts);
     try {
-      [c.redis, c.pg] = await Promise.all([opts.redis || Redis.start(), opts.pg || Postgres.start()]);
+      [c.redis, c.pg] = await Promise.all([opts.redis || (opts.redisCluster ? RedisCluster.start() : Redis.start()), opts.pg || Postgres.start()]);
       // The first node applies migrations alone, then the rest start in parallel.
       const n = opts.nodes || 3;
       c.nodes.push(await c.startNode(0));
@@ -312,7 +353,7 @@ class Cluster {
     return {
       ELCHAT_DATABASE_URL: this.pg.url,
       ELCHAT_MIGRATE: "true",
-      ELCHAT_REDIS_URL: this.redis.url,
+      ...(this.redis.seeds ? { ELCHAT_REDIS_CLUSTER: this.redis.seeds.join(",") } : { ELCHAT_REDIS_URL: this.redis.url }),
       ELCHAT_REDIS_PREFIX: this.prefix,
       ELCHAT_PRESENCE_TTL: this.presenceTTL,
       ELCHAT_API_KEY: this.apiKey,
@@ -536,6 +577,7 @@ module.exports = {
   ...H,
   WAIT_MS,
   Redis,
+  RedisCluster,
   Postgres,
   Cluster,
   clusterTest,
