@@ -137,12 +137,12 @@ const cols = `id, room, user_id, opponent_id, body, client_id, sent_at, is_deliv
 // client id return nothing and are looked up by existingSQL.
 const insertSQL = `WITH input AS (
 	SELECT nextval('messages_id_seq') AS id, t.ord, t.room, t.user_id, t.opponent_id, t.body,
-		NULLIF(t.client_id, '') AS client_id
-	FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
-		WITH ORDINALITY AS t(room, user_id, opponent_id, body, client_id, ord)
+		NULLIF(t.client_id, '') AS client_id, t.notify
+	FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bool[])
+		WITH ORDINALITY AS t(room, user_id, opponent_id, body, client_id, notify, ord)
 ), ins AS (
-	INSERT INTO messages (id, room, user_id, opponent_id, body, client_id)
-	SELECT id, room, user_id, opponent_id, body, client_id FROM input ORDER BY ord
+	INSERT INTO messages (id, room, user_id, opponent_id, body, client_id, notify)
+	SELECT id, room, user_id, opponent_id, body, client_id, notify FROM input ORDER BY ord
 	ON CONFLICT (user_id, room, client_id) WHERE client_id IS NOT NULL DO NOTHING
 	RETURNING id, sent_at
 )
@@ -161,8 +161,10 @@ const insertLockKey int64 = 0x656c63686174 // "elchat"
 func (s *Store) flush(ctx context.Context, batch []store.NewMessage) ([]store.SaveResult, error) {
 	n := len(batch)
 	rooms, users, opps, bodies, cids := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	notifies := make([]bool, n)
 	for i, m := range batch {
 		rooms[i], users[i], opps[i], bodies[i], cids[i] = m.Room, m.UserID, m.OpponentID, m.Body, m.ClientID
+		notifies[i] = m.NotifyAfter > 0
 	}
 
 	out := make([]store.SaveResult, n)
@@ -181,7 +183,7 @@ func (s *Store) flush(ctx context.Context, batch []store.NewMessage) ([]store.Sa
 		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", insertLockKey); err != nil {
 			return err
 		}
-		rows, err := tx.Query(ctx, insertSQL, rooms, users, opps, bodies, cids)
+		rows, err := tx.Query(ctx, insertSQL, rooms, users, opps, bodies, cids, notifies)
 		if err != nil {
 			return err
 		}

@@ -163,8 +163,8 @@ func (s *Store) SaveBatch(ctx context.Context, batch []store.NewMessage) ([]stor
 const (
 	cols = `id, room, user_id, opponent_id, body, client_id, sent_at, is_delivered`
 
-	insertSQL = `INSERT INTO messages (room, user_id, opponent_id, body, client_id, sent_at)
-VALUES (?, ?, ?, ?, ?, ?)
+	insertSQL = `INSERT INTO messages (room, user_id, opponent_id, body, client_id, sent_at, notify)
+VALUES (?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (user_id, room, client_id) WHERE client_id IS NOT NULL DO NOTHING
 RETURNING id`
 
@@ -196,7 +196,7 @@ func (s *Store) flush(ctx context.Context, batch []store.NewMessage) (_ []store.
 	for i, m := range batch {
 		var id int64
 		err := ins.QueryRowContext(ctx, m.Room, m.UserID, m.OpponentID, m.Body,
-			nullString(m.ClientID), now.UnixMicro()).Scan(&id)
+			nullString(m.ClientID), now.UnixMicro(), m.NotifyAfter > 0).Scan(&id)
 		switch {
 		case err == nil:
 			out[i] = store.SaveResult{Created: true, Msg: store.Message{
