@@ -15,8 +15,8 @@ import (
 //
 // Unread-ness is never copied into the outbox. It is read from the messages
 // when an event is claimed: an event whose triggering messages (those saved
-// with NotifyAfter, ids first_message_id..last_message_id) have all been
-// read by then is dropped without a POST. One that is still due carries
+// with NotifyAfter, which the stores flag) have all been read by then is
+// dropped without a POST. One that is still due carries
 // every unread message to the user from its first one on, those that came
 // while the user was in the chat included: the receiver gets the user's
 // unread state, not a log of triggers. A read therefore cancels a pending event
@@ -122,12 +122,12 @@ func DecodeMessages(s string) ([]Message, error) {
 	return msgs, err
 }
 
-// Notify is one recipient's share of a batch for the outbox: the first and
-// last created messages to UserID that asked for an event, and its delay.
+// Notify is one recipient's share of a batch for the outbox: the first
+// created message to UserID that asked for an event, and its delay.
 type Notify struct {
-	UserID          string
-	FirstID, LastID int64
-	After           time.Duration
+	UserID  string
+	FirstID int64
+	After   time.Duration
 }
 
 // NotifyList folds the created messages of a batch that asked for an event
@@ -145,12 +145,10 @@ func NotifyList(batch []NewMessage, res []SaveResult) []Notify {
 		}
 		if j, ok := seen[m.OpponentID]; ok {
 			out[j].FirstID = min(out[j].FirstID, res[i].Msg.ID)
-			out[j].LastID = max(out[j].LastID, res[i].Msg.ID)
 			continue
 		}
 		seen[m.OpponentID] = len(out)
-		id := res[i].Msg.ID
-		out = append(out, Notify{UserID: m.OpponentID, FirstID: id, LastID: id, After: m.NotifyAfter})
+		out = append(out, Notify{UserID: m.OpponentID, FirstID: res[i].Msg.ID, After: m.NotifyAfter})
 	}
 	return out
 }

@@ -54,6 +54,7 @@ func TestFigures(t *testing.T) {
 		t.Run("delay/"+c.name, func(t *testing.T) { figureDelay(t, c.open(t)) })
 	}
 	t.Run("saves/postgres", func(t *testing.T) { figureSaves(t, pg(t)) })
+	t.Run("batch/postgres", func(t *testing.T) { figureBatch(t, pg(t)) })
 }
 
 type storetestStore interface {
@@ -191,4 +192,52 @@ func median(xs []float64) float64 {
 	xs = slices.Clone(xs)
 	slices.Sort(xs)
 	return xs[len(xs)/2]
+}
+
+// figureBatch: the time to commit one batch of 64 messages to 64 distinct
+// recipients, every one away (webhooks on: each asks for an event, and
+// most find one pending) or none asking (off). The two alternate batch by
+// batch, so load drifting on a shared machine hits both alike.
+func figureBatch(t *testing.T, s storetestStore) {
+	const (
+		size   = 64
+		rounds = 300
+	)
+	batch := func(i int, after time.Duration) []store.NewMessage {
+		b := make([]store.NewMessage, size)
+		for j := range b {
+			to := fmt.Sprintf("r%d", (i*size+j)%1000)
+			b[j] = store.NewMessage{Room: "chat:" + to + ":s", UserID: "s", OpponentID: to,
+				Body: "a message of a typical length, some forty bytes", NotifyAfter: after}
+		}
+		return b
+	}
+	for i := range 1000 / size {
+		if _, err := s.SaveBatch(context.Background(), batch(i, time.Hour)); err != nil { // pending rows exist
+			t.Fatal(err)
+		}
+	}
+	var off, on []time.Duration
+	for i := range rounds {
+		for k := range 2 {
+			after := time.Duration(0)
+			if (i+k)%2 == 1 {
+				after = time.Hour
+			}
+			start := time.Now()
+			if _, err := s.SaveBatch(context.Background(), batch(i, after)); err != nil {
+				t.Fatal(err)
+			}
+			if d := time.Since(start); after > 0 {
+				on = append(on, d)
+			} else {
+				off = append(off, d)
+			}
+		}
+	}
+	slices.Sort(off)
+	slices.Sort(on)
+	t.Logf("FIGURE %s: commit of %d messages, %d alternated batches each: webhooks off p50 %v (%.0f msgs/s), on p50 %v (%.0f msgs/s)",
+		t.Name(), size, rounds, off[rounds/2].Round(10*time.Microsecond), size/off[rounds/2].Seconds(),
+		on[rounds/2].Round(10*time.Microsecond), size/on[rounds/2].Seconds())
 }

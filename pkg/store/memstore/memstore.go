@@ -26,9 +26,11 @@ type Store struct {
 	closed bool
 	// msgs holds every message, msgs[i].ID == i+1: ids are dense, so an id
 	// indexes its message.
-	msgs  []store.Message
-	rooms map[string][]int64 // room → its message ids, ascending
-	keys  map[store.IdempotencyKey]int64
+	msgs []store.Message
+	// notify[i] tells whether msgs[i] asked for a webhook event.
+	notify []bool
+	rooms  map[string][]int64 // room → its message ids, ascending
+	keys   map[store.IdempotencyKey]int64
 	// unread[reader][room] lists, ascending, the ids of messages of room
 	// sent to reader and not yet delivered; emptied rooms are deleted.
 	unread map[string]map[string][]int64
@@ -113,6 +115,7 @@ func (s *Store) flush(_ context.Context, batch []store.NewMessage) ([]store.Save
 		msg := store.Message{ID: id, Room: m.Room, UserID: m.UserID, OpponentID: m.OpponentID,
 			Body: m.Body, ClientID: m.ClientID, SentAt: now, Seq: s.nextSeqLocked(m.Room)}
 		s.msgs = append(s.msgs, msg)
+		s.notify = append(s.notify, m.NotifyAfter > 0)
 		s.rooms[m.Room] = append(s.rooms[m.Room], id)
 		if hasKey {
 			s.keys[k] = id
@@ -262,7 +265,7 @@ func (s *Store) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.closed = true
-	s.msgs, s.rooms, s.keys, s.unread, s.events, s.pending = nil, nil, nil, nil, nil, nil
+	s.msgs, s.notify, s.rooms, s.keys, s.unread, s.events, s.pending = nil, nil, nil, nil, nil, nil, nil
 	s.heads, s.reads, s.marks, s.opened, s.blocks, s.bans = nil, nil, nil, nil, nil, nil
 	return nil
 }

@@ -14,8 +14,8 @@ var _ store.Outbox = (*Store)(nil)
 // event is one outbox row; guarded by Store.mu.
 type event struct {
 	store.Event
-	// Message ids: the first the event covers, and the last that asked for
-	// it (pending) or that it carries (sealed).
+	// Message ids: the first the event covers and, once sealed, the last
+	// it carries.
 	first, last int64
 	next        time.Time
 	owner       string
@@ -24,9 +24,7 @@ type event struct {
 // notifyLocked adds a batch's events; the caller holds mu.
 func (s *Store) notifyLocked(now time.Time, ns []store.Notify) {
 	for _, n := range ns {
-		if id, ok := s.pending[n.UserID]; ok {
-			e := s.events[id]
-			e.last = max(e.last, n.LastID)
+		if _, ok := s.pending[n.UserID]; ok {
 			continue
 		}
 		s.nextEvent++
@@ -34,7 +32,7 @@ func (s *Store) notifyLocked(now time.Time, ns []store.Notify) {
 		s.events[s.nextEvent] = &event{
 			Event: store.Event{ID: s.nextEvent, Type: store.EventMessageUnread, UserID: n.UserID,
 				State: store.EventPending, DueAt: due, UpdatedAt: now},
-			first: n.FirstID, last: n.LastID, next: due,
+			first: n.FirstID, next: due,
 		}
 		s.pending[n.UserID] = s.nextEvent
 	}
@@ -72,11 +70,17 @@ func (s *Store) ClaimEvents(ctx context.Context, owner string, lease time.Durati
 		if len(out) == limit {
 			break
 		}
-		// Still worth sending while a triggering message (pending) or a
-		// carried one (sealed) is unread.
+		// Still worth sending while a message that asked for it (pending)
+		// or one it carries (sealed) is unread.
 		unread := false
-		for id := e.first; id <= e.last && !unread; id++ {
-			unread = s.unreadLocked(e.UserID, id)
+		if e.State == store.EventPending {
+			for id := e.first; id <= int64(len(s.msgs)) && !unread; id++ {
+				unread = s.notify[id-1] && s.unreadLocked(e.UserID, id)
+			}
+		} else {
+			for id := e.first; id <= e.last && !unread; id++ {
+				unread = s.unreadLocked(e.UserID, id)
+			}
 		}
 		if unread && e.State == store.EventPending {
 			var msgs []store.Message

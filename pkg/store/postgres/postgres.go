@@ -140,16 +140,22 @@ const cols = `id, room, user_id, opponent_id, body, client_id, sent_at, is_deliv
 // nextval is volatile) so the RETURNING rows, which come back in no promised
 // order, can be joined to their input position. Rows that hit an existing
 // client id return nothing and are looked up by existingSQL.
+//
+// The same statement adds the webhook outbox rows of the messages it
+// inserted that ask for one ($6: NotifyAfter in seconds, 0: none), one
+// per recipient (see upsertEventsSQL in outbox.go for the conflict rule):
+// a second statement would be a second round trip inside the insert lock.
 const insertSQL = `WITH input AS (
 	SELECT nextval('messages_id_seq') AS id, t.ord, t.room, t.user_id, t.opponent_id, t.body,
-		NULLIF(t.client_id, '') AS client_id
-	FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
-		WITH ORDINALITY AS t(room, user_id, opponent_id, body, client_id, ord)
+		NULLIF(t.client_id, '') AS client_id, t.after
+	FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::float8[])
+		WITH ORDINALITY AS t(room, user_id, opponent_id, body, client_id, after, ord)
 ), ins AS (
-	INSERT INTO messages (id, room, user_id, opponent_id, body, client_id)
-	SELECT id, room, user_id, opponent_id, body, client_id FROM input ORDER BY ord
+	INSERT INTO messages (id, room, user_id, opponent_id, body, client_id, notify)
+	SELECT id, room, user_id, opponent_id, body, client_id, after > 0 FROM input ORDER BY ord
 	ON CONFLICT (user_id, room, client_id) WHERE client_id IS NOT NULL DO NOTHING
 	RETURNING id, sent_at, seq
+), ev AS (` + upsertEventsSQL + `
 )
 SELECT input.ord, ins.id, ins.sent_at, ins.seq FROM ins JOIN input USING (id)`
 
@@ -166,8 +172,10 @@ const insertLockKey int64 = 0x656c63686174 // "elchat"
 func (s *Store) flush(ctx context.Context, batch []store.NewMessage) ([]store.SaveResult, error) {
 	n := len(batch)
 	rooms, users, opps, bodies, cids := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	afters := make([]float64, n)
 	for i, m := range batch {
 		rooms[i], users[i], opps[i], bodies[i], cids[i] = m.Room, m.UserID, m.OpponentID, m.Body, m.ClientID
+		afters[i] = max(0, m.NotifyAfter.Seconds())
 	}
 
 	out := make([]store.SaveResult, n)
@@ -186,7 +194,7 @@ func (s *Store) flush(ctx context.Context, batch []store.NewMessage) ([]store.Sa
 		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", insertLockKey); err != nil {
 			return err
 		}
-		rows, err := tx.Query(ctx, insertSQL, rooms, users, opps, bodies, cids)
+		rows, err := tx.Query(ctx, insertSQL, rooms, users, opps, bodies, cids, afters)
 		if err != nil {
 			return err
 		}
@@ -210,10 +218,6 @@ func (s *Store) flush(ctx context.Context, batch []store.NewMessage) ([]store.Sa
 		}
 		rows.Close()
 		if err := rows.Err(); err != nil {
-			return err
-		}
-		// The outbox rows commit with the messages they announce.
-		if err := notify(ctx, tx, store.NotifyList(batch, out)); err != nil {
 			return err
 		}
 		return tx.Commit(ctx)

@@ -11,18 +11,18 @@ import (
 var _ store.Outbox = (*Store)(nil)
 
 // SQLite has one writer, and the claim below runs on it: a message batch
-// and a claim never interleave (compare the PostgreSQL store's upsert).
-const upsertEventSQL = `INSERT INTO webhook_events (type, user_id, state, first_message_id, last_message_id, due_at, next_at, updated_at)
-VALUES ('` + store.EventMessageUnread + `', ?, 'pending', ?, ?, ?, ?, ?)
-ON CONFLICT (type, user_id) WHERE state = 'pending' DO UPDATE
-SET last_message_id = max(last_message_id, excluded.last_message_id), updated_at = excluded.updated_at`
+// and a claim never interleave, so DO NOTHING is enough here (compare the
+// PostgreSQL store's upsert).
+const upsertEventSQL = `INSERT INTO webhook_events (type, user_id, state, first_message_id, due_at, next_at, updated_at)
+VALUES ('` + store.EventMessageUnread + `', ?, 'pending', ?, ?, ?, ?)
+ON CONFLICT (type, user_id) WHERE state = 'pending' DO NOTHING`
 
 // notify adds the batch's events to the outbox inside tx; now is the
 // batch's sent_at.
 func notify(ctx context.Context, tx *sql.Tx, now time.Time, ns []store.Notify) error {
 	for _, n := range ns {
 		due := now.Add(n.After).UnixMicro()
-		if _, err := tx.ExecContext(ctx, upsertEventSQL, n.UserID, n.FirstID, n.LastID, due, due, now.UnixMicro()); err != nil {
+		if _, err := tx.ExecContext(ctx, upsertEventSQL, n.UserID, n.FirstID, due, due, now.UnixMicro()); err != nil {
 			return err
 		}
 	}
@@ -85,14 +85,19 @@ FROM webhook_events WHERE state IN ('pending', 'sending') AND next_at <= ? ORDER
 	for _, c := range cands {
 		ev := c.ev
 		ev.State, ev.Attempts = store.EventSending, ev.Attempts+1
-		// Still worth sending while a triggering message (pending) or a
-		// carried one (sealed) is unread.
+		// Still worth sending while a message that asked for it (pending)
+		// or one it carries (sealed) is unread.
 		var unread bool
-		if c.last.Valid {
-			if err := tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM messages
-WHERE opponent_id = ? AND id BETWEEN ? AND ? AND NOT is_delivered)`, ev.UserID, c.first, c.last.Int64).Scan(&unread); err != nil {
-				return nil, 0, ctxOr(ctx, err)
-			}
+		var err error
+		if c.state == store.EventPending {
+			err = tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM messages
+WHERE opponent_id = ? AND id >= ? AND notify AND NOT is_delivered)`, ev.UserID, c.first).Scan(&unread)
+		} else if c.last.Valid {
+			err = tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM messages
+WHERE opponent_id = ? AND id BETWEEN ? AND ? AND NOT is_delivered)`, ev.UserID, c.first, c.last.Int64).Scan(&unread)
+		}
+		if err != nil {
+			return nil, 0, ctxOr(ctx, err)
 		}
 		if unread && c.state == store.EventPending {
 			if ev.Messages, err = s.eventMessages(ctx, tx, ev.UserID, c.first); err != nil {

@@ -168,8 +168,8 @@ func (s *Store) SaveBatch(ctx context.Context, batch []store.NewMessage) ([]stor
 const (
 	cols = `id, room, user_id, opponent_id, body, client_id, sent_at, is_delivered, seq, edited_at, deleted_at`
 
-	insertSQL = `INSERT INTO messages (room, user_id, opponent_id, body, client_id, sent_at, seq)
-VALUES (?, ?, ?, ?, ?, ?, ?)
+	insertSQL = `INSERT INTO messages (room, user_id, opponent_id, body, client_id, sent_at, seq, notify)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (user_id, room, client_id) WHERE client_id IS NOT NULL DO NOTHING
 RETURNING id`
 
@@ -208,7 +208,7 @@ func (s *Store) flush(ctx context.Context, batch []store.NewMessage) (_ []store.
 		var id int64
 		seq := seq + int64(i)
 		err := ins.QueryRowContext(ctx, m.Room, m.UserID, m.OpponentID, m.Body,
-			nullString(m.ClientID), now.UnixMicro(), seq).Scan(&id)
+			nullString(m.ClientID), now.UnixMicro(), seq, m.NotifyAfter > 0).Scan(&id)
 		switch {
 		case err == nil:
 			out[i] = store.SaveResult{Created: true, Msg: store.Message{

@@ -193,6 +193,19 @@ func testOutboxReadCancels(t *testing.T, s OutboxStore) {
 	if len(evs) != 1 || len(evs[0].Messages) != 1 || evs[0].Messages[0].ID != b.ID {
 		t.Fatalf("claimed %+v, want one event carrying message %d", evs, b.ID)
 	}
+	finish(t, s, evs[0].ID, "n1", store.Outcome{Kind: store.Sent})
+
+	// Bob reads the message that opened an event and leaves again; the
+	// next message asking for one keeps that event alive.
+	c := save(t, s, "alice", "bob", "c", notifyAfter)
+	if _, err := s.MarkRead(ctxT(t), c.Room, "bob", c.ID); err != nil {
+		t.Fatal(err)
+	}
+	d := save(t, s, "alice", "bob", "d", notifyAfter)
+	evs, cancelled = claimDue(t, s, "n1", time.Minute)
+	if len(evs) != 1 || cancelled != 0 || len(evs[0].Messages) != 1 || evs[0].Messages[0].ID != d.ID {
+		t.Fatalf("claimed %+v (cancelled %d), want one event carrying message %d", evs, cancelled, d.ID)
+	}
 }
 
 func testOutboxReadCancelsRetry(t *testing.T, s OutboxStore) {

@@ -1,7 +1,7 @@
 -- +goose Up
 -- The webhook outbox. A pending row collects the unread messages to one
 -- user (one pending row per user and type, enforced by webhook_events_open)
--- until next_at; claiming seals it (state 'sending', messages fixed) and
+-- until next_at; last_message_id stays NULL until then; claiming seals it (state 'sending', messages fixed) and
 -- leases it to one node by pushing next_at past the lease, so a node that
 -- dies mid-delivery leaves a row that is simply due again later. Sent and
 -- cancelled rows are deleted; dead ones stay for the API.
@@ -23,5 +23,11 @@ CREATE TABLE webhook_events (
 CREATE UNIQUE INDEX webhook_events_open ON webhook_events (type, user_id) WHERE state = 'pending';
 CREATE INDEX webhook_events_due ON webhook_events (next_at) WHERE state IN ('pending', 'sending');
 
+-- notify marks the messages that asked for an event (recipient not in the
+-- chat when they were saved): an event is cancelled once all of those are
+-- read, whatever else is unread. A constant default makes this instant.
+ALTER TABLE messages ADD COLUMN notify boolean NOT NULL DEFAULT false;
+
 -- +goose Down
+ALTER TABLE messages DROP COLUMN notify;
 DROP TABLE webhook_events;

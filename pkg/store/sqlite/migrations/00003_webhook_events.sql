@@ -19,5 +19,10 @@ CREATE TABLE webhook_events (
 CREATE UNIQUE INDEX webhook_events_open ON webhook_events (type, user_id) WHERE state = 'pending';
 CREATE INDEX webhook_events_due ON webhook_events (next_at) WHERE state IN ('pending', 'sending');
 
+-- notify marks the messages that asked for an event; see the PostgreSQL
+-- migration.
+ALTER TABLE messages ADD COLUMN notify INTEGER NOT NULL DEFAULT 0 CHECK (notify IN (0, 1));
+
 -- +goose Down
+ALTER TABLE messages DROP COLUMN notify;
 DROP TABLE webhook_events;
