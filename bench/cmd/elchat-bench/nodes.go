@@ -221,7 +221,57 @@ type node struct {
 	idx   int
 	addr  string
 	paddr string // net/http/pprof side port (--pprof), else ""
-	proc  *proc
+	proc  *proc  // nil for --target
+	// extPid is the server's pid for --target (--target-pid), 0 if unknown.
+	extPid int
+	// noMetrics: no Prometheus /metrics to scrape (the floor, a --target).
+	noMetrics bool
+}
+
+// pid is the server process to read from /proc, 0 when unknown.
+func (n *node) pid() int {
+	if n.proc != nil {
+		return n.proc.pid()
+	}
+	return n.extPid
+}
+
+func (n *node) logPath() string {
+	if n.proc != nil {
+		return n.proc.log
+	}
+	return ""
+}
+
+func (n *node) alive() bool {
+	if n.proc != nil {
+		return n.proc.alive()
+	}
+	if n.extPid > 0 {
+		_, err := os.Stat(fmt.Sprintf("/proc/%d", n.extPid))
+		return err == nil
+	}
+	return true
+}
+
+// startFloor runs this binary's __floor server in a fresh process on a free
+// port: same upgrade, same epoll engine, no hub and no store.
+func startFloor(o *opts, idx int) (*node, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort())
+	p, err := startProc(fmt.Sprintf("floor-%d", idx), filepath.Join(o.tmp, fmt.Sprintf("floor-%d.log", idx)), nil,
+		[]string{"GODEBUG=gctrace=1"}, exe, "__floor", "--addr", addr)
+	if err != nil {
+		return nil, err
+	}
+	if err := waitTCP(addr, 20*time.Second); err != nil {
+		p.stop(2 * time.Second)
+		return nil, fmt.Errorf("floor: %v\n%s", err, tail(p.log, 20))
+	}
+	return &node{idx: idx, addr: addr, proc: p, noMetrics: true}, nil
 }
 
 func startNode(o nodeOpts, idx int) (*node, error) {
@@ -303,6 +353,9 @@ type sample struct {
 }
 
 func readStatus(pid int) (rss, threads int64) {
+	if pid <= 0 {
+		return -1, -1
+	}
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return -1, -1
@@ -321,6 +374,9 @@ func readStatus(pid int) (rss, threads int64) {
 
 // cpuTicks is utime+stime in clock ticks (USER_HZ = 100 on Linux).
 func cpuTicks(pid int) int64 {
+	if pid <= 0 {
+		return -1
+	}
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		return -1
@@ -397,10 +453,16 @@ func scrape(addr string) map[string]float64 {
 }
 
 func takeSample(n *node, t0 time.Time) sample {
-	rss, th := readStatus(n.proc.pid())
 	in, mem := sockstat()
-	return sample{At: time.Since(t0).Seconds(), RSSKiB: rss, CPUTicks: cpuTicks(n.proc.pid()), Threads: th,
-		Metrics: scrape(n.addr), SockMemPgs: mem, TCPInuse: in}
+	s := sample{At: time.Since(t0).Seconds(), RSSKiB: -1, CPUTicks: -1, Threads: -1, SockMemPgs: mem, TCPInuse: in}
+	if pid := n.pid(); pid > 0 {
+		s.RSSKiB, s.Threads = readStatus(pid)
+		s.CPUTicks = cpuTicks(pid)
+	}
+	if !n.noMetrics {
+		s.Metrics = scrape(n.addr)
+	}
+	return s
 }
 
 func smapsRollup(pid int) map[string]int64 {
