@@ -492,10 +492,14 @@ func cdfPlot(title string, names []string, hs []*hist) string {
 func addNotes(r *result, o *opts, figs []*connectFig) {
 	for _, f := range figs {
 		for _, n := range f.Nodes {
-			if n.After.Metrics == nil {
+			if n.After.Metrics == nil && f.Transport == "floor" {
+				r.note("floor: serves no /metrics by design: goroutines per socket n/a; Go heap per socket from its GODEBUG=gctrace=1 log (MB resolution; n/a when it did not collect)")
+			} else if n.After.Metrics == nil && f.Transport == "target" {
+				r.note("target: not scraped (no pid or metrics of a foreign server are assumed): heap and goroutines per socket n/a%s", map[bool]string{true: "", false: "; no --target-pid, so server RSS and CPU are n/a too"}[f.HasPid])
+			} else if n.After.Metrics == nil {
 				r.note("%s node %d: /metrics not served (404 or error): goroutines per connection n/a; Go heap per connection is the live heap after the last GC from GODEBUG=gctrace=1 (MB resolution)", f.Label, n.Node)
 			}
-			if n.Pprof != "" && !strings.HasSuffix(n.Pprof, ".pprof") {
+			if n.Pprof != "" && !strings.HasSuffix(n.Pprof, ".pprof") && (o.pprof || (f.Transport != "floor" && f.Transport != "target")) {
 				r.note("%s node %d: no heap profile: %s", f.Label, n.Node, n.Pprof)
 			}
 			if n.Smaps != nil {
@@ -913,6 +917,9 @@ func ratioCell(a, b string) string {
 	}
 	if _, err := fmt.Sscanf(b, "%g", &y); err != nil {
 		return ""
+	}
+	if x <= 0 || y < 0 {
+		return "" // a delta at or below zero (box-wide noise) has no ratio
 	}
 	return ratio(y, x)
 }
