@@ -459,7 +459,9 @@ func memPlot(figs []*connectFig) string {
 		}
 		s := series{Name: f.Label}
 		for _, p := range f.Timeline {
-			if p.Up >= 500 {
+			// skip the first few sockets, whose RSS delta is mostly the
+			// runtime warming up, not the sockets
+			if p.Up >= max(1, min(500, f.Conns/20)) {
 				s.X = append(s.X, float64(p.Up))
 				s.Y = append(s.Y, float64(p.RSSKiB)/float64(p.Up))
 			}
