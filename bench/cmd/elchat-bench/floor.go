@@ -81,7 +81,17 @@ func runFloor(args []string) error {
 		<-ch
 		ln.Close()
 	}()
-	slots := make(chan struct{}, 4096) // as ELCHAT_MAX_HANDSHAKES in the bench
+	serveFloor(ln, eng)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return eng.Shutdown(ctx)
+}
+
+// serveFloor accepts until ln is closed; each upgrade runs on its own
+// goroutine (at most 4096 at once, as ELCHAT_MAX_HANDSHAKES in the bench),
+// the upgraded socket then lives on eng.
+func serveFloor(ln net.Listener, eng transport.Engine) {
+	slots := make(chan struct{}, 4096)
 	for {
 		nc, err := ln.Accept()
 		if err != nil {
@@ -97,9 +107,6 @@ func runFloor(args []string) error {
 			nc.Close()
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	return eng.Shutdown(ctx)
 }
 
 // floorUpgrade is pkg/server's upgrade without authorization: the request

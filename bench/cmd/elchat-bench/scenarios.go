@@ -638,9 +638,13 @@ func addPlots(r *result, figs []*connectFig) {
 	}
 	r.Plots["connect-latency-cdf.svg"] = cdfPlot("connect+join latency CDF", names, hs)
 	for _, f := range figs {
-		hbNames, hbs = append(hbNames, f.Label), append(hbs, f.hbH)
+		if f.HBOK > 0 {
+			hbNames, hbs = append(hbNames, f.Label), append(hbs, f.hbH)
+		}
 	}
-	r.Plots["heartbeat-latency-cdf.svg"] = cdfPlot("heartbeat reply latency CDF", hbNames, hbs)
+	if len(hbs) > 0 { // none when --hold is shorter than --hb
+		r.Plots["heartbeat-latency-cdf.svg"] = cdfPlot("heartbeat reply latency CDF", hbNames, hbs)
+	}
 }
 
 // ratioRows are the rows that get a ratio column: per-socket costs and
