@@ -107,7 +107,7 @@ func main() {
 	fs.StringVar(&o.server, "server", "./bin/elchat", "path to the elchat binary")
 	fs.StringVar(&o.outDir, "out", "bench/results", "results root; each run writes <out>/<timestamp>-<scenario>/")
 	fs.StringVar(&o.transport, "transport", "epoll", "ELCHAT_TRANSPORT of the node(s): epoll or portable (baseline runs both)")
-	fs.StringVar(&o.store, "store", "", "sqlite (embedded, per node) or postgres (throwaway server); default: sqlite for connect and cluster --big, postgres otherwise")
+	fs.StringVar(&o.store, "store", "", "sqlite (embedded, per node) or postgres (throwaway server); default: sqlite for connect, postgres otherwise")
 	fs.StringVar(&o.dbURL, "database-url", "", "use this PostgreSQL instead of starting one")
 	fs.IntVar(&o.conns, "conns", 19000, "connect/baseline/cluster --big: connections")
 	fs.IntVar(&o.pairs, "pairs", 1000, "chat/cluster/baseline: user pairs (2 sockets each)")
@@ -148,7 +148,9 @@ func main() {
 	}
 	if o.store == "" {
 		o.store = "postgres"
-		if o.scenario == "connect" || o.big {
+		// cluster --big shares PostgreSQL: ElChat refuses Redis with the
+		// embedded store (per-node message ids would collide).
+		if o.scenario == "connect" {
 			o.store = "sqlite"
 		}
 	}

@@ -724,7 +724,7 @@ func budgetRows(figs []*connectFig) [][]string {
 	add("kernel TCP buffers (sockstat TCP mem delta ÷ sockets; both ends)", func(f *connectFig) float64 { return f.SockMemPerConnKB })
 	add("kernel slab (meminfo Slab delta ÷ sockets; box-wide, both ends)", func(f *connectFig) float64 { return f.SlabPerConnKB })
 	add("generator RSS (all workers ÷ sockets, incl. runtime and binary)", func(f *connectFig) float64 { return f.GenRSSPerConnKiB })
-	add("Redis RSS (delta ÷ sockets; n/a: no Redis in this run)", func(f *connectFig) float64 { return f.RedisRSSPerConnKiB })
+	add("Redis RSS (delta ÷ sockets; n/a when the scenario runs no Redis)", func(f *connectFig) float64 { return f.RedisRSSPerConnKiB })
 	add("total (server + kernel TCP + slab + Redis)", func(f *connectFig) float64 {
 		t := srv(f)
 		if t == naVal {
