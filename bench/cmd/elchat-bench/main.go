@@ -112,7 +112,7 @@ func main() {
 	fs.IntVar(&o.conns, "conns", 19000, "connect/baseline/cluster --big: connections")
 	fs.IntVar(&o.pairs, "pairs", 1000, "chat/cluster/baseline: user pairs (2 sockets each)")
 	fs.IntVar(&o.nodes, "nodes", 3, "cluster: ElChat nodes (--big: default 12)")
-	fs.BoolVar(&o.big, "big", false, "cluster: connect-only mode over many nodes (embedded store per node, shared Redis)")
+	fs.BoolVar(&o.big, "big", false, "cluster: connect-only mode over many nodes (shared Redis and PostgreSQL)")
 	fs.Float64Var(&o.rate, "rate", 2000, "connection ramp rate, connects+joins per second (total)")
 	fs.IntVar(&o.perWorker, "per-worker", 15000, "max sockets per worker process (fd limit 20,000)")
 	fs.DurationVar(&o.hb, "hb", 30*time.Second, "heartbeat interval (phoenix.js: 30s)")
