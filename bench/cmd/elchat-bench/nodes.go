@@ -346,6 +346,7 @@ type sample struct {
 	At         float64            `json:"t_s"`
 	RSSKiB     int64              `json:"rss_kib"`
 	CPUTicks   int64              `json:"cpu_ticks"`
+	SysTicks   int64              `json:"cpu_sys_ticks"` // stime alone (kernel: accept, epoll, TCP)
 	Threads    int64              `json:"threads"`
 	Metrics    map[string]float64 `json:"metrics,omitempty"`
 	SockMemPgs int64              `json:"sockstat_tcp_mem_pages"`
@@ -388,6 +389,18 @@ func cpuTicks(pid int) int64 {
 	u, _ := strconv.ParseInt(f[11], 10, 64)
 	st, _ := strconv.ParseInt(f[12], 10, 64)
 	return u + st
+}
+
+// sysTicks is stime alone, in clock ticks.
+func sysTicks(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return -1
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return st
 }
 
 func sockstat() (inuse, mem int64) {
@@ -458,6 +471,7 @@ func takeSample(n *node, t0 time.Time) sample {
 	if pid := n.pid(); pid > 0 {
 		s.RSSKiB, s.Threads = readStatus(pid)
 		s.CPUTicks = cpuTicks(pid)
+		s.SysTicks = sysTicks(pid)
 	}
 	if !n.noMetrics {
 		s.Metrics = scrape(n.addr)

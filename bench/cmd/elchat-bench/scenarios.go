@@ -28,6 +28,7 @@ type nodeFig struct {
 	HeapPerConnKiB    float64          `json:"heap_inuse_per_conn_kib"`
 	GoroutinesPerConn float64          `json:"goroutines_per_conn"`
 	CPUusPerConn      float64          `json:"cpu_us_per_connect_join"`
+	SysUsPerConn      float64          `json:"cpu_sys_us_per_connect_join"`
 	Smaps             map[string]int64 `json:"smaps_rollup_kib,omitempty"`
 	Pprof             string           `json:"pprof,omitempty"`
 	HeapFromGCTrace   bool             `json:"heap_from_gctrace,omitempty"`
@@ -218,8 +219,9 @@ func runConnect(o *opts, ns []*node, n int, label, transport string) (*connectFi
 		c := float64(max(nf.Conns, 1))
 		nf.RSSPerConnKiB = float64(nf.After.RSSKiB-nf.Before.RSSKiB) / c
 		nf.CPUusPerConn = float64(nf.After.CPUTicks-nf.Before.CPUTicks) * 1e4 / c
+		nf.SysUsPerConn = float64(nf.After.SysTicks-nf.Before.SysTicks) * 1e4 / c
 		if nd.pid() <= 0 {
-			nf.RSSPerConnKiB, nf.CPUusPerConn = nan(), nan()
+			nf.RSSPerConnKiB, nf.CPUusPerConn, nf.SysUsPerConn = nan(), nan(), nan()
 		}
 		if h1, ok := metric(nf.After, "go_memstats_heap_inuse_bytes"); ok {
 			h0, _ := metric(nf.Before, "go_memstats_heap_inuse_bytes")
@@ -386,6 +388,9 @@ func connectRows(figs []*connectFig) [][]string {
 	})
 	add("server CPU per connect+join (µs)", func(f *connectFig) string {
 		return f1(sum(f, func(n nodeFig) float64 { return n.CPUusPerConn }))
+	})
+	add("of which kernel time, stime (µs)", func(f *connectFig) string {
+		return f1(sum(f, func(n nodeFig) float64 { return n.SysUsPerConn }))
 	})
 	add("kernel TCP buffer memory per connection pair (KiB, sockstat mem)", func(f *connectFig) string { return f2(f.SockMemPerConnKB) })
 	add("kernel slab per connection pair (KiB, meminfo Slab; box-wide)", func(f *connectFig) string { return f2(f.SlabPerConnKB) })
@@ -699,6 +704,8 @@ func floorRows(f, fl *connectFig) [][]string {
 	add("server RSS per socket, after ramp (KiB)", meanNodes(f, rss), meanNodes(fl, rss), f2)
 	add("server RSS per socket, end of hold (KiB)", meanNodes(f, rssEnd), meanNodes(fl, rssEnd), f2)
 	add("server CPU per connect+join (µs)", meanNodes(f, cpu), meanNodes(fl, cpu), f1)
+	sys := func(n nodeFig) float64 { return n.SysUsPerConn }
+	add("of which kernel time, stime (µs)", meanNodes(f, sys), meanNodes(fl, sys), f1)
 	add("connect+join latency p50 (ms)", f.Conn.P50, fl.Conn.P50, f2)
 	add("connect+join latency p99 (ms)", f.Conn.P99, fl.Conn.P99, f2)
 	return rows
