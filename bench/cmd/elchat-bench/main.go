@@ -409,6 +409,9 @@ func snapshotServer(o *opts) error {
 // parseTarget checks --target and the client templates and resolves the
 // target to the IPv4 address the workers dial.
 func parseTarget(o *opts, fs *flag.FlagSet) error {
+	if o.tokensFile != "" && o.scenario != "connect" {
+		return fmt.Errorf("--tokens-file works with the connect scenario only (line u for user u)")
+	}
 	if o.tokensFile != "" && o.claims != "" {
 		return fmt.Errorf("--tokens-file and --claims exclude each other")
 	}
