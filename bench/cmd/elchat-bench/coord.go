@@ -51,6 +51,11 @@ type fleetSpec struct {
 	deadline    time.Time
 	firstUser   int64
 	firstIPByte int
+	// client carries the protocol fields of workerConfig (Host, Path,
+	// Query, TokenParam, TokenMode, ClaimsT, TokensFile, TopicT, JoinT).
+	client workerConfig
+	secret string
+	noBind bool // target is not on loopback: no 127.0.0.x source addresses
 }
 
 func spawnFleet(s fleetSpec, label string) (*fleet, error) {
@@ -78,11 +83,17 @@ func spawnFleet(s fleetSpec, label string) (*fleet, error) {
 		if ipb+1 > 254 {
 			return nil, fmt.Errorf("too many workers for 127.0.0.x source addresses")
 		}
-		cfg := workerConfig{ID: i, Scenario: s.scenario, Addrs: s.addrs, Secret: benchSecret,
-			SrcIPs: []string{fmt.Sprintf("127.0.0.%d", ipb), fmt.Sprintf("127.0.0.%d", ipb+1)},
-			Count:  cnt, Rate: s.rate / float64(w), MaxInflight: 1000, HB: s.hb, HBTimeout: s.hbTO,
-			ConnTimeout: s.connTO, MsgRate: s.msgRate / float64(w), Duration: s.duration, BodySize: s.bodySize,
-			Deadline: s.deadline}
+		cfg := s.client
+		cfg.ID, cfg.Scenario, cfg.Addrs, cfg.Secret = i, s.scenario, s.addrs, s.secret
+		if cfg.Secret == "" {
+			cfg.Secret = benchSecret
+		}
+		if !s.noBind {
+			cfg.SrcIPs = []string{fmt.Sprintf("127.0.0.%d", ipb), fmt.Sprintf("127.0.0.%d", ipb+1)}
+		}
+		cfg.Count, cfg.Rate, cfg.MaxInflight, cfg.HB, cfg.HBTimeout = cnt, s.rate/float64(w), 1000, s.hb, s.hbTO
+		cfg.ConnTimeout, cfg.MsgRate, cfg.Duration, cfg.BodySize = s.connTO, s.msgRate/float64(w), s.duration, s.bodySize
+		cfg.Deadline = s.deadline
 		if s.scenario == "chat" {
 			cfg.FirstPair = int64(next)
 		} else {
@@ -293,6 +304,17 @@ func boxTicks() int64 {
 		var x int64
 		fmt.Sscan(v, &x)
 		t += x
+	}
+	return t
+}
+
+// rssKiB sums VmRSS of the worker processes.
+func (f *fleet) rssKiB() int64 {
+	var t int64
+	for _, w := range f.ws {
+		if v, _ := readStatus(w.cmd.Process.Pid); v > 0 {
+			t += v
+		}
 	}
 	return t
 }

@@ -19,6 +19,8 @@ import (
 	"flag"
 	"fmt"
 	"math"
+	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -60,12 +62,38 @@ type opts struct {
 	src        string
 	resDir     string
 	serverInfo string
+	floorInfo  string
+	commit     string
+
+	// floor and --target
+	floor      bool
+	target     string
+	targetPid  int
+	topic      string
+	join       string
+	secret     string
+	claims     string
+	tokensFile string
+	tokenParam string
+	tAddr      string // resolved ip:port of --target
+	tHost      string
+	tPath      string
+	tQuery     string
+	noBind     bool
+	redis      *proc // sampled by runConnect when a scenario runs one
 }
 
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "__worker" {
 		if err := runWorker(); err != nil {
 			fmt.Fprintln(os.Stderr, "worker:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if len(os.Args) > 1 && os.Args[1] == "__floor" {
+		if err := runFloor(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "floor:", err)
 			os.Exit(1)
 		}
 		return
@@ -79,12 +107,12 @@ func main() {
 	fs.StringVar(&o.server, "server", "./bin/elchat", "path to the elchat binary")
 	fs.StringVar(&o.outDir, "out", "bench/results", "results root; each run writes <out>/<timestamp>-<scenario>/")
 	fs.StringVar(&o.transport, "transport", "epoll", "ELCHAT_TRANSPORT of the node(s): epoll or portable (baseline runs both)")
-	fs.StringVar(&o.store, "store", "", "sqlite (embedded, per node) or postgres (throwaway server); default: sqlite for connect and cluster --big, postgres otherwise")
+	fs.StringVar(&o.store, "store", "", "sqlite (embedded, per node) or postgres (throwaway server); default: sqlite for connect, postgres otherwise")
 	fs.StringVar(&o.dbURL, "database-url", "", "use this PostgreSQL instead of starting one")
 	fs.IntVar(&o.conns, "conns", 19000, "connect/baseline/cluster --big: connections")
 	fs.IntVar(&o.pairs, "pairs", 1000, "chat/cluster/baseline: user pairs (2 sockets each)")
 	fs.IntVar(&o.nodes, "nodes", 3, "cluster: ElChat nodes (--big: default 12)")
-	fs.BoolVar(&o.big, "big", false, "cluster: connect-only mode over many nodes (embedded store per node, shared Redis)")
+	fs.BoolVar(&o.big, "big", false, "cluster: connect-only mode over many nodes (shared Redis and PostgreSQL)")
 	fs.Float64Var(&o.rate, "rate", 2000, "connection ramp rate, connects+joins per second (total)")
 	fs.IntVar(&o.perWorker, "per-worker", 15000, "max sockets per worker process (fd limit 20,000)")
 	fs.DurationVar(&o.hb, "hb", 30*time.Second, "heartbeat interval (phoenix.js: 30s)")
@@ -99,7 +127,19 @@ func main() {
 	fs.BoolVar(&o.noVerify, "no-verify", false, "chat: skip the history check of acknowledged ids")
 	fs.BoolVar(&o.pprof, "pprof", false, "build the server from --src with bench/pprof overlaid (net/http/pprof on a side port) and take CPU/heap profiles")
 	fs.StringVar(&o.src, "src", ".", "--pprof: module root to build cmd/elchat from")
+	fs.BoolVar(&o.floor, "floor", true, "connect/baseline: run the same ramp and hold against the built-in floor server first (same upgrade, same epoll engine, no hub, no store) and report ElChat ÷ floor; default off with a non-loopback --target")
+	fs.StringVar(&o.target, "target", "", "connect: drive this Phoenix Channels v2 server (ws://host:port/socket/websocket) instead of starting ElChat")
+	fs.IntVar(&o.targetPid, "target-pid", 0, "--target: its server pid on this box, for RSS and CPU figures from /proc")
+	fs.StringVar(&o.topic, "topic", "user:{id}", "topic each socket joins; {id} = the socket's user id")
+	fs.StringVar(&o.join, "join", "{}", "join payload (JSON) template; {id}, {now}, {exp} as in --claims")
+	fs.StringVar(&o.secret, "secret", "", "HS256 secret to mint tokens with --claims (default: ElChat's bench secret, tokens by pkg/auth.Mint)")
+	fs.StringVar(&o.claims, "claims", "", `JWT claims template signed HS256 with --secret, e.g. '{"sub":"{id}","exp":{exp}}' ({id} user id, {now} Unix time, {exp} now+2h)`)
+	fs.StringVar(&o.tokensFile, "tokens-file", "", "read tokens from this file, one per line (line u for user u, 1-based)")
+	fs.StringVar(&o.tokenParam, "token-param", "token", `query parameter carrying the token ("-": send no token)`)
 	fs.Parse(os.Args[2:])
+	if err := parseTarget(o, fs); err != nil {
+		fatal(err)
+	}
 	if o.big && !flagSet(fs, "nodes") {
 		o.nodes = 12
 	}
@@ -108,7 +148,9 @@ func main() {
 	}
 	if o.store == "" {
 		o.store = "postgres"
-		if o.scenario == "connect" || o.big {
+		// cluster --big shares PostgreSQL: ElChat refuses Redis with the
+		// embedded store (per-node message ids would collide).
+		if o.scenario == "connect" {
 			o.store = "sqlite"
 		}
 	}
@@ -127,6 +169,9 @@ func main() {
 	}
 	if err := snapshotServer(o); err != nil {
 		fatal(err)
+	}
+	if o.target != "" && o.scenario != "connect" {
+		fatal(fmt.Errorf("--target works with the connect scenario only"))
 	}
 	var res *result
 	switch o.scenario {
@@ -206,6 +251,12 @@ func machine() map[string]string {
 	if out, err := exec.Command("sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2").Output(); err == nil {
 		m["cpu"] = strings.TrimSpace(string(out))
 	}
+	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
+		f := strings.Fields(string(b))
+		if len(f) >= 3 {
+			m["loadavg"] = strings.Join(f[:3], " ")
+		}
+	}
 	var rl syscall.Rlimit
 	syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl)
 	m["nofile"] = fmt.Sprintf("%d/%d", rl.Cur, rl.Max)
@@ -221,9 +272,14 @@ func writeResults(o *opts, r *result) (string, error) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# elchat-bench %s — %s\n\n", o.scenario, o.started.UTC().Format(time.RFC3339))
 	fmt.Fprintf(&b, "Command: `%s`\n\n", strings.Join(o.args, " "))
-	fmt.Fprintf(&b, "Server: %s\n\n", o.serverInfo)
-	fmt.Fprintf(&b, "Machine: nproc %s, memory %s, kernel %s, %s, CPU %s, nofile %s. Run took %.0f s.\n\n",
-		mach["nproc"], mach["memory"], mach["kernel"], mach["go"], mach["cpu"], mach["nofile"], time.Since(o.started).Seconds())
+	fmt.Fprintf(&b, "- **Server**: %s\n", o.serverInfo)
+	if o.floorInfo != "" {
+		fmt.Fprintf(&b, "- **Floor**: %s\n", o.floorInfo)
+	}
+	fmt.Fprintf(&b, "- **Commit** (git HEAD of %s): %s\n", o.src, o.commit)
+	fmt.Fprintf(&b, "- **Box**: %s, %s cores, kernel %s, memory %s, %s, nofile %s, load average at start %s\n",
+		mach["cpu"], mach["nproc"], mach["kernel"], mach["memory"], mach["go"], mach["nofile"], mach["loadavg"])
+	fmt.Fprintf(&b, "- Run took %.0f s.\n\n", time.Since(o.started).Seconds())
 	for _, s := range r.Sections {
 		fmt.Fprintf(&b, "## %s\n\n", s.Title)
 		for i, row := range s.Rows {
@@ -299,6 +355,28 @@ func ratio(a, b float64) string {
 // the run's temp dir, so that rebuilding bin/elchat during a run
 // cannot change what is measured; its sha256 goes into the summary.
 func snapshotServer(o *opts) error {
+	rev, _ := exec.Command("git", "-C", o.src, "log", "-1", "--format=%H %s").Output()
+	o.commit = strings.TrimSpace(string(rev))
+	if st, _ := exec.Command("git", "-C", o.src, "status", "--porcelain", "--untracked-files=no").Output(); len(st) > 0 {
+		o.commit += " (work tree has uncommitted changes)"
+	}
+	if o.floor {
+		if exe, err := os.Executable(); err == nil {
+			b, _ := os.ReadFile(exe)
+			sum := sha256.Sum256(b)
+			o.floorInfo = fmt.Sprintf("`elchat-bench __floor` (this binary, sha256 %x): gobwas/ws upgrade + pkg/transport epoll engine, ok reply to every frame, no auth/hub/store", sum[:6])
+		}
+	}
+	if o.target != "" {
+		o.serverInfo = "target " + o.target
+		if o.targetPid > 0 {
+			exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", o.targetPid))
+			o.serverInfo += fmt.Sprintf(" (pid %d, %s)", o.targetPid, exe)
+		} else {
+			o.serverInfo += " (no --target-pid: server RSS/CPU figures omitted)"
+		}
+		return nil
+	}
 	dst := filepath.Join(o.tmp, "elchat")
 	if o.pprof {
 		src, _ := filepath.Abs(o.src)
@@ -323,8 +401,96 @@ func snapshotServer(o *opts) error {
 	}
 	b, _ := os.ReadFile(dst)
 	sum := sha256.Sum256(b)
-	rev, _ := exec.Command("git", "-C", o.src, "log", "-1", "--format=%h %s").Output()
-	o.serverInfo = fmt.Sprintf("%s (sha256 %x, tree HEAD %s, pprof overlay %v)", o.server, sum[:6], strings.TrimSpace(string(rev)), o.pprof)
+	o.serverInfo = fmt.Sprintf("%s (sha256 %x, pprof overlay %v)", o.server, sum[:6], o.pprof)
 	o.server = dst
 	return nil
+}
+
+// parseTarget checks --target and the client templates and resolves the
+// target to the IPv4 address the workers dial.
+func parseTarget(o *opts, fs *flag.FlagSet) error {
+	if o.tokensFile != "" && o.scenario != "connect" {
+		return fmt.Errorf("--tokens-file works with the connect scenario only (line u for user u)")
+	}
+	if o.tokensFile != "" && o.claims != "" {
+		return fmt.Errorf("--tokens-file and --claims exclude each other")
+	}
+	if !json.Valid([]byte(fillTemplate(o.join, "1"))) {
+		return fmt.Errorf("--join is not JSON once filled in: %s", o.join)
+	}
+	if o.claims != "" && !json.Valid([]byte(fillTemplate(o.claims, "1"))) {
+		return fmt.Errorf("--claims is not JSON once filled in: %s", o.claims)
+	}
+	if o.claims != "" && o.target != "" && o.secret == "" {
+		return fmt.Errorf("--claims needs --secret with --target")
+	}
+	if o.target == "" {
+		return nil
+	}
+	u, err := url.Parse(o.target)
+	if err != nil {
+		return fmt.Errorf("--target: %w", err)
+	}
+	if u.Scheme != "ws" {
+		return fmt.Errorf("--target: only ws:// (the workers speak plain TCP), got %q", u.Scheme)
+	}
+	port := u.Port()
+	if port == "" {
+		port = "80"
+	}
+	ips, err := net.LookupIP(u.Hostname())
+	if err != nil {
+		return fmt.Errorf("--target: %w", err)
+	}
+	var ip net.IP
+	for _, x := range ips {
+		if x.To4() != nil {
+			ip = x.To4()
+			break
+		}
+	}
+	if ip == nil {
+		return fmt.Errorf("--target: %s has no IPv4 address", u.Hostname())
+	}
+	o.tAddr = net.JoinHostPort(ip.String(), port)
+	o.tHost, o.tPath, o.tQuery = u.Host, u.Path, u.RawQuery
+	if o.tPath == "" {
+		o.tPath = "/socket/websocket"
+	}
+	o.noBind = !ip.IsLoopback()
+	if o.noBind && !flagSet(fs, "floor") {
+		o.floor = false // a floor on this box is no reference for another box
+	}
+	return nil
+}
+
+// client is the protocol part of the workers' config.
+func (o *opts) client() workerConfig {
+	c := workerConfig{Host: o.tHost, Path: o.tPath, Query: o.tQuery, TokenParam: o.tokenParam, TopicT: o.topic, JoinT: o.join}
+	switch {
+	case o.tokensFile != "":
+		c.TokenMode, c.TokensFile = "file", o.tokensFile
+		if abs, err := filepath.Abs(o.tokensFile); err == nil {
+			c.TokensFile = abs
+		}
+	case o.claims != "":
+		c.TokenMode, c.ClaimsT = "hs256", o.claims
+	case o.target != "" && o.secret == "":
+		c.TokenMode = "none"
+	}
+	if c.TopicT == "user:{id}" {
+		c.TopicT = ""
+	}
+	if c.JoinT == "{}" {
+		c.JoinT = ""
+	}
+	return c
+}
+
+// serverSecret is what the started nodes verify tokens with.
+func (o *opts) serverSecret() string {
+	if o.secret != "" {
+		return o.secret
+	}
+	return benchSecret
 }

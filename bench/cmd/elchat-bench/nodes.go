@@ -221,7 +221,57 @@ type node struct {
 	idx   int
 	addr  string
 	paddr string // net/http/pprof side port (--pprof), else ""
-	proc  *proc
+	proc  *proc  // nil for --target
+	// extPid is the server's pid for --target (--target-pid), 0 if unknown.
+	extPid int
+	// noMetrics: no Prometheus /metrics to scrape (the floor, a --target).
+	noMetrics bool
+}
+
+// pid is the server process to read from /proc, 0 when unknown.
+func (n *node) pid() int {
+	if n.proc != nil {
+		return n.proc.pid()
+	}
+	return n.extPid
+}
+
+func (n *node) logPath() string {
+	if n.proc != nil {
+		return n.proc.log
+	}
+	return ""
+}
+
+func (n *node) alive() bool {
+	if n.proc != nil {
+		return n.proc.alive()
+	}
+	if n.extPid > 0 {
+		_, err := os.Stat(fmt.Sprintf("/proc/%d", n.extPid))
+		return err == nil
+	}
+	return true
+}
+
+// startFloor runs this binary's __floor server in a fresh process on a free
+// port: same upgrade, same epoll engine, no hub and no store.
+func startFloor(o *opts, idx int) (*node, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort())
+	p, err := startProc(fmt.Sprintf("floor-%d", idx), filepath.Join(o.tmp, fmt.Sprintf("floor-%d.log", idx)), nil,
+		[]string{"GODEBUG=gctrace=1"}, exe, "__floor", "--addr", addr)
+	if err != nil {
+		return nil, err
+	}
+	if err := waitTCP(addr, 20*time.Second); err != nil {
+		p.stop(2 * time.Second)
+		return nil, fmt.Errorf("floor: %v\n%s", err, tail(p.log, 20))
+	}
+	return &node{idx: idx, addr: addr, proc: p, noMetrics: true}, nil
 }
 
 func startNode(o nodeOpts, idx int) (*node, error) {
@@ -296,6 +346,7 @@ type sample struct {
 	At         float64            `json:"t_s"`
 	RSSKiB     int64              `json:"rss_kib"`
 	CPUTicks   int64              `json:"cpu_ticks"`
+	SysTicks   int64              `json:"cpu_sys_ticks"` // stime alone (kernel: accept, epoll, TCP)
 	Threads    int64              `json:"threads"`
 	Metrics    map[string]float64 `json:"metrics,omitempty"`
 	SockMemPgs int64              `json:"sockstat_tcp_mem_pages"`
@@ -303,6 +354,9 @@ type sample struct {
 }
 
 func readStatus(pid int) (rss, threads int64) {
+	if pid <= 0 {
+		return -1, -1
+	}
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return -1, -1
@@ -321,6 +375,9 @@ func readStatus(pid int) (rss, threads int64) {
 
 // cpuTicks is utime+stime in clock ticks (USER_HZ = 100 on Linux).
 func cpuTicks(pid int) int64 {
+	if pid <= 0 {
+		return -1
+	}
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		return -1
@@ -332,6 +389,18 @@ func cpuTicks(pid int) int64 {
 	u, _ := strconv.ParseInt(f[11], 10, 64)
 	st, _ := strconv.ParseInt(f[12], 10, 64)
 	return u + st
+}
+
+// sysTicks is stime alone, in clock ticks.
+func sysTicks(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return -1
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return st
 }
 
 func sockstat() (inuse, mem int64) {
@@ -397,10 +466,17 @@ func scrape(addr string) map[string]float64 {
 }
 
 func takeSample(n *node, t0 time.Time) sample {
-	rss, th := readStatus(n.proc.pid())
 	in, mem := sockstat()
-	return sample{At: time.Since(t0).Seconds(), RSSKiB: rss, CPUTicks: cpuTicks(n.proc.pid()), Threads: th,
-		Metrics: scrape(n.addr), SockMemPgs: mem, TCPInuse: in}
+	s := sample{At: time.Since(t0).Seconds(), RSSKiB: -1, CPUTicks: -1, Threads: -1, SockMemPgs: mem, TCPInuse: in}
+	if pid := n.pid(); pid > 0 {
+		s.RSSKiB, s.Threads = readStatus(pid)
+		s.CPUTicks = cpuTicks(pid)
+		s.SysTicks = sysTicks(pid)
+	}
+	if !n.noMetrics {
+		s.Metrics = scrape(n.addr)
+	}
+	return s
 }
 
 func smapsRollup(pid int) map[string]int64 {

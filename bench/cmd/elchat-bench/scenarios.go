@@ -28,6 +28,7 @@ type nodeFig struct {
 	HeapPerConnKiB    float64          `json:"heap_inuse_per_conn_kib"`
 	GoroutinesPerConn float64          `json:"goroutines_per_conn"`
 	CPUusPerConn      float64          `json:"cpu_us_per_connect_join"`
+	SysUsPerConn      float64          `json:"cpu_sys_us_per_connect_join"`
 	Smaps             map[string]int64 `json:"smaps_rollup_kib,omitempty"`
 	Pprof             string           `json:"pprof,omitempty"`
 	HeapFromGCTrace   bool             `json:"heap_from_gctrace,omitempty"`
@@ -55,7 +56,12 @@ type connectFig struct {
 	Nodes            []nodeFig      `json:"nodes"`
 	Reasons          map[string]int `json:"failure_reasons"`
 	Timeline         []timelinePt   `json:"timeline"`
-	connH            *hist
+	// The per-socket memory budget, after the ramp (+ --settle).
+	GenRSSKiB          int64   `json:"generator_rss_kib"`
+	GenRSSPerConnKiB   float64 `json:"generator_rss_per_socket_kib"`
+	RedisRSSPerConnKiB float64 `json:"redis_rss_per_socket_kib"`
+	HasPid             bool    `json:"server_pid_known"`
+	connH, hbH         *hist
 }
 
 type chatFig struct {
@@ -95,7 +101,7 @@ func (o *opts) spec(scn string, addrs []string, total int) fleetSpec {
 	return fleetSpec{scenario: scn, addrs: addrs, total: total, perWorker: o.perWorker, rate: o.rate, hb: o.hb,
 		// phoenix.js closes the socket when a heartbeat is still unanswered at the next one
 		hbTO: o.hb, connTO: o.connTO, msgRate: o.msgRate, duration: o.duration, bodySize: o.bodySize,
-		deadline: o.deadline(), firstUser: 1, firstIPByte: 2}
+		deadline: o.deadline(), firstUser: 1, firstIPByte: 2, client: o.client(), secret: o.serverSecret(), noBind: o.noBind}
 }
 
 func addrsOf(ns []*node) []string {
@@ -115,7 +121,7 @@ func stopNodes(ns []*node) {
 func startNodes(o *opts, k int, transport, dbURL, redisURL string) ([]*node, error) {
 	var ns []*node
 	for i := 0; i < k; i++ {
-		n, err := startNode(nodeOpts{pprof: o.pprof, bin: o.server, secret: benchSecret, transport: transport, dbURL: dbURL, redisURL: redisURL, tmp: o.tmp}, i)
+		n, err := startNode(nodeOpts{pprof: o.pprof, bin: o.server, secret: o.serverSecret(), transport: transport, dbURL: dbURL, redisURL: redisURL, tmp: o.tmp}, i)
 		if err != nil {
 			stopNodes(ns)
 			return nil, err
@@ -127,8 +133,8 @@ func startNodes(o *opts, k int, transport, dbURL, redisURL string) ([]*node, err
 
 func checkAlive(ns []*node) error {
 	for _, n := range ns {
-		if !n.proc.alive() {
-			return fmt.Errorf("node %d died:\n%s", n.idx, tail(n.proc.log, 30))
+		if !n.alive() {
+			return fmt.Errorf("node %d died:\n%s", n.idx, tail(n.logPath(), 30))
 		}
 	}
 	return nil
@@ -146,9 +152,12 @@ func metric(s sample, k string) (float64, bool) {
 // and measures every node.
 func runConnect(o *opts, ns []*node, n int, label, transport string) (*connectFig, error) {
 	t0 := time.Now()
-	fig := &connectFig{Label: label, Transport: transport, Conns: n}
+	fig := &connectFig{Label: label, Transport: transport, Conns: n, HasPid: true, RedisRSSPerConnKiB: nan()}
 	for _, nd := range ns {
-		h0, _ := liveHeapMB(nd.proc.log)
+		if nd.pid() <= 0 {
+			fig.HasPid = false
+		}
+		h0, _ := liveHeapMB(nd.logPath())
 		fig.Nodes = append(fig.Nodes, nodeFig{Node: nd.idx, Before: takeSample(nd, t0), liveHeap0: h0, goroutines0: goroutines(nd.paddr)})
 	}
 	for u := 1; u <= n; u++ {
@@ -160,14 +169,21 @@ func runConnect(o *opts, ns []*node, n int, label, transport string) (*connectFi
 	for _, nf := range fig.Nodes {
 		rss0 += nf.Before.RSSKiB
 	}
+	redis0 := int64(-1)
+	if o.redis != nil {
+		redis0, _ = readStatus(o.redis.pid())
+	}
 	f, err := spawnFleet(o.spec("connect", addrsOf(ns), n), label)
 	if err != nil {
 		return nil, err
 	}
 	timeline := func() {
+		if !fig.HasPid {
+			return
+		}
 		var rss int64
 		for _, nd := range ns {
-			r, _ := readStatus(nd.proc.pid())
+			r, _ := readStatus(nd.pid())
 			rss += r
 		}
 		a := f.aggregate()
@@ -190,26 +206,37 @@ func runConnect(o *opts, ns []*node, n int, label, transport string) (*connectFi
 	_, memAfter := sockstat()
 	fig.SockMemPerConnKB = float64(memAfter-memBefore) * 4096 / 1024 / float64(max(a.Up, 1))
 	fig.SlabPerConnKB = float64(slabKiB()-slab0) / float64(max(a.Up, 1))
+	fig.GenRSSKiB = f.rssKiB()
+	fig.GenRSSPerConnKiB = float64(fig.GenRSSKiB) / float64(max(a.Up, 1))
+	if redis0 > 0 {
+		if r1, _ := readStatus(o.redis.pid()); r1 > 0 {
+			fig.RedisRSSPerConnKiB = float64(r1-redis0) / float64(max(a.Up, 1))
+		}
+	}
 	for i, nd := range ns {
 		nf := &fig.Nodes[i]
 		nf.After = takeSample(nd, t0)
 		c := float64(max(nf.Conns, 1))
 		nf.RSSPerConnKiB = float64(nf.After.RSSKiB-nf.Before.RSSKiB) / c
 		nf.CPUusPerConn = float64(nf.After.CPUTicks-nf.Before.CPUTicks) * 1e4 / c
+		nf.SysUsPerConn = float64(nf.After.SysTicks-nf.Before.SysTicks) * 1e4 / c
+		if nd.pid() <= 0 {
+			nf.RSSPerConnKiB, nf.CPUusPerConn, nf.SysUsPerConn = nan(), nan(), nan()
+		}
 		if h1, ok := metric(nf.After, "go_memstats_heap_inuse_bytes"); ok {
 			h0, _ := metric(nf.Before, "go_memstats_heap_inuse_bytes")
 			nf.HeapPerConnKiB = (h1 - h0) / 1024 / c
 			g1, _ := metric(nf.After, "go_goroutines")
 			g0, _ := metric(nf.Before, "go_goroutines")
 			nf.GoroutinesPerConn = (g1 - g0) / c
-		} else if h1, ok := liveHeapMB(nd.proc.log); ok {
+		} else if h1, ok := liveHeapMB(nd.logPath()); ok {
 			nf.HeapPerConnKiB = (h1 - nf.liveHeap0) * 1024 / c
 			nf.GoroutinesPerConn = nan()
 			nf.HeapFromGCTrace = true
 		} else {
 			nf.HeapPerConnKiB, nf.GoroutinesPerConn = nan(), nan()
 		}
-		nf.Smaps = smapsRollup(nd.proc.pid())
+		nf.Smaps = smapsRollup(nd.pid())
 		if len(ns) <= 3 {
 			pp := filepath.Join(o.resDir, fmt.Sprintf("heap-%s-node%d.pprof", label, nd.idx))
 			if err := fetchProfile(nd.paddr, "heap?gc=1", pp, 60*time.Second); err != nil {
@@ -227,12 +254,15 @@ func runConnect(o *opts, ns []*node, n int, label, transport string) (*connectFi
 		nf := &fig.Nodes[i]
 		nf.End = takeSample(nd, t0)
 		nf.RSSPerConnEndKiB = float64(nf.End.RSSKiB-nf.Before.RSSKiB) / float64(max(nf.Conns, 1))
+		if nd.pid() <= 0 {
+			nf.RSSPerConnEndKiB = nan()
+		}
 	}
 	aliveErr := checkAlive(ns)
 	a = f.finish()
 	fig.UpEnd, fig.Fail, fig.Drop = a.Up, a.Fail, a.Drop
 	fig.HBSent, fig.HBOK, fig.HBFail = a.HBSent, a.HBOK, a.HBFail
-	fig.Conn, fig.HB, fig.Reasons, fig.connH = a.conn.summary(), a.hb.summary(), a.reasons, a.conn
+	fig.Conn, fig.HB, fig.Reasons, fig.connH, fig.hbH = a.conn.summary(), a.hb.summary(), a.reasons, a.conn, a.hb
 	return fig, aliveErr
 }
 
@@ -359,6 +389,9 @@ func connectRows(figs []*connectFig) [][]string {
 	add("server CPU per connect+join (µs)", func(f *connectFig) string {
 		return f1(sum(f, func(n nodeFig) float64 { return n.CPUusPerConn }))
 	})
+	add("of which kernel time, stime (µs)", func(f *connectFig) string {
+		return f1(sum(f, func(n nodeFig) float64 { return n.SysUsPerConn }))
+	})
 	add("kernel TCP buffer memory per connection pair (KiB, sockstat mem)", func(f *connectFig) string { return f2(f.SockMemPerConnKB) })
 	add("kernel slab per connection pair (KiB, meminfo Slab; box-wide)", func(f *connectFig) string { return f2(f.SlabPerConnKB) })
 	return rows
@@ -426,16 +459,24 @@ func chatRows(figs []*chatFig) [][]string {
 func memPlot(figs []*connectFig) string {
 	var ss []series
 	for _, f := range figs {
+		if !f.HasPid {
+			continue
+		}
 		s := series{Name: f.Label}
 		for _, p := range f.Timeline {
-			if p.Up >= 500 {
+			// skip the first few sockets, whose RSS delta is mostly the
+			// runtime warming up, not the sockets
+			if p.Up >= max(1, min(500, f.Conns/20)) {
 				s.X = append(s.X, float64(p.Up))
 				s.Y = append(s.Y, float64(p.RSSKiB)/float64(p.Up))
 			}
 		}
 		ss = append(ss, s)
 	}
-	return linePlot("Server RSS per connection during the ramp", "connections up", "KiB per connection (RSS delta / up)", ss, false)
+	if len(ss) == 0 {
+		return ""
+	}
+	return linePlot("Server RSS per socket during the ramp (sampled every second)", "connections up", "KiB per socket (RSS delta / up)", ss, false)
 }
 
 func cdfPlot(title string, names []string, hs []*hist) string {
@@ -458,10 +499,14 @@ func cdfPlot(title string, names []string, hs []*hist) string {
 func addNotes(r *result, o *opts, figs []*connectFig) {
 	for _, f := range figs {
 		for _, n := range f.Nodes {
-			if n.After.Metrics == nil {
+			if n.After.Metrics == nil && f.Transport == "floor" {
+				r.note("floor: serves no /metrics by design: goroutines per socket n/a; Go heap per socket from its GODEBUG=gctrace=1 log (MB resolution; n/a when it did not collect)")
+			} else if n.After.Metrics == nil && f.Transport == "target" {
+				r.note("target: not scraped (no pid or metrics of a foreign server are assumed): heap and goroutines per socket n/a%s", map[bool]string{true: "", false: "; no --target-pid, so server RSS and CPU are n/a too"}[f.HasPid])
+			} else if n.After.Metrics == nil {
 				r.note("%s node %d: /metrics not served (404 or error): goroutines per connection n/a; Go heap per connection is the live heap after the last GC from GODEBUG=gctrace=1 (MB resolution)", f.Label, n.Node)
 			}
-			if n.Pprof != "" && !strings.HasSuffix(n.Pprof, ".pprof") {
+			if n.Pprof != "" && !strings.HasSuffix(n.Pprof, ".pprof") && (o.pprof || (f.Transport != "floor" && f.Transport != "target")) {
 				r.note("%s node %d: no heap profile: %s", f.Label, n.Node, n.Pprof)
 			}
 			if n.Smaps != nil {
@@ -516,24 +561,189 @@ func oneNode(o *opts) (ns []*node, stop func(), err error) {
 	return ns, func() { stopNodes(ns); cleanup() }, nil
 }
 
-func scenarioConnect(o *opts) (*result, error) {
-	ns, stop, err := oneNode(o)
+// runFloor runs the connect ramp and hold against a fresh floor process.
+func runFloorConnect(o *opts) (*connectFig, error) {
+	fl, err := startFloor(o, 0)
 	if err != nil {
 		return nil, err
 	}
-	defer stop()
-	fig, err := runConnect(o, ns, o.conns, o.transport, o.transport)
-	r := &result{Scenario: "connect", Raw: map[string]any{"connect": fig}, Plots: map[string]string{}}
+	defer fl.proc.stop(10 * time.Second)
+	return runConnect(o, []*node{fl}, o.conns, "floor", "floor")
+}
+
+func scenarioConnect(o *opts) (*result, error) {
+	r := &result{Scenario: "connect", Raw: map[string]any{}, Plots: map[string]string{}}
+	var figs []*connectFig
+	var firstErr error
+	keep := func(err error) {
+		if err != nil {
+			r.note("ERROR: %v", err)
+			if firstErr == nil {
+				firstErr = err
+			}
+		}
+	}
+	if o.floor {
+		fig, err := runFloorConnect(o)
+		keep(err)
+		r.Raw["floor"] = fig
+		if fig != nil {
+			figs = append(figs, fig)
+		}
+	}
+	label := o.transport
+	var fig *connectFig
+	if o.target != "" {
+		label = "target"
+		nd := &node{addr: o.tAddr, extPid: o.targetPid, noMetrics: true}
+		var err error
+		fig, err = runConnect(o, []*node{nd}, o.conns, label, "target")
+		keep(err)
+	} else if ns, stop, err := oneNode(o); err != nil {
+		keep(err)
+	} else {
+		fig, err = runConnect(o, ns, o.conns, label, o.transport)
+		stop()
+		keep(err)
+	}
+	r.Raw["connect"] = fig
 	if fig != nil {
-		r.Sections = append(r.Sections, section{"Idle authenticated connections (lobby joined)", connectRows([]*connectFig{fig})})
-		r.Plots["memory-per-connection.svg"] = memPlot([]*connectFig{fig})
-		r.Plots["connect-latency-cdf.svg"] = cdfPlot("connect+join latency CDF", []string{fig.Label}, []*hist{fig.connH})
-		addNotes(r, o, []*connectFig{fig})
+		figs = append(figs, fig)
 	}
-	if err != nil {
-		r.note("ERROR: %v", err)
+	if len(figs) == 0 {
+		return r, firstErr
 	}
-	return r, err
+	rows := connectRows(figs)
+	title := "Idle authenticated connections (lobby joined)"
+	if o.target != "" {
+		title = "Idle sockets joined on " + o.target
+	}
+	if len(figs) == 2 && figs[0].Label == "floor" {
+		addRatioCol(rows, figs[1].Label+" ÷ floor", 1, 2)
+		title += ", against the floor server in the same run"
+		r.Sections = append(r.Sections, section{"Against the floor (same run, same box)", floorRows(figs[1], figs[0])})
+	}
+	r.Sections = append(r.Sections, section{title, rows})
+	r.Sections = append(r.Sections, section{"Memory budget per socket (after the ramp)", budgetRows(figs)})
+	addPlots(r, figs)
+	addNotes(r, o, figs)
+	return r, firstErr
+}
+
+// addPlots draws RSS per socket over the ramp and the connect+join and
+// heartbeat latency CDFs.
+func addPlots(r *result, figs []*connectFig) {
+	if p := memPlot(figs); p != "" {
+		r.Plots["memory-per-connection.svg"] = p
+	}
+	var names, hbNames []string
+	var hs, hbs []*hist
+	for _, f := range figs {
+		names, hs = append(names, f.Label), append(hs, f.connH)
+	}
+	r.Plots["connect-latency-cdf.svg"] = cdfPlot("connect+join latency CDF", names, hs)
+	for _, f := range figs {
+		if f.HBOK > 0 {
+			hbNames, hbs = append(hbNames, f.Label), append(hbs, f.hbH)
+		}
+	}
+	if len(hbs) > 0 { // none when --hold is shorter than --hb
+		r.Plots["heartbeat-latency-cdf.svg"] = cdfPlot("heartbeat reply latency CDF", hbNames, hbs)
+	}
+}
+
+// ratioRows are the rows that get a ratio column: per-socket costs and
+// latencies, not counts.
+func ratioRow(name string) bool {
+	for _, k := range []string{"RSS", "heap", "CPU", "latency", "kernel"} {
+		if strings.Contains(name, k) {
+			return true
+		}
+	}
+	return false
+}
+
+// addRatioCol appends column title = col b ÷ col a (1-based after the name).
+func addRatioCol(rows [][]string, title string, a, b int) {
+	rows[0] = append(rows[0], title)
+	for i := 1; i < len(rows); i++ {
+		v := ""
+		if ratioRow(rows[i][0]) {
+			v = ratioCell(rows[i][a], rows[i][b])
+		}
+		rows[i] = append(rows[i], v)
+	}
+}
+
+func meanNodes(f *connectFig, g func(nodeFig) float64) float64 {
+	var s, n float64
+	for _, nf := range f.Nodes {
+		v := g(nf)
+		if v == naVal {
+			return naVal
+		}
+		s += v * float64(nf.Conns)
+		n += float64(nf.Conns)
+	}
+	if n == 0 {
+		return naVal
+	}
+	return s / n
+}
+
+// floorRows are the two headline ratios of issue 14: what a socket costs
+// the server above the floor in the same run.
+func floorRows(f, fl *connectFig) [][]string {
+	rows := [][]string{{"figure", f.Label, "floor", f.Label + " ÷ floor"}}
+	add := func(name string, a, b float64, fmtf func(float64) string) {
+		rows = append(rows, []string{name, fmtf(a), fmtf(b), ratio(a, b)})
+	}
+	rss := func(n nodeFig) float64 { return n.RSSPerConnKiB }
+	rssEnd := func(n nodeFig) float64 { return n.RSSPerConnEndKiB }
+	cpu := func(n nodeFig) float64 { return n.CPUusPerConn }
+	add("server RSS per socket, after ramp (KiB)", meanNodes(f, rss), meanNodes(fl, rss), f2)
+	add("server RSS per socket, end of hold (KiB)", meanNodes(f, rssEnd), meanNodes(fl, rssEnd), f2)
+	add("server CPU per connect+join (µs)", meanNodes(f, cpu), meanNodes(fl, cpu), f1)
+	sys := func(n nodeFig) float64 { return n.SysUsPerConn }
+	add("of which kernel time, stime (µs)", meanNodes(f, sys), meanNodes(fl, sys), f1)
+	add("connect+join latency p50 (ms)", f.Conn.P50, fl.Conn.P50, f2)
+	add("connect+join latency p99 (ms)", f.Conn.P99, fl.Conn.P99, f2)
+	return rows
+}
+
+// budgetRows: where the memory of one socket goes, box-wide.
+func budgetRows(figs []*connectFig) [][]string {
+	rows := [][]string{{"KiB per socket"}}
+	for _, f := range figs {
+		rows[0] = append(rows[0], f.Label)
+	}
+	add := func(name string, g func(*connectFig) float64) {
+		r := []string{name}
+		for _, f := range figs {
+			r = append(r, f2(g(f)))
+		}
+		rows = append(rows, r)
+	}
+	srv := func(f *connectFig) float64 {
+		return meanNodes(f, func(n nodeFig) float64 { return n.RSSPerConnKiB })
+	}
+	add("server RSS (delta ÷ sockets on the node)", srv)
+	add("kernel TCP buffers (sockstat TCP mem delta ÷ sockets; both ends)", func(f *connectFig) float64 { return f.SockMemPerConnKB })
+	add("kernel slab (meminfo Slab delta ÷ sockets; box-wide, both ends)", func(f *connectFig) float64 { return f.SlabPerConnKB })
+	add("generator RSS (all workers ÷ sockets, incl. runtime and binary)", func(f *connectFig) float64 { return f.GenRSSPerConnKiB })
+	add("Redis RSS (delta ÷ sockets; n/a when the scenario runs no Redis)", func(f *connectFig) float64 { return f.RedisRSSPerConnKiB })
+	add("total (server + kernel TCP + slab + Redis)", func(f *connectFig) float64 {
+		t := srv(f)
+		if t == naVal {
+			return naVal
+		}
+		t += max(f.SockMemPerConnKB, 0) + max(f.SlabPerConnKB, 0)
+		if f.RedisRSSPerConnKiB != naVal {
+			t += f.RedisRSSPerConnKiB
+		}
+		return t
+	})
+	return rows
 }
 
 func scenarioChat(o *opts) (*result, error) {
@@ -563,6 +773,7 @@ func scenarioCluster(o *opts) (*result, error) {
 		return nil, err
 	}
 	defer rp.stop(5 * time.Second)
+	o.redis = rp
 	db, cleanup, err := withStore(o)
 	if err != nil {
 		return nil, err
@@ -580,8 +791,8 @@ func scenarioCluster(o *opts) (*result, error) {
 		if fig != nil {
 			r.Sections = append(r.Sections, section{"Concurrent authenticated sockets over the cluster", connectRows([]*connectFig{fig})})
 			r.Sections = append(r.Sections, section{"Per node", nodeRows(fig)})
-			r.Plots["memory-per-connection.svg"] = memPlot([]*connectFig{fig})
-			r.Plots["connect-latency-cdf.svg"] = cdfPlot("connect+join latency CDF", []string{fig.Label}, []*hist{fig.connH})
+			r.Sections = append(r.Sections, section{"Memory budget per socket (after the ramp)", budgetRows([]*connectFig{fig})})
+			addPlots(r, []*connectFig{fig})
 			var labels []string
 			var vals []float64
 			for _, n := range fig.Nodes {
@@ -626,6 +837,13 @@ func scenarioBaseline(o *opts) (*result, error) {
 			}
 		}
 	}
+	if o.floor {
+		fig, err := runFloorConnect(o)
+		keep(err)
+		if fig != nil {
+			cfs = append(cfs, fig)
+		}
+	}
 	for _, tr := range []string{"epoll", "portable"} {
 		// connect: embedded store, as in the connect scenario
 		o2 := *o
@@ -665,20 +883,24 @@ func scenarioBaseline(o *opts) (*result, error) {
 	r.Raw["connect"], r.Raw["chat"] = cfs, chs
 	if len(cfs) > 0 {
 		rows := connectRows(cfs)
-		if len(cfs) == 2 {
-			rows[0] = append(rows[0], "portable ÷ epoll")
-			for i := 1; i < len(rows); i++ {
-				rows[i] = append(rows[i], ratioCell(rows[i][1], rows[i][2]))
+		col := map[string]int{}
+		for i, f := range cfs {
+			col[f.Label] = i + 1
+		}
+		if col["floor"] > 0 && col["epoll"] > 0 {
+			r.Sections = append(r.Sections, section{"Against the floor (same run, same box)", floorRows(cfs[col["epoll"]-1], cfs[col["floor"]-1])})
+		}
+		for _, tr := range []string{"epoll", "portable"} {
+			if col["floor"] > 0 && col[tr] > 0 {
+				addRatioCol(rows, tr+" ÷ floor", col["floor"], col[tr])
 			}
 		}
-		r.Sections = append(r.Sections, section{"connect: idle authenticated sockets, epoll vs portable (baseline)", rows})
-		r.Plots["memory-per-connection.svg"] = memPlot(cfs)
-		var names []string
-		var hs []*hist
-		for _, f := range cfs {
-			names, hs = append(names, f.Label), append(hs, f.connH)
+		if col["epoll"] > 0 && col["portable"] > 0 {
+			addRatioCol(rows, "portable ÷ epoll", col["epoll"], col["portable"])
 		}
-		r.Plots["connect-latency-cdf.svg"] = cdfPlot("connect+join latency CDF", names, hs)
+		r.Sections = append(r.Sections, section{"connect: idle authenticated sockets, floor, epoll and portable (baseline)", rows})
+		r.Sections = append(r.Sections, section{"Memory budget per socket (after the ramp)", budgetRows(cfs)})
+		addPlots(r, cfs)
 		addNotes(r, o, cfs)
 	}
 	if len(chs) > 0 {
@@ -708,6 +930,9 @@ func ratioCell(a, b string) string {
 	}
 	if _, err := fmt.Sscanf(b, "%g", &y); err != nil {
 		return ""
+	}
+	if x <= 0 || y < 0 {
+		return "" // a delta at or below zero (box-wide noise) has no ratio
 	}
 	return ratio(y, x)
 }

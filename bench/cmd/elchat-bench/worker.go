@@ -11,9 +11,13 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/url"
 	"os"
 	"sort"
 	"strconv"
@@ -42,6 +46,17 @@ type workerConfig struct {
 	Duration    time.Duration
 	BodySize    int
 	Deadline    time.Time // the worker exits by then whatever happens
+	// What the sockets say (connect). Empty means ElChat's defaults:
+	// /socket/websocket, token=<auth.Mint with Secret>, user:{id}, {}.
+	Host       string // Host header (a --target's host:port); default the dialled address
+	Path       string // request path
+	Query      string // extra query before the token and vsn
+	TokenParam string // query parameter name of the token; "-" sends none
+	TokenMode  string // "" (auth.Mint), "hs256" (ClaimsT signed with Secret), "file", "none"
+	ClaimsT    string // hs256: JSON claims template
+	TokensFile string // file: one token per line, line u-1 for user u
+	TopicT     string // join topic template
+	JoinT      string // join payload template (JSON)
 }
 
 const (
@@ -107,6 +122,7 @@ type worker struct {
 	epfd  int
 	conns []conn
 	pairs []pairState
+	toks  []string // TokensFile lines of this worker's users
 	buf   []byte
 	wtmp  []byte
 	mask  uint32
@@ -162,6 +178,20 @@ func runWorker() error {
 			c.user = 2*p + 1 + int64(i%2)
 		} else {
 			c.user = cfg.FirstUser + int64(i)
+		}
+	}
+	if cfg.TokenMode == "file" {
+		b, err := os.ReadFile(cfg.TokensFile)
+		if err != nil {
+			return fmt.Errorf("tokens file: %w", err)
+		}
+		lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+		lo := int(cfg.FirstUser) - 1
+		if lo < 0 || lo+n > len(lines) {
+			return fmt.Errorf("tokens file %s has %d lines, users %d..%d need line %d", cfg.TokensFile, len(lines), cfg.FirstUser, cfg.FirstUser+int64(n)-1, lo+n)
+		}
+		for _, l := range lines[lo : lo+n] {
+			w.toks = append(w.toks, strings.TrimSpace(l))
 		}
 	}
 	for _, s := range cfg.SrcIPs {
@@ -317,14 +347,12 @@ func (w *worker) event(i int, ev uint32) {
 		mod := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP, Fd: int32(i)}
 		syscall.EpollCtl(w.epfd, syscall.EPOLL_CTL_MOD, int(c.fd), &mod)
 		c.state = stHandshake
-		tok, err := auth.Mint([]byte(w.cfg.Secret), strconv.FormatInt(c.user, 10), "u"+strconv.FormatInt(c.user, 10), 2*time.Hour)
+		tok, err := w.token(i, c.user)
 		if err != nil {
 			w.fail(c, "mint: "+err.Error())
 			return
 		}
-		req := "GET /socket/websocket?token=" + tok + "&vsn=2.0.0 HTTP/1.1\r\nHost: " + w.hosts[c.user%int64(len(w.hosts))] +
-			"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ZWxjaGF0LWJlbmNoLWtleQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-		w.rawWrite(i, c, []byte(req))
+		w.rawWrite(i, c, []byte(w.request(c.user, tok)))
 		return
 	}
 	if ev&syscall.EPOLLOUT != 0 && len(c.wbuf) > 0 {
@@ -373,8 +401,7 @@ func (w *worker) input(i int, c *conn, data []byte) {
 		}
 		data = data[end+4:]
 		c.state = stLobby
-		uid := strconv.FormatInt(c.user, 10)
-		w.send(i, c, []byte(`["L","L","user:`+uid+`","phx_join",{}]`))
+		w.send(i, c, w.joinFrame(c.user))
 		if c.fd < 0 {
 			return
 		}
@@ -864,4 +891,81 @@ func (w *worker) emit(kind string, full bool) {
 	w.out.Write(b)
 	w.out.WriteByte('\n')
 	w.out.Flush()
+}
+
+// token is what user u presents: minted by ElChat's own auth.Mint, a
+// --claims template signed HS256, or line u-1 of --tokens-file.
+func (w *worker) token(i int, u int64) (string, error) {
+	id := strconv.FormatInt(u, 10)
+	switch w.cfg.TokenMode {
+	case "none":
+		return "", nil
+	case "file":
+		return w.toks[i], nil
+	case "hs256":
+		return signHS256([]byte(w.cfg.Secret), fillTemplate(w.cfg.ClaimsT, id))
+	}
+	return auth.Mint([]byte(w.cfg.Secret), id, "u"+id, 2*time.Hour)
+}
+
+// request is the upgrade request phoenix.js sends: token (if any) in the
+// query and vsn=2.0.0 last.
+func (w *worker) request(u int64, tok string) string {
+	path := w.cfg.Path
+	if path == "" {
+		path = "/socket/websocket"
+	}
+	host := w.cfg.Host
+	if host == "" {
+		host = w.hosts[u%int64(len(w.hosts))]
+	}
+	param := w.cfg.TokenParam
+	if param == "" {
+		param = "token"
+	}
+	q := w.cfg.Query
+	if q != "" {
+		q += "&"
+	}
+	if tok != "" && param != "-" {
+		q += url.QueryEscape(param) + "=" + url.QueryEscape(tok) + "&"
+	}
+	return "GET " + path + "?" + q + "vsn=2.0.0 HTTP/1.1\r\nHost: " + host +
+		"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ZWxjaGF0LWJlbmNoLWtleQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+}
+
+// joinFrame is ["L","L",topic,"phx_join",payload] from the templates.
+func (w *worker) joinFrame(u int64) []byte {
+	id := strconv.FormatInt(u, 10)
+	topic, join := "user:"+id, "{}"
+	if w.cfg.TopicT != "" {
+		topic = fillTemplate(w.cfg.TopicT, id)
+	}
+	if w.cfg.JoinT != "" {
+		join = fillTemplate(w.cfg.JoinT, id)
+	}
+	tq, _ := json.Marshal(topic)
+	return []byte(`["L","L",` + string(tq) + `,"phx_join",` + join + `]`)
+}
+
+// fillTemplate replaces {id} with the user id, {now} with the Unix time
+// and {exp} with the Unix time two hours from now.
+func fillTemplate(t, id string) string {
+	if !strings.Contains(t, "{") {
+		return t
+	}
+	now := time.Now().Unix()
+	return strings.NewReplacer("{id}", id, "{now}", strconv.FormatInt(now, 10), "{exp}", strconv.FormatInt(now+7200, 10)).Replace(t)
+}
+
+// signHS256 makes a compact JWS (JWT) of the claims JSON with HMAC-SHA256.
+func signHS256(secret []byte, claims string) (string, error) {
+	if !json.Valid([]byte(claims)) {
+		return "", fmt.Errorf("claims are not valid JSON: %s", claims)
+	}
+	enc := base64.RawURLEncoding
+	msg := enc.EncodeToString([]byte(`{"alg":"HS256","typ":"JWT"}`)) + "." + enc.EncodeToString([]byte(claims))
+	m := hmac.New(sha256.New, secret)
+	m.Write([]byte(msg))
+	return msg + "." + enc.EncodeToString(m.Sum(nil)), nil
 }
