@@ -4,8 +4,7 @@ import (
 	"bytes"
 	"strconv"
 	"sync"
-
-	"golang.org/x/time/rate"
+	"time"
 
 	"github.com/elchat/elchat/pkg/closecode"
 	"github.com/elchat/elchat/pkg/phx"
@@ -29,9 +28,10 @@ type Client struct {
 	// channels and idle memory matters.
 	channels []channel
 	closed   bool
-	// limiter meters joins and channel events. Created on the first one,
-	// so an idle connection does not pay for it.
-	limiter *rate.Limiter
+	// bucket meters joins and channel events; inline (16 bytes) rather
+	// than a *rate.Limiter, which would be a separate allocation with its
+	// own mutex on every connection, idle ones included.
+	bucket tokenBucket
 	// mbox holds the requests waiting for the stage, oldest first; sched
 	// is set while the client is in the stage's run queue or being run,
 	// and then every new request queues behind the others.
@@ -213,10 +213,7 @@ func (c *Client) routeLocked(f *phx.Frame) (fast, slow handler) {
 
 // allowLocked takes a token from the connection's bucket.
 func (c *Client) allowLocked() bool {
-	if c.limiter == nil {
-		c.limiter = rate.NewLimiter(rate.Limit(c.hub.cfg.PushRate), c.hub.cfg.PushBurst)
-	}
-	return c.limiter.Allow()
+	return c.bucket.allow(time.Now(), c.hub.cfg.PushRate, c.hub.cfg.PushBurst)
 }
 
 // channelLocked returns the channel f is for, or false after answering
