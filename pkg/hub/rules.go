@@ -305,6 +305,11 @@ func (c *Client) blockEvent(f *phx.Frame) {
 // withoutBlocked drops from a lobby's unread list the chats with users
 // user blocks.
 func (h *Hub) withoutBlocked(ctx context.Context, user string, unread []store.UnreadChat) ([]store.UnreadChat, error) {
+	if len(unread) == 0 {
+		// Nothing to filter: most lobby joins. The user's blocks are
+		// cached at their first chat join, where messages need them.
+		return unread, nil
+	}
 	set, err := h.loadBlocks(ctx, user)
 	if err != nil || len(set) == 0 {
 		return unread, err
