@@ -161,9 +161,7 @@ func (c *Client) newMessageLocked(f *phx.Frame) {
 	// answer, a miss waits for the store on the stage.
 	reason, known := h.blockReasonLocal(ch.topic, c.user)
 	if !known {
-		g := *f
-		g.Payload = bytes.Clone(f.Payload)
-		c.enqueueLocked(func(c *Client) { c.newMessage(&g) }, false)
+		c.stageMessageLocked(f)
 		return
 	}
 	if reason != "" {
@@ -204,8 +202,14 @@ func (c *Client) newMessageLocked(f *phx.Frame) {
 	cancel()
 	c.sched, c.suspended = wasSched, false
 	c.hub.stage.unparkIdle()
+	c.stageMessageLocked(f)
+}
+
+// stageMessageLocked hands a message the event loop cannot take further
+// (it would wait on the store or the network) to the request stage.
+func (c *Client) stageMessageLocked(f *phx.Frame) {
 	g := *f
-	g.Payload = bytes.Clone(f.Payload)
+	g.Payload = bytes.Clone(f.Payload) // f's bytes are the transport's read buffer
 	c.enqueueLocked(func(c *Client) { c.newMessage(&g) }, false)
 }
 
