@@ -178,9 +178,7 @@ func (c *Client) newMessageLocked(f *phx.Frame) {
 			present, known = lp.PresentLocal(m.Room, m.OpponentID)
 		}
 		if !known {
-			g := *f
-			g.Payload = bytes.Clone(f.Payload)
-			c.enqueueLocked(func(c *Client) { c.newMessage(&g) }, false)
+			c.stageMessageLocked(f)
 			return
 		}
 		if !present {
