@@ -227,12 +227,27 @@ class RedisCluster {
           err ? reject(new Error(`redis-cli --cluster create: ${err.message} ${stdout} ${stderr}`)) : resolve()));
       for (const r of c.servers) {
         await waitUntil(async () => (await r.rawCmd(["CLUSTER", "INFO"])).includes("cluster_state:ok"), `cluster state ok on ${r.port}`, 30000);
+        // A replica that has not synced could not take over.
+        await waitUntil(async () => {
+          const info = await r.rawCmd(["INFO", "replication"]);
+          return !info.includes("role:slave") || info.includes("master_link_status:up");
+        }, `replica ${r.port} in sync`, 30000);
       }
     } catch (e) {
       await c.destroy();
       throw e;
     }
     return c;
+  }
+  // primaries returns the servers that answer as primaries now.
+  async primaries() {
+    const out = [];
+    for (const r of this.servers) {
+      try {
+        if ((await r.rawCmd(["INFO", "replication"])).includes("role:master")) out.push(r);
+      } catch {}
+    }
+    return out;
   }
   async destroy() {
     for (const r of this.servers) await r.destroy();
