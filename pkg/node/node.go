@@ -297,6 +297,12 @@ func (n *Node) registerMetrics() {
 		m.CounterFunc("elchat_bus_published_total", "Frames published to Redis.", func() float64 { return float64(bus.Stats().Published) })
 		m.CounterFunc("elchat_bus_lost_total", "Frames dropped or failed on the way to Redis (outage or full queue).",
 			func() float64 { st := bus.Stats(); return float64(st.Dropped + st.Failed) })
+		m.CounterFunc("elchat_bus_ingress_refused_total", "Host-app messages refused at the Redis ingress (Action Cable, plain PUBLISH).",
+			func() float64 { return float64(bus.Stats().Refused) })
+		m.CounterFunc("elchat_bus_forged_total", "Malformed messages dropped on the node-to-node Redis channels.",
+			func() float64 { return float64(bus.Stats().Forged) })
+		m.CounterFunc("elchat_bus_silent_total", "Pub/sub connections found silent by their canary and replaced.",
+			func() float64 { return float64(bus.Stats().Silent) })
 	}
 }
 

@@ -186,3 +186,41 @@ func TestClusterIngressAndControl(t *testing.T) {
 		t.Fatalf("the announcer heard itself")
 	}
 }
+
+// TestClusterPrimaryFailover: after a primary dies and its replica takes
+// over, new subscriptions on every partition are confirmed and carry
+// messages.
+func TestClusterPrimaryFailover(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts six servers")
+	}
+	rc := testenv.StartRedisCluster(t)
+	pfx := prefix(t)
+	a, b := clusterNode(t, rc.Seeds(), pfx, 30*time.Second), clusterNode(t, rc.Seeds(), pfx, 30*time.Second)
+	recA := run(t, a)
+	run(t, b)
+	confirmed(t, subscribe(t, a, "chat:1:2"), 10*time.Second)
+	rc.Primaries()[0].Kill()
+	recA.wait(t, 15*time.Second, "down", kindIs(kDown))
+	recA.wait(t, 30*time.Second, "up", kindIs(kUp))
+	// One new topic per partition.
+	seen := map[int]string{}
+	for i := 0; len(seen) < a.keys.partitions() && i < 10000; i++ {
+		topic := "chat:" + strconv.Itoa(2*i+101) + ":" + strconv.Itoa(2*i+102)
+		if _, ok := seen[a.keys.partition(topic)]; !ok {
+			seen[a.keys.partition(topic)] = topic
+		}
+	}
+	for part, topic := range seen {
+		start := time.Now()
+		confirmed(t, subscribe(t, a, topic), 10*time.Second)
+		if d := time.Since(start); d > time.Second {
+			t.Logf("partition %d: confirmed after %v", part, d)
+		}
+		eventually(t, 10*time.Second, "delivery on partition "+strconv.Itoa(part), func() bool {
+			must(t, b.Publish(topic, []byte("after-"+topic)))
+			time.Sleep(20 * time.Millisecond)
+			return recA.count(delivered(topic, "after-")) > 0
+		})
+	}
+}

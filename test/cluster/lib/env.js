@@ -227,6 +227,11 @@ class RedisCluster {
           err ? reject(new Error(`redis-cli --cluster create: ${err.message} ${stdout} ${stderr}`)) : resolve()));
       for (const r of c.servers) {
         await waitUntil(async () => (await r.rawCmd(["CLUSTER", "INFO"])).includes("cluster_state:ok"), `cluster state ok on ${r.port}`, 30000);
+        // A replica that has not synced could not take over.
+        await waitUntil(async () => {
+          const info = await r.rawCmd(["INFO", "replication"]);
+          return !info.includes("role:slave") || info.includes("master_link_status:up");
+        }, `replica ${r.port} in sync`, 30000);
       }
     } catch (e) {
       await c.destroy();
@@ -234,8 +239,74 @@ class RedisCluster {
     }
     return c;
   }
+  // primaries returns the servers that answer as primaries now.
+  async primaries() {
+    const out = [];
+    for (const r of this.servers) {
+      try {
+        if ((await r.rawCmd(["INFO", "replication"])).includes("role:master")) out.push(r);
+      } catch {}
+    }
+    return out;
+  }
   async destroy() {
     for (const r of this.servers) await r.destroy();
+  }
+}
+
+// ------------------------------------------------------------------ Sentinel
+
+// SentinelSet is a primary, its replica and three Sentinels (quorum 2,
+// down-after 1 s) watching them as "elchat".
+class SentinelSet {
+  constructor() {
+    this.master = "elchat";
+    this.primary = null;
+    this.replica = null;
+    this.sentinels = [];
+  }
+  get addrs() {
+    return this.sentinels.map((s) => `127.0.0.1:${s.port}`);
+  }
+  static async start() {
+    assert.ok(REDIS_SERVER && REDIS_CLI, "redis-server/redis-cli not installed (apt-get install redis-server)");
+    const ss = new SentinelSet();
+    try {
+      ss.primary = await Redis.start();
+      const r = new Redis();
+      r.dir = tmpDir("elchat-cluster-replica-");
+      r.port = await freePort();
+      r.proc = spawnOwned(REDIS_SERVER, ["--port", String(r.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", r.dir,
+        "--daemonize", "no", "--replicaof", "127.0.0.1", String(ss.primary.port)]);
+      ss.replica = r;
+      await waitUntil(async () => (await r.rawCmd(["INFO", "replication"])).includes("master_link_status:up"), "replica in sync", 15000);
+      for (let i = 0; i < 3; i++) {
+        const s = new Redis();
+        s.dir = tmpDir("elchat-cluster-sentinel-");
+        s.port = await freePort();
+        const conf = path.join(s.dir, "sentinel.conf");
+        fs.writeFileSync(conf, `port ${s.port}\nbind 127.0.0.1\ndaemonize no\ndir ${s.dir}\n` +
+          `sentinel monitor ${ss.master} 127.0.0.1 ${ss.primary.port} 2\nsentinel down-after-milliseconds ${ss.master} 1000\n` +
+          `sentinel failover-timeout ${ss.master} 10000\nsentinel parallel-syncs ${ss.master} 1\n`);
+        s.proc = spawnOwned(REDIS_SERVER, [conf, "--sentinel"]);
+        ss.sentinels.push(s);
+      }
+      for (const s of ss.sentinels) {
+        await waitUntil(async () => (await s.rawCmd(["SENTINEL", "ckquorum", ss.master])).startsWith("OK")
+          && (await s.rawCmd(["SENTINEL", "replicas", ss.master])).includes(String(r.port)), `sentinel ${s.port} ready`, 60000, 200);
+      }
+    } catch (e) {
+      await ss.destroy();
+      throw e;
+    }
+    return ss;
+  }
+  async masterPort() {
+    const out = await this.sentinels[0].rawCmd(["SENTINEL", "get-master-addr-by-name", this.master]);
+    return Number(out.trim().split(/\s+/)[1]);
+  }
+  async destroy() {
+    for (const s of [...this.sentinels, this.replica, this.primary]) if (s) await s.destroy();
   }
 }
 
@@ -335,7 +406,8 @@ class Cluster {
   static async start(opts = {}) {
     const c = new Cluster(opts);
     try {
-      [c.redis, c.pg] = await Promise.all([opts.redis || (opts.redisCluster ? RedisCluster.start() : Redis.start()), opts.pg || Postgres.start()]);
+      const redis = opts.redis || (opts.redisCluster ? RedisCluster.start() : opts.sentinel ? SentinelSet.start() : Redis.start());
+      [c.redis, c.pg] = await Promise.all([redis, opts.pg || Postgres.start()]);
       // The first node applies migrations alone, then the rest start in parallel.
       const n = opts.nodes || 3;
       c.nodes.push(await c.startNode(0));
@@ -353,7 +425,11 @@ class Cluster {
     return {
       ELCHAT_DATABASE_URL: this.pg.url,
       ELCHAT_MIGRATE: "true",
-      ...(this.redis.seeds ? { ELCHAT_REDIS_CLUSTER: this.redis.seeds.join(",") } : { ELCHAT_REDIS_URL: this.redis.url }),
+      ...(this.redis.seeds
+        ? { ELCHAT_REDIS_CLUSTER: this.redis.seeds.join(",") }
+        : this.redis.sentinels
+          ? { ELCHAT_REDIS_SENTINELS: this.redis.addrs.join(","), ELCHAT_REDIS_MASTER: this.redis.master }
+          : { ELCHAT_REDIS_URL: this.redis.url }),
       ELCHAT_REDIS_PREFIX: this.prefix,
       ELCHAT_PRESENCE_TTL: this.presenceTTL,
       ELCHAT_API_KEY: this.apiKey,
@@ -578,6 +654,7 @@ module.exports = {
   WAIT_MS,
   Redis,
   RedisCluster,
+  SentinelSet,
   Postgres,
   Cluster,
   clusterTest,
