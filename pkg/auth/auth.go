@@ -14,8 +14,11 @@
 package auth
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
+	"strconv"
 	"time"
 	"unicode/utf8"
 
@@ -122,12 +125,90 @@ func (v *Verifier) Verify(token string) (Claims, error) {
 	if len(token) > MaxTokenLen {
 		return Claims{}, fmt.Errorf("%w: longer than %d bytes", ErrMalformed, MaxTokenLen)
 	}
-	mc := jwt.MapClaims{}
-	tok, err := v.parser.ParseWithClaims(token, mc, v.keyFunc)
+	var tc tokenClaims
+	tok, err := v.parser.ParseWithClaims(token, &tc, v.keyFunc)
 	if err != nil {
 		return Claims{}, classify(tok, err)
 	}
-	return claimsFrom(mc)
+	return tc.claims()
+}
+
+// tokenClaims decodes a socket token's claims into fields rather than a
+// jwt.MapClaims: no map and no boxed value per handshake. The fields stay
+// raw JSON so that a claim of the wrong type is refused as invalid claims
+// (ErrClaims, with a reason) rather than as an undecodable token.
+type tokenClaims struct {
+	Sub  json.RawMessage `json:"sub"`
+	Name json.RawMessage `json:"name"`
+	Peer json.RawMessage `json:"peer"`
+	Exp  json.RawMessage `json:"exp"`
+	Nbf  json.RawMessage `json:"nbf"`
+	Iat  json.RawMessage `json:"iat"`
+}
+
+func (c *tokenClaims) GetExpirationTime() (*jwt.NumericDate, error) { return numericDate(c.Exp) }
+func (c *tokenClaims) GetNotBefore() (*jwt.NumericDate, error)      { return numericDate(c.Nbf) }
+func (c *tokenClaims) GetIssuedAt() (*jwt.NumericDate, error)       { return numericDate(c.Iat) }
+func (c *tokenClaims) GetIssuer() (string, error)                   { return "", nil }
+func (c *tokenClaims) GetSubject() (string, error)                  { return "", nil }
+func (c *tokenClaims) GetAudience() (jwt.ClaimStrings, error)       { return nil, nil }
+
+// numericDate reads a JWT NumericDate: a JSON number of seconds, as
+// jwt.MapClaims does; absent or null is nil.
+func numericDate(raw json.RawMessage) (*jwt.NumericDate, error) {
+	if len(raw) == 0 || string(raw) == "null" {
+		return nil, nil
+	}
+	f, err := strconv.ParseFloat(string(raw), 64)
+	if err != nil {
+		return nil, jwt.ErrInvalidType
+	}
+	sec, frac := math.Modf(f) // seconds up to year 9999 overflow a time.Duration of nanoseconds
+	return jwt.NewNumericDate(time.Unix(int64(sec), int64(frac*1e9))), nil
+}
+
+// str reads an optional JSON string claim: ok is false for another type.
+func str(raw json.RawMessage) (s string, present, ok bool) {
+	if len(raw) == 0 || string(raw) == "null" {
+		return "", false, true
+	}
+	if raw[0] != '"' || json.Unmarshal(raw, &s) != nil {
+		return "", true, false
+	}
+	return s, true, true
+}
+
+func (c *tokenClaims) claims() (Claims, error) {
+	sub, present, ok := str(c.Sub)
+	switch {
+	case !ok:
+		return Claims{}, fmt.Errorf("%w: sub must be a string", ErrClaims)
+	case !present:
+		return Claims{}, fmt.Errorf("%w: sub is required", ErrClaims)
+	}
+	if err := topic.ValidID(sub); err != nil {
+		return Claims{}, fmt.Errorf("%w: sub must be 1-%d bytes without ':' or control characters", ErrClaims, topic.MaxIDLen)
+	}
+	if len(c.Peer) > 0 {
+		// A leaked grant must not open a socket.
+		return Claims{}, fmt.Errorf("%w: a chat grant is not a connection token", ErrClaims)
+	}
+	name, _, ok := str(c.Name)
+	if !ok {
+		return Claims{}, fmt.Errorf("%w: name must be a string", ErrClaims)
+	}
+	if name == "" {
+		name = sub
+	} else {
+		name = truncate(name, MaxNameLen)
+	}
+	exp, err := c.GetExpirationTime()
+	if err != nil || exp == nil {
+		// Unreachable after the parser's own exp check; kept so that a
+		// library change cannot yield a token without an expiry.
+		return Claims{}, fmt.Errorf("%w: exp is required", ErrClaims)
+	}
+	return Claims{UserID: sub, Name: name, ExpiresAt: exp.Time}, nil
 }
 
 // classify maps the library's errors onto ours. jwt reports a disallowed
@@ -147,40 +228,6 @@ func classify(tok *jwt.Token, err error) error {
 		return fmt.Errorf("%w: %v", ErrClaims, err)
 	}
 	return fmt.Errorf("%w: %v", ErrMalformed, err)
-}
-
-func claimsFrom(mc jwt.MapClaims) (Claims, error) {
-	sub, ok := mc["sub"].(string)
-	if !ok {
-		if _, present := mc["sub"]; present {
-			return Claims{}, fmt.Errorf("%w: sub must be a string", ErrClaims)
-		}
-		return Claims{}, fmt.Errorf("%w: sub is required", ErrClaims)
-	}
-	if err := topic.ValidID(sub); err != nil {
-		return Claims{}, fmt.Errorf("%w: sub must be 1-%d bytes without ':' or control characters", ErrClaims, topic.MaxIDLen)
-	}
-	if _, ok := mc["peer"]; ok {
-		// A leaked grant must not open a socket.
-		return Claims{}, fmt.Errorf("%w: a chat grant is not a connection token", ErrClaims)
-	}
-	name := sub
-	switch n := mc["name"].(type) {
-	case nil:
-	case string:
-		if n != "" {
-			name = truncate(n, MaxNameLen)
-		}
-	default:
-		return Claims{}, fmt.Errorf("%w: name must be a string", ErrClaims)
-	}
-	exp, err := mc.GetExpirationTime()
-	if err != nil || exp == nil {
-		// Unreachable after the parser's own exp check; kept so that a
-		// library change cannot yield a token without an expiry.
-		return Claims{}, fmt.Errorf("%w: exp is required", ErrClaims)
-	}
-	return Claims{UserID: sub, Name: name, ExpiresAt: exp.Time}, nil
 }
 
 // truncate cuts s to at most n bytes without splitting a rune. Decoded JSON

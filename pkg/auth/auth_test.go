@@ -232,3 +232,39 @@ func TestGrantIsNotAToken(t *testing.T) {
 		t.Error("a grant for a self chat was minted")
 	}
 }
+
+// BenchmarkVerify is the per-handshake cost of checking a socket token.
+func BenchmarkVerify(b *testing.B) {
+	tok, err := Mint(secret, "42", "Alice", time.Hour)
+	if err != nil {
+		b.Fatal(err)
+	}
+	v := NewVerifier(secret)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := v.Verify(tok); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// Expiries up to the year 9999 are read exactly, fractions included.
+func TestFarExpiry(t *testing.T) {
+	for _, exp := range []any{int64(9999999999), int64(253402300799), 1800003600.5} {
+		tok := sign(t, jwt.SigningMethodHS256, secret, with("exp", exp))
+		c, err := verifier().Verify(tok)
+		if err != nil {
+			t.Fatalf("exp %v: %v", exp, err)
+		}
+		var want time.Time
+		switch e := exp.(type) {
+		case int64:
+			want = time.Unix(e, 0)
+		case float64:
+			want = time.Unix(1800003600, 500000000)
+		}
+		if !c.ExpiresAt.Equal(want) {
+			t.Fatalf("exp %v read as %v, want %v", exp, c.ExpiresAt, want)
+		}
+	}
+}
