@@ -191,7 +191,7 @@ func (c *Client) newMessageLocked(f *phx.Frame) {
 	c.suspendLocked()
 	queued := h.cfg.Store.(store.AsyncSaver).SaveAsync(ctx, m, func(msg store.Message, _ bool, err error) {
 		cancel()
-		c.committed(ch, ref, msg, err)
+		c.resume(func(c *Client) { c.messageStored(ch, ref, msg, err) })
 	})
 	if queued {
 		return
@@ -211,51 +211,8 @@ func (c *Client) stageMessageLocked(f *phx.Frame) {
 	c.enqueueLocked(func(c *Client) { c.newMessage(&g) }, false)
 }
 
-// committed runs on the committing goroutine when a message's commit
-// ended. When nothing else of the client waits and presence answers from
-// memory, the message is answered and delivered right here, in the
-// commit's own goroutine: no hand-off between the commit and the
-// recipient. Otherwise the answer goes to the stage, ahead of the
-// client's queued requests.
-func (c *Client) committed(ch channel, ref string, msg store.Message, err error) {
-	h := c.hub
-	present, known := false, err != nil
-	if lp, ok := h.cfg.Presence.(localPresence); ok && err == nil {
-		present, known = lp.PresentLocal(ch.name, ch.topic.Other(c.user))
-	}
-	c.mu.Lock()
-	inline := known && len(c.mbox) == 0
-	c.mu.Unlock()
-	if !inline {
-		c.resume(func(c *Client) { c.messageStored(ch, ref, msg, err) })
-		return
-	}
-	// Still suspended: the client's next frames queue behind this answer.
-	if hc, ok := c.conn.(holder); ok {
-		hc.Hold()
-	}
-	c.answerStored(ch, ref, msg, err, func(b []byte) { h.deliverKnown(ch.topic, c.user, b, c, present) })
-	if hc, ok := c.conn.(holder); ok {
-		hc.Release()
-	}
-	c.mu.Lock()
-	c.suspended = false
-	if len(c.mbox) > 0 {
-		h.stage.unpark(c) // what arrived meanwhile
-	} else {
-		c.sched = false
-		h.stage.unparkIdle()
-	}
-	c.mu.Unlock()
-}
-
 // messageStored answers a message whose commit ended, on the stage.
 func (c *Client) messageStored(ch channel, ref string, msg store.Message, err error) {
-	c.answerStored(ch, ref, msg, err, func(b []byte) { c.hub.deliver(ch.topic, c.user, b, c) })
-}
-
-// answerStored replies to a committed message and delivers it.
-func (c *Client) answerStored(ch channel, ref string, msg store.Message, err error, deliver func([]byte)) {
 	if err != nil {
 		c.replyError(ch.joinRef, ref, ch.name, storeReason(err))
 		return
@@ -266,7 +223,7 @@ func (c *Client) answerStored(ch channel, ref string, msg store.Message, err err
 		return
 	}
 	c.reply(ch.joinRef, ref, ch.name, "ok", b)
-	deliver(b)
+	c.hub.deliver(ch.topic, c.user, b, c)
 }
 
 // messageParams reads and checks a new_message payload, answering the
@@ -334,26 +291,20 @@ func (h *Hub) save(user string, t topic.Topic, body, clientID string) ([]byte, e
 // retried message is delivered again: the first delivery may never have
 // happened, and clients dedupe by id.
 func (h *Hub) deliver(t topic.Topic, sender string, msg []byte, origin *Client) {
+	room := t.String()
+	h.broadcastFrom(room, "new_message", msg, origin, nil)
+	other := t.Other(sender)
 	// No deadline of our own: Present answers from memory (in-process, or
 	// the Redis bus's mirror of subscribed topics), and its rare Redis
 	// fallback is bounded by the client's read timeout. A context per
 	// message would be the routing path's largest allocation.
-	present, err := h.cfg.Presence.Present(context.Background(), t.String(), t.Other(sender))
+	present, err := h.cfg.Presence.Present(context.Background(), room, other)
 	if err != nil {
-		h.logs.present.Log("topic", t.String(), "err", err)
+		h.logs.present.Log("topic", room, "err", err)
 	}
-	h.deliverKnown(t, sender, msg, origin, present)
-}
-
-// deliverKnown is deliver once it is known whether the recipient is in
-// the chat.
-func (h *Hub) deliverKnown(t topic.Topic, sender string, msg []byte, origin *Client, present bool) {
-	room := t.String()
-	h.broadcastFrom(room, "new_message", msg, origin, nil)
 	if present {
 		return
 	}
-	other := t.Other(sender)
 	note := make([]byte, 0, len(room)+len(msg)+32)
 	note = append(note, `{"room":`...)
 	note = phx.AppendString(note, room)
