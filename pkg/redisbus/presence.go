@@ -403,6 +403,16 @@ func (p *presence) load(topic string) {
 
 // apply records the changes in a mirror message: "+key\0ref\0" or
 // "-key\0ref\0", repeated.
+// applyOwn records a change this node made in topic's mirror, if it has
+// one, as apply does for a change read from Redis.
+func (p *presence) applyOwn(topic string, add bool, key, ref string) {
+	c := "-"
+	if add {
+		c = "+"
+	}
+	p.apply(topic, c+key+"\x00"+ref+"\x00")
+}
+
 func (p *presence) apply(topic, body string) {
 	var ops []op
 	for len(body) > 1 {

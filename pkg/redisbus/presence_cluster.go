@@ -159,6 +159,11 @@ func (p *presence) runChange(ctx context.Context, e entry, add bool) error {
 	if err != nil || n != 1 {
 		return err
 	}
+	// The mirror learns this node's own change now, not when Redis
+	// echoes it: the hub tells local clients at once (a leave's
+	// presence_diff), and a message sent right after must not find the
+	// leaver still present. The echo applies it again, harmlessly.
+	p.applyOwn(e.topic, add, e.key, e.ref)
 	if u := lobbyUser(e.topic); u != "" {
 		delta := -1
 		if add {

@@ -10,6 +10,7 @@ import (
 	"maps"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -974,6 +975,33 @@ func TestHostAppACL(t *testing.T) {
 	for _, cmd := range [][]any{{"SET", "elchat:online:42", "1"}, {"DEL", "elchat:nodes"}, {"EVAL", "return 1", "0"}} {
 		if err := app.Do(ctx, cmd...).Err(); err == nil {
 			t.Errorf("%v allowed", cmd)
+		}
+	}
+}
+
+// TestOwnChangesMirroredAtOnce: this node's own Track and Untrack are in
+// its mirror when they return, not one Redis echo later. The hub tells
+// local clients of a leave at once; a message sent right after must not
+// find the leaver still in the chat (and skip the lobby notification).
+func TestOwnChangesMirroredAtOnce(t *testing.T) {
+	c := cluster{url: testenv.Redis(t), prefix: prefix(t), ttl: 30 * time.Second}
+	b := c.node(t)
+	const topic = "chat:amy:bob"
+	ctx := context.Background()
+	subscribe(t, b, topic)
+	eventually(t, 5*time.Second, "mirror loaded", func() bool { return mirrored(b, topic) })
+	lp := b.Presence().(interface {
+		PresentLocal(topic, key string) (present, known bool)
+	})
+	for i := range 50 {
+		ref := "r" + strconv.Itoa(i)
+		must(t, b.Presence().Track(ctx, topic, "amy", hub.Meta{Ref: ref, Name: "Amy"}))
+		if on, known := lp.PresentLocal(topic, "amy"); !known || !on {
+			t.Fatalf("round %d: just tracked, mirror says present=%v known=%v", i, on, known)
+		}
+		must(t, b.Presence().Untrack(ctx, topic, "amy", ref))
+		if on, known := lp.PresentLocal(topic, "amy"); !known || on {
+			t.Fatalf("round %d: just untracked, mirror says present=%v known=%v", i, on, known)
 		}
 	}
 }
