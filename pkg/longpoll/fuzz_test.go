@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 	"unicode/utf8"
+
+	"github.com/elchat/elchat/pkg/phx"
 )
 
 // FuzzSessionToken: parse never panics, accepts nothing it did not sign,
@@ -28,7 +30,7 @@ func FuzzSessionToken(f *testing.F) {
 	})
 }
 
-// FuzzJSONString: every UTF-8 string survives appendJSONString and a JSON
+// FuzzJSONString: every UTF-8 string survives phx.AppendString and a JSON
 // decoder, as poll answers rely on.
 func FuzzJSONString(f *testing.F) {
 	for _, s := range []string{`["1",null,"t","e",{"b":"\"\\\n"}]`, "\x00\x1f\u2028", "é✓"} {
@@ -39,7 +41,7 @@ func FuzzJSONString(f *testing.F) {
 			return
 		}
 		var back string
-		if err := json.Unmarshal(appendJSONString(nil, s), &back); err != nil || back != s {
+		if err := json.Unmarshal(phx.AppendString(nil, s), &back); err != nil || back != s {
 			t.Fatalf("%q: got %q, %v", s, back, err)
 		}
 	})

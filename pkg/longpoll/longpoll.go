@@ -88,6 +88,7 @@ import (
 	"github.com/elchat/elchat/pkg/auth"
 	"github.com/elchat/elchat/pkg/closecode"
 	"github.com/elchat/elchat/pkg/hub"
+	"github.com/elchat/elchat/pkg/phx"
 )
 
 // Path is where phoenix.js long-polls: it replaces the /websocket of the
@@ -693,7 +694,7 @@ func writeStatus(w http.ResponseWriter, httpStatus, js int, reason string) {
 	b = strconv.AppendInt(b, int64(js), 10)
 	if reason != "" {
 		b = append(b, `,"reason":`...)
-		b = appendJSONString(b, reason)
+		b = phx.AppendString(b, reason)
 	}
 	b = append(b, '}')
 	writeJSON(w, httpStatus, b)
@@ -710,13 +711,13 @@ func writeMessages(w http.ResponseWriter, js int, token string, msgs [][]byte) {
 	b = append(b, `{"status":`...)
 	b = strconv.AppendInt(b, int64(js), 10)
 	b = append(b, `,"token":`...)
-	b = appendJSONString(b, token)
+	b = phx.AppendString(b, token)
 	b = append(b, `,"messages":[`...)
 	for i, msg := range msgs {
 		if i > 0 {
 			b = append(b, ',')
 		}
-		b = appendJSONString(b, string(msg))
+		b = phx.AppendString(b, string(msg))
 	}
 	b = append(b, "]}"...)
 	writeJSON(w, http.StatusOK, b)
@@ -728,36 +729,4 @@ func writeJSON(w http.ResponseWriter, status int, b []byte) {
 	h.Set("Content-Length", strconv.Itoa(len(b)))
 	w.WriteHeader(status)
 	_, _ = w.Write(b)
-}
-
-const hexDigits = "0123456789abcdef"
-
-// appendJSONString appends s as a JSON string. s is valid UTF-8 (the hub's
-// messages are JSON text), so only quotes, backslashes and control
-// characters need escapes.
-func appendJSONString(b []byte, s string) []byte {
-	b = append(b, '"')
-	start := 0
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c >= 0x20 && c != '"' && c != '\\' {
-			continue
-		}
-		b = append(b, s[start:i]...)
-		switch c {
-		case '"', '\\':
-			b = append(b, '\\', c)
-		case '\n':
-			b = append(b, '\\', 'n')
-		case '\r':
-			b = append(b, '\\', 'r')
-		case '\t':
-			b = append(b, '\\', 't')
-		default:
-			b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
-		}
-		start = i + 1
-	}
-	b = append(b, s[start:]...)
-	return append(b, '"')
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/elchat/elchat/pkg/auth"
 	"github.com/elchat/elchat/pkg/hub"
+	"github.com/elchat/elchat/pkg/phx"
 	"github.com/elchat/elchat/pkg/store/memstore"
 )
 
@@ -426,7 +427,7 @@ func TestAbandonedSessionExpires(t *testing.T) {
 func TestJSONString(t *testing.T) {
 	for _, s := range []string{`["1",null,"t","e",{"body":"a \"q\" \\ \n\t\u0001 é ✓ <>&"}]`, "", "\u2028"} {
 		var back string
-		if err := json.Unmarshal(appendJSONString(nil, s), &back); err != nil || back != s {
+		if err := json.Unmarshal(phx.AppendString(nil, s), &back); err != nil || back != s {
 			t.Errorf("%q: %q %v", s, back, err)
 		}
 	}
