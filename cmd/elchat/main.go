@@ -93,18 +93,35 @@ func migrate(args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
+// signing holds the flags every minting command shares: the secret, the
+// lifetime and the development fallback.
+type signing struct {
+	secret string
+	ttl    time.Duration
+	dev    bool
+}
+
+func (s *signing) flags(fs *flag.FlagSet) {
+	fs.StringVar(&s.secret, "secret", "", "HS256 secret shared with the host app")
+	fs.DurationVar(&s.ttl, "ttl", 24*time.Hour, "lifetime")
+	fs.BoolVar(&s.dev, "dev", false, "use the development secret when none is set")
+}
+
+func (s *signing) key() ([]byte, error) {
+	return secretKey(s.secret, s.dev, slog.New(slog.NewTextHandler(io.Discard, nil)))
+}
+
 func token(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("token", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	secret := fs.String("secret", "", "HS256 secret shared with the host app")
+	var sg signing
+	sg.flags(fs)
 	user := fs.String("user", "", "user id (the token's sub)")
 	name := fs.String("name", "", "display name")
-	ttl := fs.Duration("ttl", 24*time.Hour, "lifetime")
-	dev := fs.Bool("dev", false, "use the development secret when none is set")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	key, err := secretKey(*secret, *dev, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	key, err := sg.key()
 	if err != nil {
 		return err
 	}
@@ -114,7 +131,7 @@ func token(args []string, stdout, stderr io.Writer) error {
 	if *name == "" {
 		*name = *user
 	}
-	tok, err := auth.Mint(key, *user, *name, *ttl)
+	tok, err := auth.Mint(key, *user, *name, sg.ttl)
 	if err != nil {
 		return err
 	}
@@ -127,22 +144,21 @@ func token(args []string, stdout, stderr io.Writer) error {
 func grant(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("grant", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	secret := fs.String("secret", "", "HS256 secret shared with the host app")
+	var sg signing
+	sg.flags(fs)
 	user := fs.String("user", "", "the joining user (the grant's sub)")
 	peer := fs.String("peer", "", "the other user of the chat (the grant's peer)")
-	ttl := fs.Duration("ttl", 24*time.Hour, "lifetime")
-	dev := fs.Bool("dev", false, "use the development secret when none is set")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	key, err := secretKey(*secret, *dev, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	key, err := sg.key()
 	if err != nil {
 		return err
 	}
 	if *user == "" || *peer == "" {
 		return errors.New("grant needs --user and --peer")
 	}
-	tok, err := auth.MintGrant(key, *user, *peer, *ttl)
+	tok, err := auth.MintGrant(key, *user, *peer, sg.ttl)
 	if err != nil {
 		return err
 	}
