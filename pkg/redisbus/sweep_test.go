@@ -238,7 +238,11 @@ func TestAnnounceTopics(t *testing.T) {
 	a, b := c.node(t), c.node(t)
 	recA, recB := run(t, a), run(t, b)
 	confirmed(t, subscribe(t, b, "chat:1:2"), 5*time.Second)
-	must(t, a.announceTopics(context.Background(), []string{"chat:1:2", "chat:3:4", "room:x"}))
+	// Run attaches the handlers asynchronously: announce until b has one.
+	for i := 0; i < 25 && recB.count(kindIs(kTopics)) == 0; i++ {
+		must(t, a.announceTopics(context.Background(), []string{"chat:1:2", "chat:3:4", "room:x"}))
+		time.Sleep(200 * time.Millisecond)
+	}
 	got := recB.wait(t, 5*time.Second, "ResyncTopics", kindIs(kTopics))
 	if got.data != "chat:1:2" || got.node != a.NodeID() {
 		t.Fatalf("ResyncTopics(%q, %q), want (chat:1:2, %q)", got.data, got.node, a.NodeID())
