@@ -11,6 +11,21 @@ func (h *Hub) ResyncRequested(ctx context.Context, watermark int64, delay, sprea
 	return h.resyncRequested(ctx, watermark, delay, spread)
 }
 
+// BusDown and BusUp are what the bus handler does on an outage and its
+// end, with the delays the test picks.
+func (h *Hub) BusDown(lastAlive time.Time) { h.busDown(lastAlive) }
+
+func (h *Hub) BusUp(ctx context.Context, delay, spread time.Duration) int {
+	return h.busUp(ctx, delay, spread)
+}
+
+// WavePending reports whether a rejoin wave is scheduled and not started.
+func (h *Hub) WavePending() bool {
+	h.resyncMu.Lock()
+	defer h.resyncMu.Unlock()
+	return h.waveAt > time.Now().UnixNano()
+}
+
 // Subscribers counts topic's local subscribers.
 func (h *Hub) Subscribers(topic string) int {
 	s := h.shard(topic)

@@ -181,12 +181,16 @@ type Hub struct {
 	rules rules                 // blocks, bans and opened chats (rules.go)
 	users [shardCount]userShard // local clients by user, for bans
 
-	// Catch-up after lost fanout (resync.go). All atomic.
+	// Catch-up after lost fanout (resync.go). Joins load the atomics
+	// without a lock; busDown, busUp and resyncRequested change them
+	// holding resyncMu, so that their read-modify-writes do not interleave.
+	resyncMu   sync.Mutex
 	resyncFrom atomic.Int64 // joins with a later last_id catch up from here instead
 	// The same for change cursors: joins with a later since_seq catch up
 	// from here.
 	resyncFromSeq atomic.Int64
 	resyncUntil   atomic.Int64 // unix nanoseconds; math.MaxInt64 while the bus is down
+	waveAt        int64        // guarded by resyncMu: unix nanoseconds the newest rejoin wave starts at
 	marks         watermarks   // store LastID and LastSeq samples, see resync.go
 
 	logs hubLogs // immutable after New

@@ -554,9 +554,70 @@ func TestResyncRequested(t *testing.T) {
 	if got := resp["messages"].([]any); len(got) != 3 || got[0].(map[string]any)["id"] != ids[2] {
 		t.Fatalf("catch-up after resync: %v", got)
 	}
-	// A second announcement while the first resync runs changes nothing.
+	// Announcements that arrive while a wave waits out its delay fold
+	// into it: one wave, not one per announcing node.
+	ctx, cancel := context.WithCancel(t.Context())
+	pending := make(chan int)
+	go func() { pending <- e.hub.ResyncRequested(ctx, int64(ids[2]), time.Hour, 0) }()
+	deadline := time.Now().Add(5 * time.Second)
+	for !e.hub.WavePending() {
+		if time.Now().After(deadline) {
+			t.Fatal("the wave was not scheduled")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if n := e.hub.ResyncRequested(t.Context(), int64(ids[3]), 0, 0); n != 0 {
+		t.Fatalf("an announcement during a pending wave covered %d topics", n)
+	}
+	cancel()
+	<-pending
+	if errs := events(a.rec.take(), "phx_error"); len(errs) != 0 {
+		t.Fatalf("phx_error frames while a wave was pending: %+v", errs)
+	}
+	// While this node's own bus is down, its recovery's wave covers it.
+	e.hub.BusDown(time.Now())
 	if n := e.hub.ResyncRequested(t.Context(), 0, 0, 0); n != 0 {
-		t.Fatalf("second resync covered %d topics", n)
+		t.Fatalf("an announcement while down covered %d topics", n)
+	}
+}
+
+// Two nodes recover from a shared outage at different times: this one is
+// back first and its clients rejoin; the other then stores messages its
+// bus cannot publish yet and announces the loss when it is back. This
+// node's clients must rejoin once more, or they never get those messages.
+func TestResyncRequestedAfterOwnWave(t *testing.T) {
+	e := newEnv(t)
+	a := e.connect("1")
+	jr, _ := a.join("chat:1:2", nil)
+	e.hub.BusDown(time.Now())
+	if n := e.hub.BusUp(t.Context(), 0, 0); n != 1 {
+		t.Fatalf("own wave covered %d topics, want 1", n)
+	}
+	a.rec.take()
+	jr, _ = a.join("chat:1:2", nil)
+	// What the other node stored while its bus was still down (stored
+	// here: the store is shared).
+	var ids []float64
+	for i := range 3 {
+		ref := a.send(jr, "chat:1:2", "new_message", map[string]any{"body": fmt.Sprint("m", i)})
+		ids = append(ids, a.replyTo(ref, "ok")["id"].(float64))
+	}
+	a.rec.take()
+	if n := e.hub.ResyncRequested(t.Context(), int64(ids[0])-1, 0, 0); n != 1 {
+		t.Fatalf("the other node's announcement after this node's wave covered %d topics, want 1", n)
+	}
+	if errs := events(a.rec.take(), "phx_error"); len(errs) != 1 {
+		t.Fatalf("phx_error frames: %+v", errs)
+	}
+	_, resp := a.join("chat:1:2", map[string]any{"last_id": ids[2]})
+	got := map[float64]bool{}
+	for _, m := range resp["messages"].([]any) {
+		got[m.(map[string]any)["id"].(float64)] = true
+	}
+	for _, id := range ids {
+		if !got[id] {
+			t.Fatalf("rejoin after the announcement caught up %v, missing %v", resp["messages"], id)
+		}
 	}
 }
 

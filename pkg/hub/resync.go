@@ -81,20 +81,22 @@ func (b *busHandler) Up() {
 			h.cfg.Logger.Warn("could not read the bans", "err", err)
 		}
 	}()
+	// If only this node lost the bus, the others' clients missed its
+	// messages without noticing anything: tell them, at once, so that a
+	// node still waiting to start its own rejoin wave folds the
+	// announcement into it instead of running a second one.
+	if a, ok := h.cfg.Bus.(resyncAnnouncer); ok {
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if err := a.AnnounceResync(ctx, h.Watermark()); err != nil {
+				h.cfg.Logger.Warn("could not announce the resync to the other nodes", "err", err)
+			}
+		}()
+	}
 	go func() {
 		n := h.busUp(context.Background(), h.cfg.ResyncDelay, h.cfg.ResyncSpread)
 		h.cfg.Logger.Info("clients asked to rejoin after the bus outage", "topics", n)
-		// If only this node lost the bus, the others' clients missed its
-		// messages without noticing anything: tell them.
-		a, ok := h.cfg.Bus.(resyncAnnouncer)
-		if !ok {
-			return
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if err := a.AnnounceResync(ctx, h.Watermark()); err != nil {
-			h.cfg.Logger.Warn("could not announce the resync to the other nodes", "err", err)
-		}
 	}()
 }
 
@@ -248,6 +250,8 @@ func (h *Hub) safeWatermark(lastAlive time.Time) (id, seq int64) {
 // instead, so a rejoin fills the gap even though the client saw later
 // messages (delivered locally, or before the loss was noticed).
 func (h *Hub) busDown(lastAlive time.Time) {
+	h.resyncMu.Lock()
+	defer h.resyncMu.Unlock()
 	prev := h.resyncUntil.Swap(math.MaxInt64)
 	if prev == math.MaxInt64 {
 		return // already down
@@ -262,11 +266,22 @@ func (h *Hub) busDown(lastAlive time.Time) {
 	h.resyncFromSeq.Store(ws)
 }
 
+// resyncWindow is how long after a rejoin wave starts joins keep catching
+// up from the watermark: the wave's spread, and time for phoenix.js's
+// rejoin backoff and reconnects behind it.
+func resyncWindow(delay, spread time.Duration) time.Duration {
+	return delay + spread + 2*time.Minute
+}
+
 // busUp ends an outage: after delay (other nodes reconnect too), every
 // local client is asked to rejoin (Resync over spread), and joins keep
 // catching up from the watermark for a while longer.
 func (h *Hub) busUp(ctx context.Context, delay, spread time.Duration) int {
-	h.resyncUntil.Store(time.Now().Add(delay + spread + 2*time.Minute).UnixNano())
+	now := time.Now()
+	h.resyncMu.Lock()
+	h.resyncUntil.Store(now.Add(resyncWindow(delay, spread)).UnixNano())
+	h.waveAt = now.Add(delay).UnixNano()
+	h.resyncMu.Unlock()
 	select {
 	case <-ctx.Done():
 		return 0
@@ -281,26 +296,36 @@ func (h *Hub) busUp(ctx context.Context, delay, spread time.Duration) int {
 func (h *Hub) Watermark() int64 { return h.resyncFrom.Load() }
 
 // resyncRequested handles another node's announcement that messages it
-// published since watermark were lost: unless this node is resyncing
-// already (a shared outage, where its own watermark serves just as well),
-// its clients rejoin and catch up from watermark, after delay and spread
-// over spread like busUp.
+// published since watermark were lost: joins catch up from watermark (or
+// from this node's own, if older), and the local clients rejoin after
+// delay, spread over spread, like busUp. It returns the topics asked to
+// rejoin.
+//
+// A wave that has not started yet covers the announcement, since every
+// message the other node lost was stored before it announced: while this
+// node's bus is down (its busUp will start one) or while a wave waits out
+// its delay, nothing more is sent. A wave already started does not cover
+// it: in an outage two nodes recover from at different times, the one
+// back first may have had its clients rejoin before the other stored the
+// messages it then failed to publish.
 func (h *Hub) resyncRequested(ctx context.Context, watermark int64, delay, spread time.Duration) int {
-	now := time.Now().UnixNano()
-	until := time.Now().Add(delay + spread + 2*time.Minute).UnixNano()
-	for {
-		cur := h.resyncUntil.Load()
-		if cur > now {
-			return 0
-		}
-		if h.resyncUntil.CompareAndSwap(cur, until) {
-			break
-		}
+	now := time.Now()
+	h.resyncMu.Lock()
+	until := h.resyncUntil.Load()
+	if until > now.UnixNano() {
+		watermark = min(watermark, h.resyncFrom.Load())
 	}
 	h.resyncFrom.Store(watermark)
 	// The announcement names a message id only: change cursors replay
 	// the whole change log of their chat, paged.
 	h.resyncFromSeq.Store(0)
+	if until == math.MaxInt64 || h.waveAt > now.UnixNano() {
+		h.resyncMu.Unlock()
+		return 0
+	}
+	h.resyncUntil.Store(max(until, now.Add(resyncWindow(delay, spread)).UnixNano()))
+	h.waveAt = now.Add(delay).UnixNano()
+	h.resyncMu.Unlock()
 	select {
 	case <-ctx.Done():
 		return 0

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"net"
 	"strconv"
 	"strings"
 	"sync"
@@ -731,12 +732,15 @@ var errSilent = errors.New("redisbus: pub/sub connection silent: canaries not co
 // canaryLoop proves the subscription path end to end: every Liveness/4 it
 // PUBLISHes the time on this node's canary channel through the command
 // connection, and recvLoop notes when each comes back (handleCanary).
-// When none has come back for Liveness, the pub/sub connection is dead or
-// stuck although no error says so: the bus reports Down (with the send
-// time of the last canary that came back as the last sign of life), and
-// subscribes again on a new connection; the hub resyncs its clients once
-// the new one answers. Detection therefore takes between Liveness and
-// 1.25 × Liveness.
+// When none has come back for Liveness although one reached Redis (see
+// subConn.silent), the pub/sub connection is dead or stuck although no
+// error says so: the bus reports Down (with the send time of the last
+// canary that came back as the last sign of life), and subscribes again
+// on a new connection; the hub resyncs its clients once the new one
+// answers. Detection therefore takes between Liveness and 1.25 ×
+// Liveness. A PUBLISH refused outright (Redis down, a failover under
+// way) sends no canary, so a subscription back before the commands is
+// not replaced a second time for want of canaries.
 func (b *Bus) canaryLoop() {
 	defer b.wg.Done()
 	every := b.opts.Liveness / 4
@@ -757,8 +761,7 @@ func (b *Bus) canaryLoop() {
 		}
 		now := time.Now()
 		for i, c := range b.conns {
-			heard := time.Unix(0, c.lastCanary.Load())
-			if now.Sub(heard) > b.opts.Liveness && now.Sub(lastFix[i]) > b.opts.Liveness {
+			if c.silent(now, b.opts.Liveness, every) && now.Sub(lastFix[i]) > b.opts.Liveness {
 				lastFix[i] = now
 				b.stats.silent.Add(1)
 				c.setSub(false, errSilent)
@@ -783,6 +786,13 @@ func (b *Bus) canaryLoop() {
 					err = b.rdb.Publish(ctx, c.canary, msg).Err()
 				}
 				cancel()
+				// A timeout leaves it unknown whether Redis got the
+				// canary (a stuck connection); any other error means it
+				// did not.
+				var ne net.Error
+				if err == nil || errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout() {
+					c.canarySent(now.UnixNano())
+				}
 				if err != nil && b.ctx.Err() == nil {
 					b.log.Debug("canary publish failed", "err", err)
 				}
@@ -922,7 +932,7 @@ func (b *Bus) Ready() error {
 		case !c.subOK.Load():
 			return fmt.Errorf("%w: pub/sub connection down", ErrUnavailable)
 		case time.Since(time.Unix(0, c.lastRecv.Load())) > 3*b.pingEvery,
-			time.Since(time.Unix(0, c.lastCanary.Load())) > b.opts.Liveness:
+			c.silent(time.Now(), b.opts.Liveness, b.opts.Liveness/4):
 			return fmt.Errorf("%w: pub/sub connection silent", ErrUnavailable)
 		}
 	}

@@ -108,3 +108,50 @@ func TestKilledSubscriber(t *testing.T) {
 		return c.kind == kDeliver && int64(i) > after
 	})
 }
+
+// TestCanaryNotSentIsNotSilence: while Redis refuses the node's commands
+// (here PUBLISH is taken from its ACL user; in production, a failover
+// still under way) no canary reaches Redis, and the subscription, which
+// still works, is not replaced for want of canaries; once commands work
+// again the bus is ready without a second outage.
+func TestCanaryNotSentIsNotSilence(t *testing.T) {
+	srv := testenv.StartRedisServer(t)
+	if _, err := srv.Do("ACL", "SETUSER", "bus", "on", ">pw", "~*", "&*", "+@all"); err != nil {
+		t.Fatal(err)
+	}
+	b, err := New(context.Background(), Options{
+		URL: "redis://bus:pw@" + srv.Addr() + "/0", Prefix: prefix(t), PresenceTTL: 30 * time.Second,
+		Liveness: 800 * time.Millisecond, Logger: testLogger(t),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Close)
+	run(t, b)
+	eventually(t, 5*time.Second, "ready", func() bool { return b.Ready() == nil })
+
+	if _, err := srv.Do("ACL", "SETUSER", "bus", "-publish"); err != nil {
+		t.Fatal(err)
+	}
+	// Four liveness periods without a canary back.
+	deadline := time.Now().Add(3200 * time.Millisecond)
+	for time.Now().Before(deadline) {
+		b.Publish("chat:1:2", []byte("frame")) // fails: commands are refused
+		time.Sleep(50 * time.Millisecond)
+	}
+	if n := b.Stats().Silent; n != 0 {
+		t.Errorf("subscription replaced %d times while only PUBLISH was refused", n)
+	}
+	if _, err := srv.Do("ACL", "SETUSER", "bus", "+publish"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "ready again", func() bool { return b.Ready() == nil })
+	// Canaries come back again: two liveness periods without a silence.
+	time.Sleep(1600 * time.Millisecond)
+	if n := b.Stats().Silent; n != 0 {
+		t.Errorf("subscription replaced %d times after commands came back", n)
+	}
+	if b.Ready() != nil {
+		t.Errorf("not ready: %v", b.Ready())
+	}
+}
