@@ -117,6 +117,7 @@ type pair struct {
 	seen     map[int64]bool   // ids the receiver got live or by catch-up
 	maxSeen  int64
 	rejoins  int
+	early    int            // live new_message frames read before a join's reply
 	errors   map[string]int // error reply reasons seen by the sender
 	timeouts int            // sends with no reply before the deadline
 	rc       *phxtest.Client
@@ -220,6 +221,37 @@ func (p *pair) rejoin() error {
 		}
 		for _, m := range page.Messages {
 			p.markSeen(m.ID)
+		}
+		// The node sends the room's live messages from the moment it
+		// subscribes this socket, so some arrive before the join reply
+		// (phoenix.js hands them to the channel too); a resync asked
+		// for meanwhile means joining again.
+		resync := false
+		for _, f := range c.Pushes {
+			if f.Topic != p.room {
+				continue
+			}
+			switch f.Event {
+			case "new_message":
+				var m phxtest.Message
+				if json.Unmarshal(f.Payload, &m) == nil {
+					p.markSeen(m.ID)
+					p.mu.Lock()
+					p.early++
+					p.mu.Unlock()
+				}
+			case "phx_error":
+				resync = true
+			}
+		}
+		c.Pushes = c.Pushes[:0]
+		if resync {
+			p.resyncs.Add(1)
+			c.Close()
+			if c, err = dialRetry(addrs, p.receiver, phxtest.DialOptions{}, 40); err != nil {
+				return err
+			}
+			continue
 		}
 		p.mu.Lock()
 		p.rc = c
@@ -360,8 +392,8 @@ func (p *pair) summary() string {
 	for _, k := range keys {
 		fmt.Fprintf(&b, "%q×%d ", k, p.errors[k])
 	}
-	return fmt.Sprintf("%s: acked %d, error replies [%s], reply timeouts %d, receiver joins %d",
-		p.name, len(p.acked), b.String(), p.timeouts, p.rejoins)
+	return fmt.Sprintf("%s: acked %d, error replies [%s], reply timeouts %d, receiver joins %d (live messages before a join reply: %d)",
+		p.name, len(p.acked), b.String(), p.timeouts, p.rejoins, p.early)
 }
 
 // ---------------------------------------------------------------- binary node

@@ -106,9 +106,10 @@ func TestSentinelFailoverUnderTraffic(t *testing.T) {
 		resyncs += p.resyncs.Load()
 		p.mu.Lock()
 		gap = max(gap, p.maxGap)
-		for _, id := range p.acked {
+		for cid, id := range p.acked {
 			if !p.seen[id] {
 				undelivered++
+				t.Logf("%s: %s (id %d) acknowledged, not delivered; the receiver saw up to id %d", p.name, cid, id, p.maxSeen)
 			}
 		}
 		p.mu.Unlock()
