@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
-	"net"
 	"strconv"
 	"strings"
 	"sync"
@@ -786,11 +785,12 @@ func (b *Bus) canaryLoop() {
 					err = b.rdb.Publish(ctx, c.canary, msg).Err()
 				}
 				cancel()
-				// A timeout leaves it unknown whether Redis got the
-				// canary (a stuck connection); any other error means it
-				// did not.
-				var ne net.Error
-				if err == nil || errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout() {
+				// Only a PUBLISH Redis answered proves the canary was
+				// fanned out. One that timed out may have been stuck in
+				// a dial to a dead primary as well as on a frozen
+				// connection; go-redis drops that connection, and the
+				// next canary goes out on a fresh one.
+				if err == nil {
 					c.canarySent(now.UnixNano())
 				}
 				if err != nil && b.ctx.Err() == nil {

@@ -48,19 +48,18 @@ type subConn struct {
 	// was lost in an outage was published after it.
 	lastAlive  atomic.Int64
 	lastCanary atomic.Int64 // unix nanos at which the last canary came back
-	// unanswered is the send time (unix nanos) of the oldest canary that
-	// may have reached Redis (its PUBLISH succeeded or timed out) and had
-	// not come back when it was sent; no later than lastAlive once one
-	// has. Written only by canaryLoop, one PUBLISH per connection at a
-	// time.
+	// unanswered is the send time (unix nanos) of the oldest canary Redis
+	// accepted (its PUBLISH was answered) while none had come back since;
+	// no later than lastAlive once one has. Written only by canaryLoop,
+	// one PUBLISH per connection at a time.
 	unanswered atomic.Int64
 }
 
 // silent reports whether the connection is deaf although no error says
-// so: no canary has come back for liveness, and one that may have reached
-// Redis has been out for longer than a canary's round trip (every). A
-// canary that never reached Redis proves nothing: while commands fail
-// (a failover under way) the subscription may well be fine.
+// so: no canary has come back for liveness, and one Redis accepted has
+// been out for longer than a canary's round trip (every). A canary that
+// Redis never answered for proves nothing: while commands fail (a
+// failover under way) the subscription may well be fine.
 func (c *subConn) silent(now time.Time, liveness, every time.Duration) bool {
 	if now.Sub(time.Unix(0, c.lastCanary.Load())) <= liveness {
 		return false
@@ -69,8 +68,7 @@ func (c *subConn) silent(now time.Time, liveness, every time.Duration) bool {
 	return u > c.lastAlive.Load() && now.Sub(time.Unix(0, u)) > every
 }
 
-// canarySent records a canary sent at sent whose PUBLISH may have reached
-// Redis.
+// canarySent records a canary sent at sent whose PUBLISH Redis answered.
 func (c *subConn) canarySent(sent int64) {
 	if c.unanswered.Load() <= c.lastAlive.Load() {
 		c.unanswered.Store(sent)

@@ -779,6 +779,11 @@ func scenarioCluster(o *opts) (*result, error) {
 		return nil, err
 	}
 	defer cleanup()
+	if o.dbURL == "" && o.nodes > 12 {
+		// The throwaway server takes 300 connections; the nodes' default
+		// pools (16 each) would exceed that past 18 nodes.
+		db += fmt.Sprintf("&pool_max_conns=%d", max(4, 280/o.nodes))
+	}
 	ns, err := startNodes(o, o.nodes, o.transport, db, redisURL)
 	if err != nil {
 		return nil, err

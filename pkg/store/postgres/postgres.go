@@ -12,6 +12,7 @@ import (
 	"io/fs"
 	"slices"
 	"sync"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -31,8 +32,8 @@ var migrations embed.FS
 type Options struct {
 	// Batch configures group commit (default 2 flushers, 512 per batch).
 	Batch store.BatchConfig
-	// MaxConns caps the pool (default 16); it must leave room beyond the
-	// flushers for reads and MarkRead.
+	// MaxConns caps the pool (default: the URL's pool_max_conns, else
+	// 16); it must leave room beyond the flushers for reads and MarkRead.
 	MaxConns int32
 	// ConnectTimeout bounds dialing one connection (default 5s), so an
 	// unreachable server turns into ErrUnavailable quickly.
@@ -85,9 +86,12 @@ func Open(ctx context.Context, url string, o Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("postgres: %w", err)
 	}
-	if o.MaxConns > 0 {
+	switch {
+	case o.MaxConns > 0:
 		cfg.MaxConns = o.MaxConns
-	} else {
+	case !strings.Contains(url, "pool_max_conns"):
+		// pgxpool's own default (the CPU count, at least 4) starves
+		// the group commit's flushers of read connections.
 		cfg.MaxConns = 16
 	}
 	if o.ConnectTimeout <= 0 {
