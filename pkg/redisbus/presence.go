@@ -23,8 +23,9 @@ import (
 
 // trackScript adds one entry. KEYS: presence hash, count hash, node index,
 // nodes zset, online counter, last_seen hash. ARGV: field, meta JSON, key,
-// index member, topic channel, mirror message, node id, lobby user ("" if
-// the topic is not a lobby). Returns 1 if the entry is new.
+// index member, topic channel ("" for none: the topic is not mirrored),
+// mirror message, node id, lobby user ("" if the topic is not a lobby).
+// Returns 1 if the entry is new.
 var trackScript = redis.NewScript(`
 redis.call('SADD', KEYS[3], ARGV[4])
 if not redis.call('ZSCORE', KEYS[4], ARGV[7]) then
@@ -37,7 +38,7 @@ if ARGV[8] ~= '' then
   redis.call('INCR', KEYS[5])
   redis.call('HSET', KEYS[6], ARGV[8], redis.call('TIME')[1])
 end
-redis.call('PUBLISH', ARGV[5], ARGV[6])
+if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[5], ARGV[6]) end
 return 1
 `)
 
@@ -51,7 +52,7 @@ if ARGV[8] ~= '' then
   if redis.call('DECR', KEYS[5]) <= 0 then redis.call('DEL', KEYS[5]) end
   redis.call('HSET', KEYS[6], ARGV[8], redis.call('TIME')[1])
 end
-redis.call('PUBLISH', ARGV[5], ARGV[6])
+if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[5], ARGV[6]) end
 return 1
 `)
 
@@ -251,9 +252,17 @@ func (p *presence) mirrorMsg(add bool, key, ref string) []byte {
 }
 
 func (p *presence) args(e entry, add bool) []any {
+	// Only chats are mirrored (see mirrorable): the change of a lobby
+	// entry is published to nobody, saving Redis a PUBLISH and the
+	// user's node a message it would drop, on every connect.
+	var channel string
+	var msg []byte
+	if mirrorable(e.topic) {
+		channel, msg = p.b.chanPrefix+e.topic, p.mirrorMsg(add, e.key, e.ref)
+	}
 	return []any{
 		e.key + "\x00" + e.ref, e.meta, e.key, e.member(),
-		p.b.chanPrefix + e.topic, p.mirrorMsg(add, e.key, e.ref),
+		channel, msg,
 		p.b.opts.NodeID, lobbyUser(e.topic),
 	}
 }

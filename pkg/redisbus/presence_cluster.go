@@ -22,12 +22,13 @@ import (
 
 // trackScriptC adds one entry. KEYS: presence hash, count hash, node
 // index of the partition. ARGV: field, meta JSON, key, index member,
-// topic channel, mirror message. Returns 1 if the entry is new.
+// topic channel ("" for none), mirror message. Returns 1 if the entry is
+// new.
 var trackScriptC = redis.NewScript(`
 redis.call('SADD', KEYS[3], ARGV[4])
 if redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
 redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
-redis.call('SPUBLISH', ARGV[5], ARGV[6])
+if ARGV[5] ~= '' then redis.call('SPUBLISH', ARGV[5], ARGV[6]) end
 return 1
 `)
 
@@ -36,7 +37,7 @@ var untrackScriptC = redis.NewScript(`
 redis.call('SREM', KEYS[3], ARGV[4])
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
 if redis.call('HINCRBY', KEYS[2], ARGV[3], -1) <= 0 then redis.call('HDEL', KEYS[2], ARGV[3]) end
-redis.call('SPUBLISH', ARGV[5], ARGV[6])
+if ARGV[5] ~= '' then redis.call('SPUBLISH', ARGV[5], ARGV[6]) end
 return 1
 `)
 

@@ -1005,3 +1005,44 @@ func TestOwnChangesMirroredAtOnce(t *testing.T) {
 		}
 	}
 }
+
+// TestLobbyPresenceNotPublished: a lobby's presence is not mirrored, so
+// tracking it publishes nothing (one PUBLISH and one dropped message per
+// connect saved); a chat's change still reaches its mirrors.
+func TestLobbyPresenceNotPublished(t *testing.T) {
+	c := cluster{url: testenv.Redis(t), prefix: prefix(t), ttl: 30 * time.Second}
+	a := c.node(t)
+	ctx := context.Background()
+	raw := redis.NewClient(mustParseURL(t, c.url))
+	defer raw.Close()
+	ps := raw.Subscribe(ctx, a.chanPrefix+"user:ann", a.chanPrefix+"chat:ann:ben")
+	defer ps.Close()
+	if _, err := ps.Receive(ctx); err != nil { // first subscribe reply
+		t.Fatal(err)
+	}
+	if _, err := ps.Receive(ctx); err != nil { // second
+		t.Fatal(err)
+	}
+	must(t, a.Presence().Track(ctx, "user:ann", "ann", hub.Meta{Ref: "l1", Name: "Ann"}))
+	must(t, a.Presence().Untrack(ctx, "user:ann", "ann", "l1"))
+	must(t, a.Presence().Track(ctx, "chat:ann:ben", "ann", hub.Meta{Ref: "c1", Name: "Ann"}))
+	m, err := ps.ReceiveMessage(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Channel != a.chanPrefix+"chat:ann:ben" {
+		t.Fatalf("first presence message on %s, want the chat's channel", m.Channel)
+	}
+	if ok, err := a.Presence().Present(ctx, "user:ann", "ann"); err != nil || ok {
+		t.Fatalf("lobby Present after untrack = %v, %v", ok, err)
+	}
+}
+
+func mustParseURL(t *testing.T, url string) *redis.Options {
+	t.Helper()
+	o, err := redis.ParseURL(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return o
+}
