@@ -36,3 +36,6 @@ func (h *Hub) Subscribers(topic string) int {
 	}
 	return 0
 }
+
+// AsBusHandler is the hub as its bus sees it.
+func (h *Hub) AsBusHandler() BusHandler { return (*busHandler)(h) }

@@ -923,3 +923,42 @@ func TestAsyncSaveKeepsOrder(t *testing.T) {
 		t.Fatalf("delivered %d of 40", len(bodies))
 	}
 }
+
+// An outage in which only commands failed (a node starved of CPU timing
+// out on Redis) lost nothing this node receives: its clients are not
+// asked to rejoin, and joins stop catching up from the watermark.
+func TestUpWithoutLossMakesNoWave(t *testing.T) {
+	e := newEnvWith(t, hub.Config{ResyncDelay: time.Millisecond, ResyncSpread: time.Millisecond})
+	a := e.connect("1")
+	jr, _ := a.join("chat:1:2", nil)
+	var ids []float64
+	for i := range 3 {
+		ref := a.send(jr, "chat:1:2", "new_message", map[string]any{"body": fmt.Sprint("m", i)})
+		ids = append(ids, a.replyTo(ref, "ok")["id"].(float64))
+	}
+	a.rec.take()
+	bh := e.hub.AsBusHandler()
+	bh.Down(time.Now())
+	bh.Up(hub.Loss{})
+	time.Sleep(100 * time.Millisecond)
+	if errs := events(a.rec.take(), "phx_error"); len(errs) != 0 {
+		t.Fatalf("phx_error after an outage that lost nothing: %+v", errs)
+	}
+	_, resp := a.join("chat:1:2", map[string]any{"last_id": ids[2]})
+	if got := resp["messages"].([]any); len(got) != 0 {
+		t.Fatalf("join after a lossless outage caught up %v, want nothing after last_id", got)
+	}
+	// A lapsed subscription does make the wave.
+	bh.Down(time.Now())
+	bh.Up(hub.Loss{Received: true})
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if len(events(a.rec.take(), "phx_error")) > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no rejoin wave after a lapsed subscription")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

@@ -70,8 +70,29 @@ func (b *busHandler) PresenceChanged(name string, joins, leaves map[string][]Met
 
 func (b *busHandler) Down(lastAlive time.Time) { b.hub().busDown(lastAlive) }
 
-func (b *busHandler) Up() {
+func (b *busHandler) Up(lost Loss) {
 	h := b.hub()
+	if lost.Published {
+		// The others' clients missed this node's messages without
+		// noticing anything: tell them, at once, so that a node still
+		// waiting to start its own rejoin wave folds the announcement
+		// into it instead of running a second one.
+		if a, ok := h.cfg.Bus.(resyncAnnouncer); ok {
+			go func() {
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				if err := a.AnnounceResync(ctx, h.Watermark()); err != nil {
+					h.cfg.Logger.Warn("could not announce the resync to the other nodes", "err", err)
+				}
+			}()
+		}
+	}
+	if !lost.Received {
+		// Nothing published elsewhere was missed here (only commands
+		// failed): no rejoin wave.
+		h.busBack()
+		return
+	}
 	// Block announcements may have been lost: read blocks afresh.
 	h.rules.resetBlocks()
 	go func() {
@@ -81,19 +102,6 @@ func (b *busHandler) Up() {
 			h.cfg.Logger.Warn("could not read the bans", "err", err)
 		}
 	}()
-	// If only this node lost the bus, the others' clients missed its
-	// messages without noticing anything: tell them, at once, so that a
-	// node still waiting to start its own rejoin wave folds the
-	// announcement into it instead of running a second one.
-	if a, ok := h.cfg.Bus.(resyncAnnouncer); ok {
-		go func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			if err := a.AnnounceResync(ctx, h.Watermark()); err != nil {
-				h.cfg.Logger.Warn("could not announce the resync to the other nodes", "err", err)
-			}
-		}()
-	}
 	go func() {
 		n := h.busUp(context.Background(), h.cfg.ResyncDelay, h.cfg.ResyncSpread)
 		h.cfg.Logger.Info("clients asked to rejoin after the bus outage", "topics", n)
@@ -273,13 +281,25 @@ func resyncWindow(delay, spread time.Duration) time.Duration {
 	return delay + spread + 2*time.Minute
 }
 
+// busBack ends an outage that lost nothing this node receives: joins stop
+// catching up from the outage's watermark, unless a rejoin wave started
+// earlier is still within its window.
+func (h *Hub) busBack() {
+	h.resyncMu.Lock()
+	if h.resyncUntil.Load() == math.MaxInt64 {
+		h.resyncUntil.Store(h.waveUntil)
+	}
+	h.resyncMu.Unlock()
+}
+
 // busUp ends an outage: after delay (other nodes reconnect too), every
 // local client is asked to rejoin (Resync over spread), and joins keep
 // catching up from the watermark for a while longer.
 func (h *Hub) busUp(ctx context.Context, delay, spread time.Duration) int {
 	now := time.Now()
 	h.resyncMu.Lock()
-	h.resyncUntil.Store(now.Add(resyncWindow(delay, spread)).UnixNano())
+	h.waveUntil = now.Add(resyncWindow(delay, spread)).UnixNano()
+	h.resyncUntil.Store(h.waveUntil)
 	h.waveAt = now.Add(delay).UnixNano()
 	h.resyncMu.Unlock()
 	select {
@@ -323,7 +343,8 @@ func (h *Hub) resyncRequested(ctx context.Context, watermark int64, delay, sprea
 		h.resyncMu.Unlock()
 		return 0
 	}
-	h.resyncUntil.Store(max(until, now.Add(resyncWindow(delay, spread)).UnixNano()))
+	h.waveUntil = max(until, now.Add(resyncWindow(delay, spread)).UnixNano())
+	h.resyncUntil.Store(h.waveUntil)
 	h.waveAt = now.Add(delay).UnixNano()
 	h.resyncMu.Unlock()
 	select {

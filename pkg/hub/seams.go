@@ -86,9 +86,9 @@ type BusHandler interface {
 	// Down reports that messages between nodes may have been lost since
 	// lastAlive, the last moment the bus knew they flowed (a silent
 	// subscriber is noticed seconds after it died); Up that they flow
-	// again (clients must catch up).
+	// again, and what the outage lost (clients catch up from that).
 	Down(lastAlive time.Time)
-	Up()
+	Up(lost Loss)
 	// ResyncRequested reports that node announced that the messages it
 	// published since watermark (a message id) may have been lost.
 	ResyncRequested(watermark int64, node string)
@@ -97,6 +97,19 @@ type BusHandler interface {
 	// bus): their clients must rejoin, which gives them a fresh
 	// presence_state.
 	ResyncTopics(topics []string, node string)
+}
+
+// Loss is what a bus outage may have cost this node, so that recovery
+// does only the work it needs: a command that timed out on a node starved
+// of CPU loses nothing, and making every client of the cluster rejoin for
+// it would add load exactly when the box has none to spare.
+type Loss struct {
+	// Received: the subscription lapsed, so this node may have missed
+	// what other nodes published; its clients rejoin.
+	Received bool
+	// Published: frames this node published were dropped or failed; the
+	// other nodes' clients rejoin (see resyncAnnouncer).
+	Published bool
 }
 
 // resyncAnnouncer is an optional ability of a Bus: tell the other nodes

@@ -137,6 +137,11 @@ type Bus struct {
 	cmdOK    atomic.Bool
 	healthMu sync.Mutex
 	healthy  bool // guarded by healthMu: last logged state
+	// What the current outage lost, reported with Up (hub.Loss): lapsed
+	// is set whenever a pub/sub connection goes down; lostAt is dropped +
+	// failed when the last recovery was reported (guarded by healthMu).
+	lapsed atomic.Bool
+	lostAt uint64
 
 	stats struct {
 		published, dropped, failed, received, delivered, refused, forged, silent atomic.Uint64
@@ -978,10 +983,14 @@ func (b *Bus) healthChanged(err error) {
 	}
 	b.healthy = now
 	if now {
-		b.log.Info("redis connection recovered")
+		lost := b.stats.dropped.Load() + b.stats.failed.Load()
+		loss := hub.Loss{Received: b.lapsed.Load(), Published: lost != b.lostAt}
+		b.log.Info("redis connection recovered", "subscription_lapsed", loss.Received, "frames_lost", loss.Published)
 		b.pres.recovered()
 		if h := b.handler.Load(); h != nil {
-			h.Up()
+			b.lapsed.Store(false)
+			b.lostAt = lost
+			h.Up(loss)
 		}
 	} else {
 		b.log.Warn("redis connection lost; publishing is dropped until it returns", "err", err)

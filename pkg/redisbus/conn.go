@@ -210,6 +210,7 @@ func (c *subConn) setSub(ok bool, err error) {
 	if c.subOK.Load() != ok {
 		c.subOK.Store(ok)
 		if !ok {
+			c.b.lapsed.Store(true)
 			c.releaseBarriers()
 			c.b.releaseWaiters(c)
 		}

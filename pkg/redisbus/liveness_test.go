@@ -69,7 +69,9 @@ func TestSilentSubscriber(t *testing.T) {
 	if a.Ready() == nil {
 		t.Errorf("Ready while the subscriber is silent")
 	}
-	recA.wait(t, 10*time.Second, "up", kindIs(kUp))
+	if up := recA.wait(t, 10*time.Second, "up", kindIs(kUp)); !up.loss.Received {
+		t.Errorf("Up after the subscription was lost reports %+v, want Received", up.loss)
+	}
 	after := sent.Load()
 	recA.wait(t, 5*time.Second, "deliveries after the new connection", func(c call) bool {
 		if c.kind != kDeliver {
@@ -101,7 +103,9 @@ func TestKilledSubscriber(t *testing.T) {
 	must(t, b.rdb.Do(context.Background(), "CLIENT", "KILL", "TYPE", "pubsub").Err())
 	recA.wait(t, 5*time.Second, "down", kindIs(kDown))
 	t.Logf("killed subscriber detected after %v", time.Since(cut).Round(time.Millisecond))
-	recA.wait(t, 10*time.Second, "up", kindIs(kUp))
+	if up := recA.wait(t, 10*time.Second, "up", kindIs(kUp)); !up.loss.Received {
+		t.Errorf("Up after the subscription was lost reports %+v, want Received", up.loss)
+	}
 	after := sent.Load()
 	recA.wait(t, 5*time.Second, "deliveries after the reconnect", func(c call) bool {
 		i, _ := strconv.Atoi(strings.TrimPrefix(c.data, "frame-"))
@@ -127,7 +131,7 @@ func TestCanaryNotSentIsNotSilence(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(b.Close)
-	run(t, b)
+	rec := run(t, b)
 	eventually(t, 5*time.Second, "ready", func() bool { return b.Ready() == nil })
 
 	if _, err := srv.Do("ACL", "SETUSER", "bus", "-publish"); err != nil {
@@ -153,5 +157,21 @@ func TestCanaryNotSentIsNotSilence(t *testing.T) {
 	}
 	if b.Ready() != nil {
 		t.Errorf("not ready: %v", b.Ready())
+	}
+	// The recoveries report what was lost: frames this node published,
+	// never what it receives (the subscription held), so the hub makes
+	// the other nodes' clients catch up but not its own.
+	ups := rec.all(kindIs(kUp))
+	published := 0
+	for _, c := range ups {
+		if c.loss.Received {
+			t.Errorf("Up reports a lapsed subscription: %+v", c.loss)
+		}
+		if c.loss.Published {
+			published++
+		}
+	}
+	if published == 0 {
+		t.Errorf("%d Up calls, none reporting the refused frames", len(ups))
 	}
 }

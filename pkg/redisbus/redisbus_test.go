@@ -131,6 +131,7 @@ type call struct {
 	err           error  // refused: what Ingress returned
 	joins, leaves map[string][]hub.Meta
 	watermark     int64     // resync
+	loss          hub.Loss  // up
 	node          string    // resync
 	at            time.Time // down: the last sign of life
 }
@@ -170,7 +171,7 @@ func (r *recorder) PresenceChanged(topic string, joins, leaves map[string][]hub.
 }
 
 func (r *recorder) Down(lastAlive time.Time) { r.add(call{kind: kDown, at: lastAlive}) }
-func (r *recorder) Up()                      { r.add(call{kind: kUp}) }
+func (r *recorder) Up(l hub.Loss)            { r.add(call{kind: kUp, loss: l}) }
 
 func (r *recorder) ResyncTopics(topics []string, node string) {
 	r.add(call{kind: kTopics, data: strings.Join(topics, "\n"), node: node})
@@ -570,7 +571,9 @@ func TestDownBeforeRun(t *testing.T) {
 
 	must(t, srv.Start())
 	for _, r := range []*recorder{recA, recB} {
-		r.wait(t, 15*time.Second, "Up after restart", kindIs(kUp))
+		if up := r.wait(t, 15*time.Second, "Up after restart", kindIs(kUp)); !up.loss.Received {
+			t.Errorf("Up after a restart reports %+v, want Received", up.loss)
+		}
 	}
 }
 

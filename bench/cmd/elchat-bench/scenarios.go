@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"runtime"
 	"path/filepath"
 	"strings"
 	"time"
@@ -120,8 +121,16 @@ func stopNodes(ns []*node) {
 
 func startNodes(o *opts, k int, transport, dbURL, redisURL string) ([]*node, error) {
 	var ns []*node
+	var env []string
+	if k > runtime.NumCPU() {
+		// More nodes than cores (the file limit makes a big run use
+		// dozens): with a P per core each, the Go schedulers of idle
+		// nodes spin and wake each other's threads for every event, and
+		// the box spends its CPU switching between them.
+		env = append(env, "GOMAXPROCS=1")
+	}
 	for i := 0; i < k; i++ {
-		n, err := startNode(nodeOpts{pprof: o.pprof, bin: o.server, secret: o.serverSecret(), transport: transport, dbURL: dbURL, redisURL: redisURL, tmp: o.tmp}, i)
+		n, err := startNode(nodeOpts{pprof: o.pprof, bin: o.server, secret: o.serverSecret(), transport: transport, dbURL: dbURL, redisURL: redisURL, tmp: o.tmp, extraEnv: env}, i)
 		if err != nil {
 			stopNodes(ns)
 			return nil, err

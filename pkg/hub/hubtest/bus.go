@@ -63,7 +63,7 @@ type node struct {
 func (n *node) Ingress(string, string, string, []byte) error                         { return nil }
 func (n *node) PresenceChanged(string, map[string][]hub.Meta, map[string][]hub.Meta) {}
 func (n *node) Down(time.Time)                                                       {}
-func (n *node) Up()                                                                  {}
+func (n *node) Up(hub.Loss)                                                          {}
 func (n *node) ResyncRequested(int64, string)                                        {}
 func (n *node) ResyncTopics([]string, string)                                        {}
 
