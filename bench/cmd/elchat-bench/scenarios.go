@@ -6,8 +6,8 @@ import (
 	"fmt"
 	"math"
 	"os"
-	"runtime"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"time"
 )

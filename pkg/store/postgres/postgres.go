@@ -11,8 +11,8 @@ import (
 	"fmt"
 	"io/fs"
 	"slices"
-	"sync"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
