@@ -192,7 +192,10 @@ type Hub struct {
 	resyncUntil   atomic.Int64 // unix nanoseconds; math.MaxInt64 while the bus is down
 	waveAt        int64        // guarded by resyncMu: unix nanoseconds the newest rejoin wave starts at
 	waveUntil     int64        // guarded by resyncMu: unix nanoseconds that wave's catch-up window ends at
-	marks         watermarks   // store LastID and LastSeq samples, see resync.go
+	// heardWhileDown: another node announced a loss while the bus was
+	// down; the recovery must wave. Guarded by resyncMu.
+	heardWhileDown bool
+	marks          watermarks // store LastID and LastSeq samples, see resync.go
 
 	logs hubLogs // immutable after New
 }

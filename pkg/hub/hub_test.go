@@ -962,3 +962,35 @@ func TestUpWithoutLossMakesNoWave(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// Another node's loss announced while this node's bus is down is left to
+// the recovery's wave; the recovery must make one even when this node's
+// own subscription never lapsed (only its commands failed).
+func TestAnnouncementWhileDownWavesOnLosslessRecovery(t *testing.T) {
+	e := newEnvWith(t, hub.Config{ResyncDelay: time.Millisecond, ResyncSpread: time.Millisecond})
+	a := e.connect("1")
+	jr, _ := a.join("chat:1:2", nil)
+	var ids []float64
+	for i := range 3 {
+		ref := a.send(jr, "chat:1:2", "new_message", map[string]any{"body": fmt.Sprint("m", i)})
+		ids = append(ids, a.replyTo(ref, "ok")["id"].(float64))
+	}
+	a.rec.take()
+	bh := e.hub.AsBusHandler()
+	bh.Down(time.Now())
+	if n := e.hub.ResyncRequested(t.Context(), int64(ids[0])-1, 0, 0); n != 0 {
+		t.Fatalf("announcement while down waved %d topics at once", n)
+	}
+	bh.Up(hub.Loss{})
+	deadline := time.Now().Add(5 * time.Second)
+	for len(events(a.rec.take(), "phx_error")) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("no rejoin wave for the loss announced while down")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	_, resp := a.join("chat:1:2", map[string]any{"last_id": ids[2]})
+	if got := resp["messages"].([]any); len(got) != 3 {
+		t.Fatalf("rejoin caught up %v, want the 3 messages after the announced watermark", got)
+	}
+}

@@ -87,7 +87,9 @@ func (b *busHandler) Up(lost Loss) {
 			}()
 		}
 	}
-	if !lost.Received {
+	// Another node's loss heard while down was left to this recovery's
+	// wave: it needs one even if the subscription never lapsed.
+	if !lost.Received && !h.takeHeardWhileDown() {
 		// Nothing published elsewhere was missed here (only commands
 		// failed): no rejoin wave.
 		h.busBack()
@@ -102,8 +104,12 @@ func (b *busHandler) Up(lost Loss) {
 			h.cfg.Logger.Warn("could not read the bans", "err", err)
 		}
 	}()
+	// The wave's state is set before Up returns, so that a Down right
+	// after it finds the node recovered and marks it down again.
+	h.startWave(h.cfg.ResyncDelay, h.cfg.ResyncSpread)
 	go func() {
-		n := h.busUp(context.Background(), h.cfg.ResyncDelay, h.cfg.ResyncSpread)
+		time.Sleep(h.cfg.ResyncDelay)
+		n := h.Resync(context.Background(), h.cfg.ResyncSpread)
 		h.cfg.Logger.Info("clients asked to rejoin after the bus outage", "topics", n)
 	}()
 }
@@ -281,6 +287,29 @@ func resyncWindow(delay, spread time.Duration) time.Duration {
 	return delay + spread + 2*time.Minute
 }
 
+// startWave records a rejoin wave starting after delay: joins catch up
+// from the watermark until its window ends, and announcements heard
+// before it starts fold into it.
+func (h *Hub) startWave(delay, spread time.Duration) {
+	now := time.Now()
+	h.resyncMu.Lock()
+	h.waveUntil = now.Add(resyncWindow(delay, spread)).UnixNano()
+	h.resyncUntil.Store(h.waveUntil)
+	h.waveAt = now.Add(delay).UnixNano()
+	h.heardWhileDown = false
+	h.resyncMu.Unlock()
+}
+
+// takeHeardWhileDown reports, once, whether another node announced a loss
+// while this node's bus was down.
+func (h *Hub) takeHeardWhileDown() bool {
+	h.resyncMu.Lock()
+	defer h.resyncMu.Unlock()
+	heard := h.heardWhileDown
+	h.heardWhileDown = false
+	return heard
+}
+
 // busBack ends an outage that lost nothing this node receives: joins stop
 // catching up from the outage's watermark, unless a rejoin wave started
 // earlier is still within its window.
@@ -296,12 +325,7 @@ func (h *Hub) busBack() {
 // local client is asked to rejoin (Resync over spread), and joins keep
 // catching up from the watermark for a while longer.
 func (h *Hub) busUp(ctx context.Context, delay, spread time.Duration) int {
-	now := time.Now()
-	h.resyncMu.Lock()
-	h.waveUntil = now.Add(resyncWindow(delay, spread)).UnixNano()
-	h.resyncUntil.Store(h.waveUntil)
-	h.waveAt = now.Add(delay).UnixNano()
-	h.resyncMu.Unlock()
+	h.startWave(delay, spread)
 	select {
 	case <-ctx.Done():
 		return 0
@@ -339,7 +363,12 @@ func (h *Hub) resyncRequested(ctx context.Context, watermark int64, delay, sprea
 	// The announcement names a message id only: change cursors replay
 	// the whole change log of their chat, paged.
 	h.resyncFromSeq.Store(0)
-	if until == math.MaxInt64 || h.waveAt > now.UnixNano() {
+	if until == math.MaxInt64 {
+		h.heardWhileDown = true // the recovery waves (see Up)
+		h.resyncMu.Unlock()
+		return 0
+	}
+	if h.waveAt > now.UnixNano() {
 		h.resyncMu.Unlock()
 		return 0
 	}

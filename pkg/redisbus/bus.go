@@ -767,6 +767,7 @@ func (b *Bus) canaryLoop() {
 		for i, c := range b.conns {
 			if c.silent(now, b.opts.Liveness, every) && now.Sub(lastFix[i]) > b.opts.Liveness {
 				lastFix[i] = now
+				c.resubAt.Store(now.UnixNano())
 				b.stats.silent.Add(1)
 				c.setSub(false, errSilent)
 				b.refreshSlots()
@@ -984,12 +985,19 @@ func (b *Bus) healthChanged(err error) {
 	b.healthy = now
 	if now {
 		lost := b.stats.dropped.Load() + b.stats.failed.Load()
-		loss := hub.Loss{Received: b.lapsed.Load(), Published: lost != b.lostAt}
+		h := b.handler.Load()
+		loss := hub.Loss{Published: lost != b.lostAt}
+		if h != nil {
+			// Swap: a lapse racing with this recovery stays reported,
+			// by this Up or by the next one.
+			loss.Received = b.lapsed.Swap(false)
+			b.lostAt = lost
+		} else {
+			loss.Received = b.lapsed.Load()
+		}
 		b.log.Info("redis connection recovered", "subscription_lapsed", loss.Received, "frames_lost", loss.Published)
 		b.pres.recovered()
-		if h := b.handler.Load(); h != nil {
-			b.lapsed.Store(false)
-			b.lostAt = lost
+		if h != nil {
 			h.Up(loss)
 		}
 	} else {

@@ -53,6 +53,9 @@ type subConn struct {
 	// no later than lastAlive once one has. Written only by canaryLoop,
 	// one PUBLISH per connection at a time.
 	unanswered atomic.Int64
+	// resubAt is when canaryLoop last replaced the connection (unix
+	// nanos): a canary sent before it proves nothing about the new one.
+	resubAt atomic.Int64
 }
 
 // silent reports whether the connection is deaf although no error says
@@ -65,12 +68,12 @@ func (c *subConn) silent(now time.Time, liveness, every time.Duration) bool {
 		return false
 	}
 	u := c.unanswered.Load()
-	return u > c.lastAlive.Load() && now.Sub(time.Unix(0, u)) > every
+	return u > max(c.lastAlive.Load(), c.resubAt.Load()) && now.Sub(time.Unix(0, u)) > every
 }
 
 // canarySent records a canary sent at sent whose PUBLISH Redis answered.
 func (c *subConn) canarySent(sent int64) {
-	if c.unanswered.Load() <= c.lastAlive.Load() {
+	if c.unanswered.Load() <= max(c.lastAlive.Load(), c.resubAt.Load()) {
 		c.unanswered.Store(sent)
 	}
 }

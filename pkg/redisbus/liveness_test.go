@@ -175,3 +175,40 @@ func TestCanaryNotSentIsNotSilence(t *testing.T) {
 		t.Errorf("%d Up calls, none reporting the refused frames", len(ups))
 	}
 }
+
+// TestReplacedSubscriptionNotSilentForOldCanaries: a subscription found
+// silent is replaced; if commands then fail (here PUBLISH is taken from
+// the bus's ACL user), the canary that condemned the old connection must
+// not condemn the new one, over and over, each time a Down and a rejoin
+// wave of every client.
+func TestReplacedSubscriptionNotSilentForOldCanaries(t *testing.T) {
+	srv := testenv.StartRedisServer(t)
+	if _, err := srv.Do("ACL", "SETUSER", "bus", "on", ">pw", "~*", "&*", "+@all"); err != nil {
+		t.Fatal(err)
+	}
+	proxy := testenv.StartProxy(t, srv.Addr())
+	b, err := New(context.Background(), Options{
+		URL: "redis://bus:pw@" + proxy.Addr() + "/0", Prefix: prefix(t), PresenceTTL: 30 * time.Second,
+		Liveness: 800 * time.Millisecond, Logger: testLogger(t),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Close)
+	run(t, b)
+	eventually(t, 5*time.Second, "ready", func() bool { return b.Ready() == nil })
+	proxy.Freeze()
+	c := b.conns[0]
+	eventually(t, 5*time.Second, "an answered canary outstanding", func() bool {
+		return c.unanswered.Load() > c.lastAlive.Load()
+	})
+	if _, err := srv.Do("ACL", "SETUSER", "bus", "-publish"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "the frozen subscription replaced", func() bool { return b.Stats().Silent >= 1 })
+	first := b.Stats().Silent
+	time.Sleep(3200 * time.Millisecond) // four liveness periods
+	if n := b.Stats().Silent - first; n != 0 {
+		t.Errorf("the new subscription was replaced %d more times for a canary sent before it existed", n)
+	}
+}
