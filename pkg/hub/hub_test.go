@@ -153,6 +153,17 @@ func (c *client) join(topic string, params any) (joinRef string, resp map[string
 
 // replyTo finds the reply to ref among the frames received and checks its
 // status.
+// post sends n messages "m0".."m<n-1>" to room and returns their ids.
+func (c *client) post(joinRef, room string, n int) []float64 {
+	c.t.Helper()
+	ids := make([]float64, 0, n)
+	for i := range n {
+		ref := c.send(joinRef, room, "new_message", map[string]any{"body": fmt.Sprint("m", i)})
+		ids = append(ids, c.replyTo(ref, "ok")["id"].(float64))
+	}
+	return ids
+}
+
 func (c *client) replyTo(ref, status string) map[string]any {
 	c.t.Helper()
 	fs := c.rec.take()
@@ -357,11 +368,7 @@ func TestCatchUpAndPaging(t *testing.T) {
 	e := newEnv(t)
 	a := e.connect("1")
 	jr, _ := a.join("chat:1:2", nil)
-	var ids []float64
-	for i := range 120 {
-		ref := a.send(jr, "chat:1:2", "new_message", map[string]any{"body": fmt.Sprint("m", i)})
-		ids = append(ids, a.replyTo(ref, "ok")["id"].(float64))
-	}
+	ids := a.post(jr, "chat:1:2", 120)
 	b := e.connect("2")
 	_, resp := b.join("chat:1:2", nil)
 	msgs := resp["messages"].([]any)
@@ -536,11 +543,7 @@ func TestResyncRequested(t *testing.T) {
 	e := newEnv(t)
 	a := e.connect("1")
 	jr, _ := a.join("chat:1:2", nil)
-	var ids []float64
-	for i := range 5 {
-		ref := a.send(jr, "chat:1:2", "new_message", map[string]any{"body": fmt.Sprint("m", i)})
-		ids = append(ids, a.replyTo(ref, "ok")["id"].(float64))
-	}
+	ids := a.post(jr, "chat:1:2", 5)
 	a.rec.take()
 	if n := e.hub.ResyncRequested(t.Context(), int64(ids[1]), 0, 0); n != 1 {
 		t.Fatalf("resync covered %d topics, want 1", n)
@@ -597,11 +600,7 @@ func TestResyncRequestedAfterOwnWave(t *testing.T) {
 	jr, _ = a.join("chat:1:2", nil)
 	// What the other node stored while its bus was still down (stored
 	// here: the store is shared).
-	var ids []float64
-	for i := range 3 {
-		ref := a.send(jr, "chat:1:2", "new_message", map[string]any{"body": fmt.Sprint("m", i)})
-		ids = append(ids, a.replyTo(ref, "ok")["id"].(float64))
-	}
+	ids := a.post(jr, "chat:1:2", 3)
 	a.rec.take()
 	if n := e.hub.ResyncRequested(t.Context(), int64(ids[0])-1, 0, 0); n != 1 {
 		t.Fatalf("the other node's announcement after this node's wave covered %d topics, want 1", n)
@@ -931,11 +930,7 @@ func TestUpWithoutLossMakesNoWave(t *testing.T) {
 	e := newEnvWith(t, hub.Config{ResyncDelay: time.Millisecond, ResyncSpread: time.Millisecond})
 	a := e.connect("1")
 	jr, _ := a.join("chat:1:2", nil)
-	var ids []float64
-	for i := range 3 {
-		ref := a.send(jr, "chat:1:2", "new_message", map[string]any{"body": fmt.Sprint("m", i)})
-		ids = append(ids, a.replyTo(ref, "ok")["id"].(float64))
-	}
+	ids := a.post(jr, "chat:1:2", 3)
 	a.rec.take()
 	bh := e.hub.AsBusHandler()
 	bh.Down(time.Now())
@@ -970,11 +965,7 @@ func TestAnnouncementWhileDownWavesOnLosslessRecovery(t *testing.T) {
 	e := newEnvWith(t, hub.Config{ResyncDelay: time.Millisecond, ResyncSpread: time.Millisecond})
 	a := e.connect("1")
 	jr, _ := a.join("chat:1:2", nil)
-	var ids []float64
-	for i := range 3 {
-		ref := a.send(jr, "chat:1:2", "new_message", map[string]any{"body": fmt.Sprint("m", i)})
-		ids = append(ids, a.replyTo(ref, "ok")["id"].(float64))
-	}
+	ids := a.post(jr, "chat:1:2", 3)
 	a.rec.take()
 	bh := e.hub.AsBusHandler()
 	bh.Down(time.Now())
