@@ -908,14 +908,16 @@ type handlerBox struct{ hub.BusHandler }
 // goroutines run from New; what they learn before Run is only logged,
 // except an outage, which h hears about as soon as Run starts.
 func (b *Bus) Run(ctx context.Context, h hub.BusHandler) error {
-	b.handler.Store(&handlerBox{h})
-	b.pres.kick() // heartbeat now: sweeps waited for a handler
+	// Under healthMu, like healthChanged: a recovery cannot slip between
+	// attaching h and telling it of an outage under way (h would stay
+	// down until the next outage).
 	b.healthMu.Lock()
-	down := !b.healthy
-	b.healthMu.Unlock()
-	if down {
+	b.handler.Store(&handlerBox{h})
+	if !b.healthy {
 		h.Down(b.lastAlive())
 	}
+	b.healthMu.Unlock()
+	b.pres.kick() // heartbeat now: sweeps waited for a handler
 	select {
 	case <-ctx.Done():
 	case <-b.ctx.Done():
