@@ -724,7 +724,7 @@ func (b *Bus) handle(m *redis.Message) {
 				h.Deliver(topic, []byte(body))
 			}
 		case kindPresence:
-			b.pres.apply(topic, body)
+			b.pres.apply(topic, body, p[2:2+int(p[1])] == b.opts.NodeID)
 		}
 	}
 }

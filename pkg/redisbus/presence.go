@@ -166,6 +166,10 @@ type mirror struct {
 	loading bool                           // a snapshot is being read; changes go to pending too
 	keys    map[string]map[string]struct{} // key → refs
 	pending []op                           // changes seen since the snapshot request
+	// gone holds refs this node removed (applyOwn) whose removal has not
+	// come back from Redis yet: the echo of their earlier add, still on
+	// its way, must not bring them back.
+	gone map[string]struct{}
 }
 
 type op struct {
@@ -410,19 +414,16 @@ func (p *presence) load(topic string) {
 	}
 }
 
-// apply records the changes in a mirror message: "+key\0ref\0" or
-// "-key\0ref\0", repeated.
 // applyOwn records a change this node made in topic's mirror, if it has
 // one, as apply does for a change read from Redis.
 func (p *presence) applyOwn(topic string, add bool, key, ref string) {
-	c := "-"
-	if add {
-		c = "+"
-	}
-	p.apply(topic, c+key+"\x00"+ref+"\x00")
+	p.applyOps(topic, []op{{add, key, ref}}, true, true)
 }
 
-func (p *presence) apply(topic, body string) {
+// apply records the changes in a mirror message read from Redis,
+// "+key\0ref\0" or "-key\0ref\0" repeated; own says this node published
+// it (the echo of a change applyOwn applied already).
+func (p *presence) apply(topic, body string, own bool) {
 	var ops []op
 	for len(body) > 1 {
 		add := body[0] == '+'
@@ -434,15 +435,36 @@ func (p *presence) apply(topic, body string) {
 		ops = append(ops, op{add, key, ref})
 		body = rest
 	}
+	p.applyOps(topic, ops, own, false)
+}
+
+// applyOps applies ops to topic's mirror; local ones come from applyOwn.
+func (p *presence) applyOps(topic string, ops []op, own, local bool) {
 	p.mirMu.Lock()
 	defer p.mirMu.Unlock()
 	m := p.mirrors[topic]
 	if m == nil {
 		return
 	}
+	kept := ops[:0]
 	for _, o := range ops {
+		switch {
+		case local && !o.add:
+			if m.gone == nil || len(m.gone) >= maxPending {
+				m.gone = make(map[string]struct{})
+			}
+			m.gone[o.ref] = struct{}{}
+		case own && !local && o.add:
+			if _, ok := m.gone[o.ref]; ok {
+				continue // a late echo of an add this node has undone
+			}
+		case own && !local:
+			delete(m.gone, o.ref)
+		}
 		m.do(o)
+		kept = append(kept, o)
 	}
+	ops = kept
 	if m.loading {
 		if len(m.pending)+len(ops) > maxPending {
 			// A storm while loading: start over rather than grow.

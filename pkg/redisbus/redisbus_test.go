@@ -1049,3 +1049,27 @@ func mustParseURL(t *testing.T, url string) *redis.Options {
 	}
 	return o
 }
+
+// TestLateEchoOfOwnAdd: this node tracks and untracks a ref, applying both
+// to its mirror at once; the echo of the add, still on its way from Redis,
+// must not bring the ref back (a leaver seen present until the second
+// echo; TestOwnChangesMirroredAtOnce caught it in a loaded CI run).
+func TestLateEchoOfOwnAdd(t *testing.T) {
+	c := cluster{url: testenv.Redis(t), prefix: prefix(t), ttl: 30 * time.Second}
+	b := c.node(t)
+	const topic = "chat:amy:bob"
+	subscribe(t, b, topic)
+	eventually(t, 5*time.Second, "mirror loaded", func() bool { return mirrored(b, topic) })
+	b.pres.applyOwn(topic, true, "amy", "r1")
+	b.pres.applyOwn(topic, false, "amy", "r1")
+	b.pres.apply(topic, "+amy\x00r1\x00", true) // the add's echo, late
+	if on, known := b.pres.PresentLocal(topic, "amy"); !known || on {
+		t.Fatalf("after a late echo of an undone add: present=%v known=%v", on, known)
+	}
+	b.pres.apply(topic, "-amy\x00r1\x00", true) // the removal's echo
+	// Another node's add of the same key is applied as usual.
+	b.pres.apply(topic, "+amy\x00r2\x00", false)
+	if on, _ := b.pres.PresentLocal(topic, "amy"); !on {
+		t.Fatal("another node's add was not applied")
+	}
+}
