@@ -150,8 +150,14 @@ func TestSweepNoGhosts(t *testing.T) {
 	last := max(lastA.Sub(killed), lastB.Sub(killed))
 	t.Logf("kill -9 with %d presences: last leave on the other nodes %v after the kill (TTL %v + heartbeat %v = %v); publish drops a %d b %d",
 		n, last.Round(time.Millisecond), ttl, ttl/3, bound, a.Stats().Dropped, b.Stats().Dropped)
-	// A shared 2-core box adds noise: allow 3 s over the bound.
-	if last > bound+3*time.Second {
+	// A shared 2-core box adds noise: allow 3 s over the bound (10 s
+	// under the race detector, which the same code on this box takes
+	// 5 to 7.2 s through).
+	slack := 3 * time.Second
+	if raceDetector {
+		slack = 10 * time.Second
+	}
+	if last > bound+slack {
 		t.Errorf("last leave %v after the kill, want within %v", last, bound)
 	}
 	if k, err := a.rdb.Keys(ctx, pfx+"presence:*").Result(); err != nil || len(k) != 0 {

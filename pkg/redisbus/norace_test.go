@@ -1,0 +1,5 @@
+//go:build !race
+
+package redisbus
+
+const raceDetector = false
