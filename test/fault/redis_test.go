@@ -80,47 +80,7 @@ func TestSentinelFailoverUnderTraffic(t *testing.T) {
 	if un := done(); un != 0 {
 		t.Errorf("%d messages never acknowledged", un)
 	}
-	var resyncs int64
-	var gap time.Duration
-	undelivered := 0
-	// The last live deliveries, and a resync still under way: a pooled
-	// connection that went dead at the cut can fail later and cause one
-	// more short outage, healed by a rejoin seconds afterwards (delay and
-	// spread). Every acknowledged message must arrive; how soon is the
-	// delivery gap reported below.
-	phxtest.WaitFor(20*time.Second, func() bool {
-		for _, p := range pairs {
-			p.mu.Lock()
-			for _, id := range p.acked {
-				if !p.seen[id] {
-					p.mu.Unlock()
-					return false
-				}
-			}
-			p.mu.Unlock()
-		}
-		return true
-	})
-	for _, p := range pairs {
-		t.Log(p.summary())
-		resyncs += p.resyncs.Load()
-		p.mu.Lock()
-		gap = max(gap, p.maxGap)
-		for cid, id := range p.acked {
-			if !p.seen[id] {
-				undelivered++
-				t.Logf("%s: %s (id %d) acknowledged, not delivered; the receiver saw up to id %d", p.name, cid, id, p.maxSeen)
-			}
-		}
-		p.mu.Unlock()
-	}
-	// Figures: what the clients saw on their own (live and through the
-	// resync), before the final check's rejoin.
-	t.Logf("receivers resynced %d times; longest delivery gap %v; acknowledged but not yet delivered before the final rejoin: %d",
-		resyncs, gap.Round(time.Millisecond), undelivered)
-	if undelivered != 0 {
-		t.Errorf("%d acknowledged messages not delivered live or through the resync", undelivered)
-	}
+	checkDelivered(t, pairs)
 
 	// Presence: a new connection of each pair's sender joins on the
 	// receiver's node and must see the receiver once and itself twice
@@ -260,44 +220,7 @@ func finishFailover(t *testing.T, db string, pairs []*pair, stop chan struct{}, 
 	if un := done(); un != 0 {
 		t.Errorf("%d messages never acknowledged", un)
 	}
-	var resyncs int64
-	var gap time.Duration
-	undelivered := 0
-	// The last live deliveries, and a resync still under way: a pooled
-	// connection that went dead at the cut can fail later and cause one
-	// more short outage, healed by a rejoin seconds afterwards (delay and
-	// spread). Every acknowledged message must arrive; how soon is the
-	// delivery gap reported below.
-	phxtest.WaitFor(20*time.Second, func() bool {
-		for _, p := range pairs {
-			p.mu.Lock()
-			for _, id := range p.acked {
-				if !p.seen[id] {
-					p.mu.Unlock()
-					return false
-				}
-			}
-			p.mu.Unlock()
-		}
-		return true
-	})
-	for _, p := range pairs {
-		t.Log(p.summary())
-		resyncs += p.resyncs.Load()
-		p.mu.Lock()
-		gap = max(gap, p.maxGap)
-		for _, id := range p.acked {
-			if !p.seen[id] {
-				undelivered++
-			}
-		}
-		p.mu.Unlock()
-	}
-	t.Logf("receivers resynced %d times; longest delivery gap %v; acknowledged but not yet delivered before the final rejoin: %d",
-		resyncs, gap.Round(time.Millisecond), undelivered)
-	if undelivered != 0 {
-		t.Errorf("%d acknowledged messages not delivered live or through the resync", undelivered)
-	}
+	checkDelivered(t, pairs)
 	for _, p := range pairs {
 		addr := p.recvAddrs()[0]
 		var last string
@@ -352,4 +275,52 @@ func TestSilentSubscriberUnderTraffic(t *testing.T) {
 		t.Errorf("silent subscriber detected after %v, want within 5s", detected)
 	}
 	finishFailover(t, db, pairs, stop, done)
+}
+
+// checkDelivered waits (bounded) for every acknowledged message of pairs
+// to reach its receiver, live or through a resync, logs each pair and the
+// figures, and fails for each one that did not.
+func checkDelivered(t *testing.T, pairs []*pair) {
+	t.Helper()
+	var resyncs int64
+	var gap time.Duration
+	undelivered := 0
+	// The last live deliveries, and a resync still under way: a pooled
+	// connection that went dead at the cut can fail later and cause one
+	// more short outage, healed by a rejoin seconds afterwards (delay and
+	// spread). Every acknowledged message must arrive; how soon is the
+	// delivery gap reported below.
+	phxtest.WaitFor(20*time.Second, func() bool {
+		for _, p := range pairs {
+			p.mu.Lock()
+			for _, id := range p.acked {
+				if !p.seen[id] {
+					p.mu.Unlock()
+					return false
+				}
+			}
+			p.mu.Unlock()
+		}
+		return true
+	})
+	for _, p := range pairs {
+		t.Log(p.summary())
+		resyncs += p.resyncs.Load()
+		p.mu.Lock()
+		gap = max(gap, p.maxGap)
+		for cid, id := range p.acked {
+			if !p.seen[id] {
+				undelivered++
+				t.Logf("%s: %s (id %d) acknowledged, not delivered; the receiver saw up to id %d", p.name, cid, id, p.maxSeen)
+			}
+		}
+		p.mu.Unlock()
+	}
+	// Figures: what the clients saw on their own (live and through the
+	// resync), before the final check's rejoin.
+	t.Logf("receivers resynced %d times; longest delivery gap %v; acknowledged but not yet delivered before the final rejoin: %d",
+		resyncs, gap.Round(time.Millisecond), undelivered)
+	if undelivered != 0 {
+		t.Errorf("%d acknowledged messages not delivered live or through the resync", undelivered)
+	}
 }
