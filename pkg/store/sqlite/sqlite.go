@@ -31,6 +31,13 @@ var migrations embed.FS
 // FileName is the database file created inside the data directory.
 const FileName = "elchat.db"
 
+// LockName is the file in the data directory whose lock marks the
+// directory as in use by one ElChat process.
+const LockName = "elchat.lock"
+
+// ErrInUse refuses a data directory another process has open.
+var ErrInUse = errors.New("sqlite: data directory in use by another ElChat process")
+
 // Options tunes a Store. The zero value is the production default.
 type Options struct {
 	// Batch configures group commit. Flushers is forced to 1: a second
@@ -52,6 +59,9 @@ type Store struct {
 	// Prepared once on the read pool: SQLite parsing and planning these on
 	// every join was a third of a node's CPU per connect. Immutable.
 	unreadStmt, historyStmt, sinceStmt *sql.Stmt
+
+	lock   *os.File   // holds the data directory's flock until Close; nil off Unix
+	unread recipients // who may have undelivered messages; see recipients
 
 	closeOnce sync.Once
 	closeErr  error // set once inside closeOnce
@@ -76,6 +86,16 @@ func OpenWith(ctx context.Context, dataDir string, o Options) (*Store, error) {
 		return nil, fmt.Errorf("sqlite: create data dir: %w", err)
 	}
 	path := filepath.Join(dataDir, FileName)
+	lock, err := lockDir(dataDir)
+	if err != nil {
+		return nil, err
+	}
+	ok := false
+	defer func() {
+		if !ok && lock != nil {
+			lock.Close()
+		}
+	}()
 
 	// Pragmas go in the DSN so every connection the pool (re)opens gets
 	// them, not just the first one.
@@ -102,7 +122,12 @@ func OpenWith(ctx context.Context, dataDir string, o Options) (*Store, error) {
 	r.SetMaxOpenConns(o.ReadConns)
 	r.SetMaxIdleConns(o.ReadConns)
 
-	s := &Store{w: w, r: r}
+	s := &Store{w: w, r: r, lock: lock}
+	if err := s.unread.load(ctx, r); err != nil {
+		r.Close()
+		w.Close()
+		return nil, err
+	}
 	for _, p := range []struct {
 		dst **sql.Stmt
 		q   string
@@ -116,6 +141,7 @@ func OpenWith(ctx context.Context, dataDir string, o Options) (*Store, error) {
 	bc := o.Batch
 	bc.Flushers = 1
 	s.batch = store.NewBatcher(bc, s.flush)
+	ok = true
 	return s, nil
 }
 
@@ -180,6 +206,11 @@ RETURNING id`
 // Its context is the batcher's own timeout, whose expiry means the database
 // is too slow, so every failure is ErrUnavailable.
 func (s *Store) flush(ctx context.Context, batch []store.NewMessage) (_ []store.SaveResult, err error) {
+	// Before the transaction, so an Unread during it queries; after it
+	// too, so an Unread that found nothing just before the commit cannot
+	// forget a recipient (see recipients).
+	s.unread.note(batch)
+	defer s.unread.note(batch)
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
 		return nil, store.Unavailable(err)
@@ -335,6 +366,10 @@ func (s *Store) Unread(ctx context.Context, userID string) ([]store.UnreadChat, 
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	stamp, listed := s.unread.lookup(userID)
+	if !listed {
+		return []store.UnreadChat{}, nil
+	}
 	rows, err := s.unreadStmt.QueryContext(ctx, userID)
 	if err != nil {
 		return nil, ctxOr(ctx, err)
@@ -352,6 +387,9 @@ func (s *Store) Unread(ctx context.Context, userID string) ([]store.UnreadChat, 
 	}
 	if err := rows.Err(); err != nil {
 		return nil, ctxOr(ctx, err)
+	}
+	if len(out) == 0 {
+		s.unread.forget(userID, stamp)
 	}
 	return out, nil
 }
@@ -382,6 +420,9 @@ func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
 		s.batch.Close()
 		s.closeErr = errors.Join(s.r.Close(), s.w.Close())
+		if s.lock != nil {
+			s.lock.Close() // the flock goes with the descriptor
+		}
 	})
 	return s.closeErr
 }
