@@ -129,7 +129,7 @@ func serve(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	ln, err := net.Listen("tcp", cfg.addr)
+	ln, err := node.Listen(ctx, cfg.addr)
 	if err != nil {
 		n.Shutdown(context.Background()) //nolint:errcheck // the listen error is the one to report
 		return err

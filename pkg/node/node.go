@@ -339,6 +339,15 @@ func (n *Node) stopWebhooks() {
 // Webhooks is the node's webhook sender (nil: webhooks off).
 func (n *Node) Webhooks() *webhook.Sender { return n.hooks }
 
+// Listen opens the node's TCP listener on addr. Accepted connections get
+// no TCP keepalive: a socket's heartbeats and the engine's idle timeout
+// find dead peers already, and the four setsockopt calls Go's default
+// makes per accepted connection are a measurable part of a connect.
+func Listen(ctx context.Context, addr string) (net.Listener, error) {
+	lc := net.ListenConfig{KeepAlive: -1}
+	return lc.Listen(ctx, "tcp", addr)
+}
+
 // Serve accepts connections on ln until Shutdown; it returns nil then.
 func (n *Node) Serve(ln net.Listener) error {
 	n.setListener(ln)

@@ -23,6 +23,7 @@ import (
 	"github.com/gobwas/ws"
 	"golang.org/x/time/rate"
 
+	"github.com/elchat/elchat/internal/gopool"
 	"github.com/elchat/elchat/pkg/auth"
 	"github.com/elchat/elchat/pkg/closecode"
 	"github.com/elchat/elchat/pkg/hub"
@@ -71,7 +72,7 @@ type Server struct {
 	// Set by New and immutable afterwards; the values they point to are
 	// safe for concurrent use.
 	cfg      Config
-	slots    chan struct{} // one token per upgrade in progress
+	shakers  *gopool.Pool  // runs the handshakes, at most MaxHandshakes at once
 	http     *http.Server  // serves every path but sockets
 	httpL    *chanListener // feeds http the connections handle looked at
 	expiries *expiries     // closes sockets whose token ran out
@@ -110,7 +111,7 @@ func New(cfg Config) *Server {
 		}
 		inner.ServeHTTP(w, r)
 	})
-	s = &Server{cfg: cfg, slots: make(chan struct{}, cfg.MaxHandshakes), httpL: newChanListener(), expiries: newExpiries()}
+	s = &Server{cfg: cfg, shakers: gopool.New(cfg.MaxHandshakes, handshakerIdle), httpL: newChanListener(), expiries: newExpiries()}
 	if cfg.UpgradeRate > 0 {
 		s.upgrades = rate.NewLimiter(rate.Limit(cfg.UpgradeRate), max(cfg.UpgradeBurst, 1))
 	}
@@ -147,10 +148,7 @@ func (s *Server) Serve(ln net.Listener) error {
 			continue
 		}
 		delay = 0
-		select {
-		case s.slots <- struct{}{}:
-			go s.handle(nc)
-		default:
+		if !s.shakers.Go(func() { s.handle(nc) }) {
 			// Too many upgrades in flight: shed load before reading a byte.
 			s.cfg.Metrics.HandshakeRejected("busy")
 			nc.Close()
@@ -182,8 +180,11 @@ func (s *Server) Close(ctx context.Context) error {
 // token in the query may take 8 KiB on its own).
 var readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 16<<10) }}
 
+// handshakerIdle is how long a handshake goroutine waits for the next
+// connection before it exits (see gopool).
+const handshakerIdle = 5 * time.Second
+
 func (s *Server) handle(nc net.Conn) {
-	defer func() { <-s.slots }()
 	_ = nc.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	br := readerPool.Get().(*bufio.Reader)
 	br.Reset(nc)

@@ -27,6 +27,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/elchat/elchat/internal/gopool"
 	"github.com/elchat/elchat/pkg/phx"
 	"github.com/elchat/elchat/pkg/transport"
 	"github.com/gobwas/ws"
@@ -70,7 +71,9 @@ func runFloor(args []string) error {
 	if err != nil {
 		return err
 	}
-	ln, err := net.Listen("tcp", *addr)
+	// As pkg/node.Listen: no TCP keepalive on accepted connections.
+	lc := net.ListenConfig{KeepAlive: -1}
+	ln, err := lc.Listen(context.Background(), "tcp", *addr)
 	if err != nil {
 		return err
 	}
@@ -87,11 +90,12 @@ func runFloor(args []string) error {
 	return eng.Shutdown(ctx)
 }
 
-// serveFloor accepts until ln is closed; each upgrade runs on its own
-// goroutine (at most 4096 at once, as ELCHAT_MAX_HANDSHAKES in the bench),
-// the upgraded socket then lives on eng.
+// serveFloor accepts until ln is closed; each upgrade runs on a kept
+// goroutine as in pkg/server (at most 4096 at once, as
+// ELCHAT_MAX_HANDSHAKES in the bench), the upgraded socket then lives on
+// eng.
 func serveFloor(ln net.Listener, eng transport.Engine) {
-	slots := make(chan struct{}, 4096)
+	shakers := gopool.New(4096, 5*time.Second)
 	for {
 		nc, err := ln.Accept()
 		if err != nil {
@@ -100,10 +104,7 @@ func serveFloor(ln net.Listener, eng transport.Engine) {
 			}
 			break
 		}
-		select {
-		case slots <- struct{}{}:
-			go func() { defer func() { <-slots }(); floorUpgrade(eng, nc) }()
-		default:
+		if !shakers.Go(func() { floorUpgrade(eng, nc) }) {
 			nc.Close()
 		}
 	}
