@@ -1,0 +1,279 @@
+package auth
+
+import (
+	"bytes"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
+	"hash"
+	"io"
+	"strings"
+	"sync"
+	"unicode/utf8"
+)
+
+// The fast path accepts the tokens host apps actually send (a canonical
+// HS256 header, a flat claims object of strings and numbers) without
+// golang-jwt's generic machinery: no header map, no reflection, one pooled
+// HMAC. Every connect verifies a token, and in connect profiles the
+// library's decoding, its allocations and the stack growth they caused
+// were a tenth of a node's CPU per connect.
+//
+// It only ever accepts: any token it does not recognise, and every token
+// that fails a check, goes to the library path, which decides and words
+// the error. So it must accept nothing the library would refuse, and
+// produce the same claims; FuzzFastPathAgrees holds it to that.
+
+// canonicalHeaders are the headers JWT libraries emit for HS256, base64url
+// encoded: golang-jwt, jsonwebtoken (Node) and PyJWT write the first,
+// ruby-jwt the last.
+var canonicalHeaders = [...]string{
+	b64url(`{"alg":"HS256","typ":"JWT"}`),
+	b64url(`{"typ":"JWT","alg":"HS256"}`),
+	b64url(`{"alg":"HS256"}`),
+}
+
+func b64url(s string) string { return base64.RawURLEncoding.EncodeToString([]byte(s)) }
+
+// macPool holds keyed HMAC-SHA256 states for one Verifier's secret; Reset
+// brings one back to the keyed start without rehashing the key.
+type macPool struct{ p sync.Pool }
+
+func newMacPool(secret []byte) *macPool {
+	return &macPool{p: sync.Pool{New: func() any { return hmac.New(sha256.New, secret) }}}
+}
+
+// fastPayload bounds the claims decoded on the stack; bigger ones take
+// the library path.
+const fastPayload = 512
+
+// fast returns the claims of token and true when the fast path accepts
+// it; false sends it to the library path.
+func (v *Verifier) fast(token string) (Claims, bool) {
+	header, rest, ok := strings.Cut(token, ".")
+	if !ok {
+		return Claims{}, false
+	}
+	payload, sig, ok := strings.Cut(rest, ".")
+	if !ok || strings.IndexByte(sig, '.') >= 0 || !isCanonicalHeader(header) {
+		return Claims{}, false
+	}
+
+	// The signature: RawURLEncoding as the library decodes it (lenient
+	// about the unused bits of the last character, as it is).
+	var sigBuf, mac [sha256.Size]byte
+	if base64.RawURLEncoding.DecodedLen(len(sig)) != sha256.Size {
+		return Claims{}, false
+	}
+	if n, err := base64.RawURLEncoding.Decode(sigBuf[:], []byte(sig)); err != nil || n != sha256.Size {
+		return Claims{}, false
+	}
+	h := v.macs.p.Get().(hash.Hash)
+	h.Reset()
+	io.WriteString(h, token[:len(header)+1+len(payload)]) //nolint:errcheck // hashes never fail
+	h.Sum(mac[:0])
+	v.macs.p.Put(h)
+	if !hmac.Equal(sigBuf[:], mac[:]) {
+		return Claims{}, false
+	}
+
+	var buf [fastPayload]byte
+	if base64.RawURLEncoding.DecodedLen(len(payload)) > len(buf) {
+		return Claims{}, false
+	}
+	n, err := base64.RawURLEncoding.Decode(buf[:], []byte(payload))
+	if err != nil {
+		return Claims{}, false
+	}
+	var tc tokenClaims
+	if !flatClaims(buf[:n], &tc) {
+		return Claims{}, false
+	}
+
+	// The library's validator: exp required, now before exp+leeway; nbf,
+	// when present, not after now+leeway. iat is not checked.
+	now := v.now()
+	exp, err := numericDate(tc.Exp)
+	if err != nil || exp == nil || !now.Before(exp.Add(v.leeway)) {
+		return Claims{}, false
+	}
+	nbf, err := numericDate(tc.Nbf)
+	if err != nil || (nbf != nil && now.Before(nbf.Add(-v.leeway))) {
+		return Claims{}, false
+	}
+	c, err := tc.claims()
+	if err != nil {
+		return Claims{}, false // the library path words the refusal
+	}
+	return c, true
+}
+
+func isCanonicalHeader(h string) bool {
+	for _, c := range canonicalHeaders {
+		if h == c {
+			return true
+		}
+	}
+	return false
+}
+
+// flatClaims reads a JSON object whose values are all strings without
+// escapes, numbers, true, false or null into tc, the last of a repeated
+// key winning as with encoding/json. It returns false for anything else
+// (nested values, escapes, invalid UTF-8, a key that matches a claim only
+// case-insensitively as encoding/json would match it, malformed JSON), and
+// the library path decides. The RawMessages point into data.
+func flatClaims(data []byte, tc *tokenClaims) bool {
+	i := skipSpace(data, 0)
+	if i >= len(data) || data[i] != '{' {
+		return false
+	}
+	i = skipSpace(data, i+1)
+	if i < len(data) && data[i] == '}' {
+		return skipSpace(data, i+1) == len(data)
+	}
+	for {
+		ks, ke, ok := plainString(data, i)
+		if !ok {
+			return false
+		}
+		i = skipSpace(data, ke)
+		if i >= len(data) || data[i] != ':' {
+			return false
+		}
+		vs := skipSpace(data, i+1)
+		ve, ok := scalar(data, vs)
+		if !ok {
+			return false
+		}
+		if !tc.set(data[ks+1:ke-1], data[vs:ve]) {
+			return false
+		}
+		i = skipSpace(data, ve)
+		if i >= len(data) {
+			return false
+		}
+		switch data[i] {
+		case ',':
+			i = skipSpace(data, i+1)
+		case '}':
+			return skipSpace(data, i+1) == len(data)
+		default:
+			return false
+		}
+	}
+}
+
+// set stores a claim's raw value; false for a key encoding/json would
+// fold onto a claim although it is spelled differently.
+func (tc *tokenClaims) set(key, raw []byte) bool {
+	var dst *[]byte
+	switch string(key) { // no allocation: the compiler compares in place
+	case "sub":
+		dst = (*[]byte)(&tc.Sub)
+	case "name":
+		dst = (*[]byte)(&tc.Name)
+	case "peer":
+		dst = (*[]byte)(&tc.Peer)
+	case "exp":
+		dst = (*[]byte)(&tc.Exp)
+	case "nbf":
+		dst = (*[]byte)(&tc.Nbf)
+	case "iat":
+		dst = (*[]byte)(&tc.Iat)
+	default:
+		for _, k := range [...]string{"sub", "name", "peer", "exp", "nbf", "iat"} {
+			if bytes.EqualFold(key, []byte(k)) {
+				return false
+			}
+		}
+		return true
+	}
+	*dst = raw
+	return true
+}
+
+func skipSpace(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// plainString returns the span of the JSON string at i, quotes included,
+// if it has no escapes, no control characters and is valid UTF-8.
+func plainString(b []byte, i int) (start, end int, ok bool) {
+	if i >= len(b) || b[i] != '"' {
+		return 0, 0, false
+	}
+	for j := i + 1; j < len(b); j++ {
+		switch c := b[j]; {
+		case c == '"':
+			return i, j + 1, utf8.Valid(b[i+1 : j])
+		case c == '\\' || c < 0x20:
+			return 0, 0, false
+		}
+	}
+	return 0, 0, false
+}
+
+// scalar returns the end of the string, number or literal at i.
+func scalar(b []byte, i int) (end int, ok bool) {
+	if i >= len(b) {
+		return 0, false
+	}
+	switch c := b[i]; {
+	case c == '"':
+		_, end, ok := plainString(b, i)
+		return end, ok
+	case c == '-' || (c >= '0' && c <= '9'):
+		return number(b, i)
+	}
+	for _, lit := range [...]string{"true", "false", "null"} {
+		if len(b)-i >= len(lit) && string(b[i:i+len(lit)]) == lit {
+			return i + len(lit), true
+		}
+	}
+	return 0, false
+}
+
+// number returns the end of the JSON number at i (RFC 8259 grammar).
+func number(b []byte, i int) (int, bool) {
+	if i < len(b) && b[i] == '-' {
+		i++
+	}
+	switch {
+	case i < len(b) && b[i] == '0':
+		i++
+	case i < len(b) && b[i] >= '1' && b[i] <= '9':
+		i = digits(b, i)
+	default:
+		return 0, false
+	}
+	if i < len(b) && b[i] == '.' {
+		j := digits(b, i+1)
+		if j == i+1 {
+			return 0, false
+		}
+		i = j
+	}
+	if i < len(b) && (b[i] == 'e' || b[i] == 'E') {
+		i++
+		if i < len(b) && (b[i] == '+' || b[i] == '-') {
+			i++
+		}
+		j := digits(b, i)
+		if j == i {
+			return 0, false
+		}
+		i = j
+	}
+	return i, true
+}
+
+func digits(b []byte, i int) int {
+	for i < len(b) && b[i] >= '0' && b[i] <= '9' {
+		i++
+	}
+	return i
+}
