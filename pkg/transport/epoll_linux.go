@@ -155,9 +155,18 @@ func (e *epollEngine) rearmLocked(c *Conn) {
 	}
 }
 
+// poll waits for events and hands each to a worker, except a lone event,
+// which it handles itself: most wake-ups of a node full of idle sockets
+// are one heartbeat, and handing it over cost a goroutine wake-up, often
+// a thread's (with one P, the poller's blocking epoll_wait holds it until
+// the runtime hands it to another thread). A handler never blocks (the
+// Session contract), so the poller is back in epoll_wait after one
+// bounded turn; events arriving meanwhile wait in the kernel for it.
 func (e *epollEngine) poll() {
 	defer e.wg.Done()
 	defer close(e.work)
+	self := &worker{e: e}
+	self.readFn = self.read
 	evs := make([]unix.EpollEvent, 256)
 	for {
 		n, err := unix.EpollWait(e.epfd, evs, -1)
@@ -183,6 +192,10 @@ func (e *epollEngine) poll() {
 			}
 			c.setLocked(fInWorker)
 			c.mu.Unlock()
+			if n == 1 {
+				self.handle(c, evs[i].Events)
+				continue
+			}
 			e.work <- job{c, evs[i].Events}
 		}
 	}

@@ -25,13 +25,13 @@
 // never concurrently, in this order: any number of HandleText and
 // HandleBinary calls, then Closed exactly once. Which goroutine that is
 // varies: with the epoll engine it is whichever pool worker holds the
-// connection (a different one from turn to turn, with the hand-over
-// ordered by Conn.mu), or the goroutine running Engine.Shutdown for
-// stragglers; with the portable engine, the connection's reader
+// connection, or the poller itself for an event that came alone (a
+// different one from turn to turn, with the hand-over ordered by
+// Conn.mu), or the goroutine running Engine.Shutdown for stragglers; with the portable engine, the connection's reader
 // goroutine.
 //
-// A Handle call runs on an epoll worker, and a worker blocked there
-// stalls every connection waiting for one: HandleText and HandleBinary
+// A Handle call runs on an epoll worker or the poller, and one blocked
+// there stalls every connection waiting for it: HandleText and HandleBinary
 // must never block on I/O, nor wait for a lock that anyone holds across
 // I/O (a database, Redis, another socket). Work like that goes to another
 // goroutine, which answers with Send. If that goroutine's queue for the
