@@ -167,12 +167,16 @@ const existingSQL = `SELECT ` + cols + ` FROM messages
 WHERE client_id IS NOT NULL
 	AND (user_id, room, client_id) IN (SELECT * FROM unnest($1::text[], $2::text[], $3::text[]))`
 
-// flush is the batcher's FlushFunc. The INSERT is one statement and so one
-// transaction; the follow-up SELECT only reads rows that are already
-// committed (ON CONFLICT waited for them), so it needs no transaction.
 // insertLockKey names the advisory lock that orders message inserts.
 const insertLockKey int64 = 0x656c63686174 // "elchat"
 
+// flush is the batcher's FlushFunc. The lock and the INSERT go to the
+// server as one pipelined batch, which PostgreSQL runs as one implicit
+// transaction that commits at the batch's end: one round trip per group
+// commit instead of four (BEGIN, lock, INSERT, COMMIT), which at a few
+// messages per batch was most of the node's CPU per stored message. The
+// follow-up SELECT only reads rows that are already committed (ON
+// CONFLICT waited for them), so it needs no transaction.
 func (s *Store) flush(ctx context.Context, batch []store.NewMessage) ([]store.SaveResult, error) {
 	n := len(batch)
 	rooms, users, opps, bodies, cids := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
@@ -185,20 +189,22 @@ func (s *Store) flush(ctx context.Context, batch []store.NewMessage) ([]store.Sa
 	out := make([]store.SaveResult, n)
 	done := make([]bool, n)
 	err := retry(ctx, func() error {
+		clear(out)
+		clear(done)
 		// Ids must become visible in id order, or a reader catching up with
 		// Since(after) could pass over a lower id that commits later (two
 		// flushers, or two nodes). The transaction-scoped advisory lock makes
 		// id allocation and commit one critical section cluster-wide; group
 		// commit keeps that to one short section per batch.
-		tx, err := s.pool.Begin(ctx)
-		if err != nil {
+		var b pgx.Batch
+		b.Queue("SELECT pg_advisory_xact_lock($1)", insertLockKey)
+		b.Queue(insertSQL, rooms, users, opps, bodies, cids, afters)
+		br := s.pool.SendBatch(ctx, &b)
+		defer br.Close()
+		if _, err := br.Exec(); err != nil {
 			return err
 		}
-		defer tx.Rollback(context.Background()) //nolint:errcheck // no-op after Commit
-		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", insertLockKey); err != nil {
-			return err
-		}
-		rows, err := tx.Query(ctx, insertSQL, rooms, users, opps, bodies, cids, afters)
+		rows, err := br.Query()
 		if err != nil {
 			return err
 		}
@@ -224,7 +230,9 @@ func (s *Store) flush(ctx context.Context, batch []store.NewMessage) ([]store.Sa
 		if err := rows.Err(); err != nil {
 			return err
 		}
-		return tx.Commit(ctx)
+		// The rows came back before the commit, which happens at the end
+		// of the batch: only a clean Close means they are durable.
+		return br.Close()
 	})
 	// The flush context is the batcher's own timeout, not a caller's: its
 	// expiry means the database is too slow, so it must not be reported as
