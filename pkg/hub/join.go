@@ -34,7 +34,8 @@ func (c *Client) join(f *phx.Frame) {
 		SinceSeq *int64 `json:"since_seq"`
 		Grant    string `json:"grant"`
 	}
-	if len(f.Payload) > 0 && f.Payload[0] == '{' {
+	// phoenix.js sends {} when a channel has no params: most joins.
+	if len(f.Payload) > 0 && f.Payload[0] == '{' && string(f.Payload) != "{}" {
 		if err := json.Unmarshal(f.Payload, &params); err != nil {
 			c.replyError(f.JoinRef, f.Ref, f.Topic, "invalid join params")
 			return

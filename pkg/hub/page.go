@@ -70,6 +70,10 @@ func encodePage(msgs []store.Message, more, keepNewest bool, limit int) ([]byte,
 // cut list carries "has_more":true (only then, so the usual reply keeps
 // its one key).
 func encodeUnread(unread []store.UnreadChat, limit int) ([]byte, error) {
+	if len(unread) == 0 {
+		// Most lobby joins. Shared: a reply copies its response.
+		return noUnread, nil
+	}
 	out := append(make([]byte, 0, 256), `{"unread":[`...)
 	more := false
 	for i := range unread {
@@ -91,6 +95,10 @@ func encodeUnread(unread []store.UnreadChat, limit int) ([]byte, error) {
 	}
 	return append(out, "]}"...), nil
 }
+
+// noUnread is the lobby reply of a user with nothing unread; never
+// written to.
+var noUnread = []byte(`{"unread":[]}`)
 
 // storeReason is the reason a client gets for a failed store call.
 func storeReason(err error) string {

@@ -27,17 +27,46 @@ type handshake struct {
 func (hs *handshake) onRequest(uri []byte) error {
 	path, query, _ := bytes.Cut(uri, []byte{'?'})
 	hs.path = string(path)
-	q, err := url.ParseQuery(string(query))
-	if err != nil {
-		hs.badQuery = true
-		return nil
-	}
-	// phoenix.js appends vsn last and Plug keeps the last value; so do we.
-	if v := q["vsn"]; len(v) > 0 {
-		hs.vsn = v[len(v)-1]
-	}
-	hs.token = q.Get("token")
+	hs.vsn, hs.token, hs.badQuery = parseQuery(string(query))
 	return nil
+}
+
+// parseQuery reads vsn and token from a query string, by url.ParseQuery's
+// rules (a ';' or a bad escape anywhere makes the whole query malformed)
+// but without building its map on every upgrade. phoenix.js appends vsn
+// last and Plug keeps the last value, so the last vsn counts; the first
+// token does, as url.Values.Get has it.
+func parseQuery(query string) (vsn, token string, bad bool) {
+	seenToken := false
+	for query != "" {
+		var pair string
+		pair, query, _ = strings.Cut(query, "&")
+		if strings.Contains(pair, ";") {
+			bad = true
+			continue
+		}
+		if pair == "" {
+			continue
+		}
+		k, v, _ := strings.Cut(pair, "=")
+		key, err := url.QueryUnescape(k)
+		if err != nil {
+			bad = true
+			continue
+		}
+		val, err := url.QueryUnescape(v)
+		if err != nil {
+			bad = true
+			continue
+		}
+		switch {
+		case key == "vsn":
+			vsn = val
+		case key == "token" && !seenToken:
+			token, seenToken = val, true
+		}
+	}
+	return vsn, token, bad
 }
 
 func (hs *handshake) onHost(host []byte) error {
