@@ -67,6 +67,7 @@ type opts struct {
 
 	// floor and --target
 	floor      bool
+	rounds     int
 	target     string
 	targetPid  int
 	topic      string
@@ -127,6 +128,7 @@ func main() {
 	fs.BoolVar(&o.noVerify, "no-verify", false, "chat: skip the history check of acknowledged ids")
 	fs.BoolVar(&o.pprof, "pprof", false, "build the server from --src with bench/pprof overlaid (net/http/pprof on a side port) and take CPU/heap profiles")
 	fs.StringVar(&o.src, "src", ".", "--pprof: module root to build cmd/elchat from")
+	fs.IntVar(&o.rounds, "rounds", 1, "connect: run floor and server alternately this many times (fresh processes each round) and report each round's ratios and their median; the detailed tables show the median round")
 	fs.BoolVar(&o.floor, "floor", true, "connect/baseline: run the same ramp and hold against the built-in floor server first (same upgrade, same epoll engine, no hub, no store) and report ElChat ÷ floor; default off with a non-loopback --target")
 	fs.StringVar(&o.target, "target", "", "connect: drive this Phoenix Channels v2 server (ws://host:port/socket/websocket) instead of starting ElChat")
 	fs.IntVar(&o.targetPid, "target-pid", 0, "--target: its server pid on this box, for RSS and CPU figures from /proc")
