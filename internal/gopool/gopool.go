@@ -9,6 +9,7 @@
 package gopool
 
 import (
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -16,21 +17,37 @@ import (
 // Pool runs at most Max tasks at once. Goroutines idle for longer than Idle
 // exit, so a burst of connects leaves nothing behind once it is over.
 type Pool struct {
-	max  int32
-	idle time.Duration
-	work chan func()  // unbuffered: a send succeeds only if a goroutine waits
-	n    atomic.Int32 // goroutines alive, busy or waiting
+	max    int32         // immutable
+	idle   time.Duration // immutable
+	work   chan func()   // unbuffered: a send succeeds only if a goroutine waits
+	done   chan struct{} // closed by Close: waiting goroutines exit
+	once   sync.Once
+	closed atomic.Bool
+	n      atomic.Int32 // goroutines alive, busy or waiting
 }
 
 // New returns a pool of at most max goroutines (max > 0), each exiting
 // after idle without work.
 func New(max int, idle time.Duration) *Pool {
-	return &Pool{max: int32(max), idle: idle, work: make(chan func())}
+	return &Pool{max: int32(max), idle: idle, work: make(chan func()), done: make(chan struct{})}
+}
+
+// Close makes waiting goroutines exit now and busy ones once their task
+// returns; Go refuses from then on.
+func (p *Pool) Close() {
+	p.once.Do(func() {
+		p.closed.Store(true)
+		close(p.done)
+	})
 }
 
 // Go runs fn on a waiting goroutine, or on a new one while fewer than Max
-// are alive. It returns false, without running fn, when Max are busy.
+// are alive. It returns false, without running fn, when Max are busy or
+// the pool is closed.
 func (p *Pool) Go(fn func()) bool {
+	if p.closed.Load() {
+		return false
+	}
 	select {
 	case p.work <- fn:
 		return true
@@ -67,6 +84,9 @@ func (p *Pool) run(fn func()) {
 			// A Go that saw n at Max just before the decrement found no
 			// taker and refused; it cannot have handed fn to this
 			// goroutine, which no longer receives.
+			return
+		case <-p.done:
+			p.n.Add(-1)
 			return
 		}
 	}

@@ -101,3 +101,23 @@ func TestConcurrentGo(t *testing.T) {
 		t.Fatalf("ran %d, refused %d of %d", ran, refused, 16*200)
 	}
 }
+
+// Close lets the kept goroutines go at once, not after the idle time, and
+// refuses new work.
+func TestClose(t *testing.T) {
+	p := New(4, time.Hour)
+	done := make(chan struct{})
+	p.Go(func() { close(done) })
+	<-done
+	p.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for p.n.Load() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d goroutines alive after Close", p.n.Load())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if p.Go(func() {}) {
+		t.Fatal("Go ran a task after Close")
+	}
+}

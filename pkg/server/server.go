@@ -169,9 +169,10 @@ func (s *Server) StopAccepting() {
 	s.mu.Unlock()
 }
 
-// Close stops the HTTP side.
+// Close stops the HTTP side and lets the handshake goroutines go.
 func (s *Server) Close(ctx context.Context) error {
 	s.StopAccepting()
+	s.shakers.Close()
 	s.stop()
 	return s.http.Shutdown(ctx)
 }
