@@ -112,20 +112,4 @@ func FuzzFastPathAgrees(f *testing.F) {
 	})
 }
 
-// BenchmarkVerifyLibrary is BenchmarkVerify's token through golang-jwt
-// alone: the baseline of the fast path, in the same run.
-func BenchmarkVerifyLibrary(b *testing.B) {
-	tok, err := Mint(secret, "42", "Alice", time.Hour)
-	if err != nil {
-		b.Fatal(err)
-	}
-	v := NewVerifier(secret)
-	b.ReportAllocs()
-	for b.Loop() {
-		if _, err := v.verifyLibrary(tok); err != nil {
-			b.Fatal(err)
-		}
-	}
-}
-
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }
