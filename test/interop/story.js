@@ -62,9 +62,12 @@ async function story(connect) {
   // No lobby notification while alice has the chat open.
   assert.deepEqual(notes.items, []);
 
-  // 1 leaves the chat; bob's presence sees it.
+  // 1 leaves the chat; bob's presence sees it. Only a sync after the
+  // leave counts: bob's first sync, before alice came, looked the same,
+  // and a message sent on it could beat alice's leave to the cluster.
+  const beforeLeave = bobSync.items.length;
   assert.equal(await leaveChannel(aliceChat), "ok");
-  await bobSync.waitFor((l) => JSON.stringify(l) === JSON.stringify(["2:Bob"]), "bob sees alice leave");
+  await bobSync.waitFor((l, i) => i >= beforeLeave && JSON.stringify(l) === JSON.stringify(["2:Bob"]), "bob sees alice leave");
 
   // 2 sends: 1 gets a lobby notification.
   const b2 = await pushOk(bobChat, "new_message", { body: "come back", client_id: "story-4" });
