@@ -94,8 +94,11 @@ async function chatStory(c) {
   await dMsgs.waitFor((m) => m.id === m6.id, "Dave (through nginx) to get Alice's reply", WAIT_MS);
 
   // Leaving is seen across nodes: Bob leaves, Alice's Presence drops him.
+  // Only a sync after the leave counts: Alice's first one, before Bob
+  // joined, listed her alone too.
+  const beforeLeave = aPres.syncs.items.length;
   bChat.leave();
-  await aPres.syncs.waitFor((l) => l.map((e) => e.id).join(",") === "1", "Alice's presence to drop Bob after he left on node B", WAIT_MS);
+  await aPres.syncs.waitFor((l, i) => i >= beforeLeave && l.map((e) => e.id).join(",") === "1", "Alice's presence to drop Bob after he left on node B", WAIT_MS);
 
   // And the sockets really were spread: A has Alice, B Bob, C Carol.
   const counts = await c.clientsOn();
