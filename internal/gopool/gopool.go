@@ -17,13 +17,12 @@ import (
 // Pool runs at most Max tasks at once. Goroutines idle for longer than Idle
 // exit, so a burst of connects leaves nothing behind once it is over.
 type Pool struct {
-	max    int32         // immutable
-	idle   time.Duration // immutable
-	work   chan func()   // unbuffered: a send succeeds only if a goroutine waits
-	done   chan struct{} // closed by Close: waiting goroutines exit
-	once   sync.Once
-	closed atomic.Bool
-	n      atomic.Int32 // goroutines alive, busy or waiting
+	max  int32         // immutable
+	idle time.Duration // immutable
+	work chan func()   // unbuffered: a send succeeds only if a goroutine waits
+	done chan struct{} // closed by Close: waiting goroutines exit, Go refuses
+	once sync.Once
+	n    atomic.Int32 // goroutines alive, busy or waiting
 }
 
 // New returns a pool of at most max goroutines (max > 0), each exiting
@@ -35,18 +34,17 @@ func New(max int, idle time.Duration) *Pool {
 // Close makes waiting goroutines exit now and busy ones once their task
 // returns; Go refuses from then on.
 func (p *Pool) Close() {
-	p.once.Do(func() {
-		p.closed.Store(true)
-		close(p.done)
-	})
+	p.once.Do(func() { close(p.done) })
 }
 
 // Go runs fn on a waiting goroutine, or on a new one while fewer than Max
 // are alive. It returns false, without running fn, when Max are busy or
 // the pool is closed.
 func (p *Pool) Go(fn func()) bool {
-	if p.closed.Load() {
+	select {
+	case <-p.done:
 		return false
+	default:
 	}
 	select {
 	case p.work <- fn:

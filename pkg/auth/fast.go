@@ -5,6 +5,7 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/json"
 	"hash"
 	"io"
 	"strings"
@@ -167,29 +168,18 @@ func flatClaims(data []byte, tc *tokenClaims) bool {
 // set stores a claim's raw value; false for a key encoding/json would
 // fold onto a claim although it is spelled differently.
 func (tc *tokenClaims) set(key, raw []byte) bool {
-	var dst *[]byte
-	switch string(key) { // no allocation: the compiler compares in place
-	case "sub":
-		dst = (*[]byte)(&tc.Sub)
-	case "name":
-		dst = (*[]byte)(&tc.Name)
-	case "peer":
-		dst = (*[]byte)(&tc.Peer)
-	case "exp":
-		dst = (*[]byte)(&tc.Exp)
-	case "nbf":
-		dst = (*[]byte)(&tc.Nbf)
-	case "iat":
-		dst = (*[]byte)(&tc.Iat)
-	default:
-		for _, k := range [...]string{"sub", "name", "peer", "exp", "nbf", "iat"} {
-			if bytes.EqualFold(key, []byte(k)) {
-				return false
-			}
+	for _, c := range [...]struct {
+		name string
+		dst  *json.RawMessage
+	}{{"sub", &tc.Sub}, {"name", &tc.Name}, {"peer", &tc.Peer}, {"exp", &tc.Exp}, {"nbf", &tc.Nbf}, {"iat", &tc.Iat}} {
+		switch {
+		case string(key) == c.name: // no allocation: compared in place
+			*c.dst = raw
+			return true
+		case bytes.EqualFold(key, []byte(c.name)):
+			return false
 		}
-		return true
 	}
-	*dst = raw
 	return true
 }
 
