@@ -208,10 +208,14 @@ func (c *Conn) send(op ws.OpCode, payload []byte, later bool) error {
 func (c *Conn) Close(code int, reason string) {
 	body := closeBody(code, reason)
 	c.mu.Lock()
-	if c.flags.Load()&fInWorker != 0 && c.closeAfter == nil {
-		c.closeAfter = &body
-	} else {
+	switch {
+	case c.flags.Load()&fInWorker == 0:
 		c.closeLocked(body)
+	case c.closeAfter == nil:
+		c.closeAfter = &body
+	default:
+		// A close already waits for the turn's end: the first one wins,
+		// as it does once the close frame is queued.
 	}
 	c.mu.Unlock()
 }
