@@ -22,6 +22,10 @@
 // rules.mu (blocks, bans, opened chats) and userShard.mu are leaves: taken
 // under any of these, with nothing called while they are held.
 //
+// A lobby join answered on the event loop (Client.joinNowLocked) calls
+// the store's NothingUnread and the in-process presence's TrackNow with
+// Client.mu held; both take only leaf locks of their own.
+//
 // stage.mu is taken with Client.mu held (to schedule), never the other
 // way round. No lock is held across a store, presence or bus call that
 // may wait on the network; Bus.Subscribe and Unsubscribe never wait, which
@@ -178,6 +182,12 @@ type Hub struct {
 	stage     *stage            // immutable
 	closeOnce sync.Once
 
+	// The store's and presence's answers without waiting, when they have
+	// them (nil otherwise); immutable. With both, a lobby join runs on the
+	// event loop.
+	nowUnread   unreadNow
+	nowPresence presenceNow
+
 	rules rules                 // blocks, bans and opened chats (rules.go)
 	users [shardCount]userShard // local clients by user, for bans
 
@@ -249,6 +259,8 @@ func New(cfg Config) *Hub {
 		h.shards[i].topics = make(map[string]*subscribers)
 	}
 	h.rules.init()
+	h.nowUnread, _ = cfg.Store.(unreadNow)
+	h.nowPresence, _ = cfg.Presence.(presenceNow)
 	if _, err := rand.Read(h.refBase[:]); err != nil {
 		panic(err)
 	}

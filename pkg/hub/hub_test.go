@@ -843,6 +843,9 @@ type slowStore struct {
 	release chan struct{}
 }
 
+// NothingUnread sends every lobby join to Unread.
+func (s *slowStore) NothingUnread(string) bool { return false }
+
 func (s *slowStore) Unread(ctx context.Context, user string) ([]store.UnreadChat, error) {
 	<-s.release
 	return s.Store.Unread(ctx, user)

@@ -78,7 +78,12 @@ func (c *Client) join(f *phx.Frame) {
 		live = c.hub.subscribe(f.Topic, c)
 	}
 	c.mu.Unlock()
+	c.joinSubscribed(f, t, params.LastID, params.SinceSeq, oldJoinRef, live)
+}
 
+// joinSubscribed is the rest of a join once c is among the topic's local
+// subscribers: wait for the bus, read the reply, answer, track presence.
+func (c *Client) joinSubscribed(f *phx.Frame, t topic.Topic, lastID, sinceSeq *int64, oldJoinRef string, live <-chan struct{}) {
 	fail := func(reason string) {
 		c.hub.unsubscribe(f.Topic, c)
 		c.replyError(f.JoinRef, f.Ref, f.Topic, reason)
@@ -91,10 +96,11 @@ func (c *Client) join(f *phx.Frame) {
 		return
 	}
 	var resp []byte
+	var err error
 	if t.Kind == topic.Lobby {
 		resp, err = c.lobbyJoin()
 	} else {
-		resp, err = c.chatJoin(t, params.LastID, params.SinceSeq)
+		resp, err = c.chatJoin(t, lastID, sinceSeq)
 	}
 	if err != nil {
 		fail(storeReason(err))
@@ -117,6 +123,70 @@ func (c *Client) join(f *phx.Frame) {
 	c.hub.cfg.Metrics.Join(t.Kind.String())
 	// A close from now on untracks ch on the stage, after this request.
 	c.track(ch)
+}
+
+// joinNowLocked answers a lobby join on the event loop when nothing in it
+// can wait: the first join of the user's own lobby, without params, on a
+// node whose store knows from memory that the user has nothing unread and
+// whose presence is in process. That is the join of nearly every connect
+// of a single node, and handing it to the request stage (a goroutine
+// wake-up, two store deadlines) cost more than the join itself.
+//
+// It reports false, having done nothing, when the join must go to the
+// stage as a whole. Once c is subscribed it always returns true: a join
+// that turns out to need the store after all goes on from there on the
+// stage, so the subscription still comes before the read (see join).
+func (c *Client) joinNowLocked(f *phx.Frame) bool {
+	h := c.hub
+	if h.nowUnread == nil || h.nowPresence == nil || c.sched {
+		return false
+	}
+	if len(f.Payload) > 0 && string(f.Payload) != "{}" {
+		return false
+	}
+	t, err := topic.Parse(f.Topic)
+	if err != nil || t.Kind != topic.Lobby || !t.Allows(c.user) {
+		return false // the stage answers the refusal
+	}
+	if c.findLocked(f.Topic) >= 0 || len(c.channels) >= h.cfg.MaxChannels {
+		return false
+	}
+	live := h.subscribe(f.Topic, c)
+	select {
+	case <-live:
+	default:
+		c.stageRestLocked(f, t, live)
+		return true
+	}
+	if !h.nowUnread.NothingUnread(c.user) {
+		c.stageRestLocked(f, t, live)
+		return true
+	}
+	ch := channel{name: f.Topic, topic: t, joinRef: f.JoinRef, metaRef: h.newRef()}
+	c.reply(f.JoinRef, f.Ref, f.Topic, "ok", noUnread)
+	c.channels = append(c.channels, ch)
+	h.cfg.Metrics.Join(t.Kind.String())
+	h.nowPresence.TrackNow(ch.name, c.user, Meta{Ref: ch.metaRef, Name: c.name, OnlineAt: time.Now().Unix()})
+	return true
+}
+
+// stageRestLocked hands the rest of a join that subscribed on the event
+// loop to the request stage.
+func (c *Client) stageRestLocked(f *phx.Frame, t topic.Topic, live <-chan struct{}) {
+	fc := *f
+	fc.Payload = nil // a lobby join without params: nothing to keep
+	// A cleanup task: a close before it runs must still undo the
+	// subscription.
+	c.enqueueLocked(func(c *Client) {
+		c.mu.Lock()
+		closed := c.closed
+		c.mu.Unlock()
+		if closed {
+			c.hub.unsubscribe(fc.Topic, c)
+			return
+		}
+		c.joinSubscribed(&fc, t, nil, nil, "", live)
+	}, true)
 }
 
 // awaitLive waits for the bus to confirm the subscription, at most as long

@@ -127,6 +127,11 @@ func (p *MemoryPresence) Track(_ context.Context, topic, key string, meta Meta) 
 	return nil
 }
 
+// TrackNow is Track: the table is in memory.
+func (p *MemoryPresence) TrackNow(topic, key string, meta Meta) {
+	_ = p.Track(context.Background(), topic, key, meta)
+}
+
 func (p *MemoryPresence) Untrack(_ context.Context, topic, key, ref string) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()

@@ -125,6 +125,21 @@ type localPresence interface {
 	PresentLocal(topic, key string) (present, known bool)
 }
 
+// presenceNow is an optional ability of a Presence kept in this process:
+// TrackNow is Track without waiting, so the event loop may call it (see
+// Client.joinNowLocked). It runs with Client.mu held.
+type presenceNow interface {
+	TrackNow(topic, key string, meta Meta)
+}
+
+// unreadNow is an optional ability of a store.Store: NothingUnread reports
+// true only when the store knows from memory, without waiting, that user
+// has no unread chat, as of a moment after the call started; false means
+// ask Unread. The event loop may call it.
+type unreadNow interface {
+	NothingUnread(user string) bool
+}
+
 // Meta is one presence entry: one connection of one user in one topic.
 type Meta struct {
 	Ref      string `json:"phx_ref"`

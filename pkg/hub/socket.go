@@ -180,6 +180,9 @@ func (c *Client) routeLocked(f *phx.Frame) (fast, slow handler) {
 			c.replyError(f.JoinRef, f.Ref, f.Topic, "rate limited")
 			return nil, nil
 		}
+		if c.joinNowLocked(f) {
+			return nil, nil
+		}
 		return nil, (*Client).join
 	case phx.EventLeave:
 		return (*Client).leaveLocked, nil

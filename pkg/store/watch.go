@@ -74,6 +74,13 @@ func (w *watched) Ping(ctx context.Context) error {
 	return err
 }
 
+// NothingUnread forwards to a store that knows from memory who has
+// nothing unread; false (ask Unread) otherwise.
+func (w *watched) NothingUnread(user string) bool {
+	n, ok := w.Store.(interface{ NothingUnread(string) bool })
+	return ok && n.NothingUnread(user)
+}
+
 // SaveAsync forwards to a store that commits asynchronously, noting the
 // outcome like Save; false (the caller saves synchronously) otherwise.
 func (w *watched) SaveAsync(ctx context.Context, m NewMessage, then func(Message, bool, error)) bool {

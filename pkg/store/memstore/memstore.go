@@ -233,6 +233,14 @@ func (s *Store) Unread(ctx context.Context, userID string) ([]store.UnreadChat, 
 	return out, nil
 }
 
+// NothingUnread reports that userID has no undelivered message: the
+// store is memory, so it always knows.
+func (s *Store) NothingUnread(userID string) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return !s.closed && len(s.unread[userID]) == 0
+}
+
 // LastID implements store.Store.
 func (s *Store) LastID(ctx context.Context) (int64, error) {
 	if err := ctx.Err(); err != nil {

@@ -362,6 +362,13 @@ JOIN messages m ON m.id = (SELECT max(id) FROM messages WHERE room = u.room)
 ORDER BY m.id DESC`
 
 // Unread implements store.Store.
+// NothingUnread reports from memory that userID has no undelivered
+// message (see recipients), so a lobby join need not ask Unread.
+func (s *Store) NothingUnread(userID string) bool {
+	_, listed := s.unread.lookup(userID)
+	return !listed
+}
+
 func (s *Store) Unread(ctx context.Context, userID string) ([]store.UnreadChat, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err

@@ -47,6 +47,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"Since", testSince},
 		{"MarkRead", testMarkRead},
 		{"Unread", testUnread},
+		{"NothingUnread", testNothingUnread},
 		{"ConcurrentSaves", testConcurrentSaves},
 		{"VerbatimBodies", testVerbatimBodies},
 		{"InvalidInput", testInvalidInput},
@@ -577,6 +578,43 @@ func testMarkRead(t *testing.T, s store.Store) {
 	}
 	if n, err := s.MarkRead(ctx, "nobody", "bob", math.MaxInt64); err != nil || n != 0 {
 		t.Errorf("MarkRead(empty room) = %d, %v", n, err)
+	}
+}
+
+// testNothingUnread checks the optional NothingUnread (a store that knows
+// from memory who has nothing unread): it may always answer false, but
+// never true for a user Unread lists.
+func testNothingUnread(t *testing.T, s store.Store) {
+	n, ok := s.(interface{ NothingUnread(string) bool })
+	if !ok {
+		t.Skip("the store has no NothingUnread")
+	}
+	ctx := ctxT(t)
+	agree := func(user string) {
+		t.Helper()
+		got, err := s.Unread(ctx, user)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n.NothingUnread(user) && len(got) > 0 {
+			t.Fatalf("NothingUnread(%s) is true, but Unread lists %+v", user, got)
+		}
+	}
+	agree("bob")
+	m := mustSave(t, s, msg("ab", "alice", "bob", "hi", ""))
+	agree("bob")
+	agree("alice")
+	if n.NothingUnread("bob") {
+		t.Fatal("NothingUnread(bob) is true right after a message to bob was stored")
+	}
+	if _, err := s.MarkRead(ctx, "ab", "bob", m.ID); err != nil {
+		t.Fatal(err)
+	}
+	agree("bob")
+	mustSave(t, s, msg("ab", "alice", "bob", "again", ""))
+	agree("bob")
+	if n.NothingUnread("bob") {
+		t.Fatal("NothingUnread(bob) is true after a new message following a read mark")
 	}
 }
 
