@@ -9,7 +9,8 @@
 //
 // The transport calls a Client's HandleText on its event loop, which must
 // never wait. HandleText answers at once what needs no I/O (heartbeats,
-// protocol errors, leaves, typing, refusals) and hands the rest (joins,
+// protocol errors, leaves, typing, refusals, and a lobby join that the
+// store and presence can answer from memory) and hands the rest (joins,
 // messages, read marks, history, presence) to the request stage: a fixed
 // pool of goroutines that runs each client's requests in arrival order
 // (stage.go). A client whose requests pile up stops being read until they

@@ -15,8 +15,26 @@ import (
 // outages. The node's hub samples LastID every few seconds, so the end of
 // an outage is noticed even when no client writes.
 func Watch(st Store, log *slog.Logger) Store {
-	return &watched{Store: st, o: logx.NewOutage(log, "store")}
+	w := &watched{Store: st, o: logx.NewOutage(log, "store")}
+	if n, ok := st.(nothingUnread); ok {
+		// Only a store that can answer from memory offers it, so the hub
+		// sees which kind it has.
+		return &watchedNow{watched: w, now: n}
+	}
+	return w
 }
+
+// nothingUnread is the optional ability of a store to tell from memory
+// that a user has nothing unread (see the hub's lobby join).
+type nothingUnread interface{ NothingUnread(user string) bool }
+
+// watchedNow is watched for a store with NothingUnread.
+type watchedNow struct {
+	*watched
+	now nothingUnread
+}
+
+func (w *watchedNow) NothingUnread(user string) bool { return w.now.NothingUnread(user) }
 
 type watched struct {
 	Store
@@ -72,13 +90,6 @@ func (w *watched) Ping(ctx context.Context) error {
 	err := w.Store.Ping(ctx)
 	w.note(err)
 	return err
-}
-
-// NothingUnread forwards to a store that knows from memory who has
-// nothing unread; false (ask Unread) otherwise.
-func (w *watched) NothingUnread(user string) bool {
-	n, ok := w.Store.(interface{ NothingUnread(string) bool })
-	return ok && n.NothingUnread(user)
 }
 
 // SaveAsync forwards to a store that commits asynchronously, noting the

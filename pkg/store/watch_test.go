@@ -54,3 +54,29 @@ func TestWatchLogsOutages(t *testing.T) {
 		t.Fatalf("log lines: %q", lines)
 	}
 }
+
+// nowStore is a store that knows from memory who has nothing unread.
+type nowStore struct{ store.Store }
+
+func (nowStore) NothingUnread(user string) bool { return user == "idle" }
+
+// TestWatchOffersNothingUnreadOnlyWhenTheStoreDoes: the hub answers a
+// lobby join on the event loop only with a store that can; a watched store
+// must not claim the ability for a store without it.
+func TestWatchOffersNothingUnreadOnlyWhenTheStoreDoes(t *testing.T) {
+	type nower interface{ NothingUnread(string) bool }
+	log := slog.New(slog.DiscardHandler)
+	ms := memstore.New()
+	defer ms.Close()
+	plain := struct{ store.Store }{ms} // the Store methods only
+	if _, ok := store.Watch(plain, log).(nower); ok {
+		t.Fatal("a watched store without NothingUnread offers it")
+	}
+	w, ok := store.Watch(nowStore{plain}, log).(nower)
+	if !ok {
+		t.Fatal("a watched store with NothingUnread hides it")
+	}
+	if !w.NothingUnread("idle") || w.NothingUnread("busy") {
+		t.Fatal("NothingUnread not forwarded")
+	}
+}

@@ -361,7 +361,6 @@ JOIN messages s ON s.id = u.last_unread
 JOIN messages m ON m.id = (SELECT max(id) FROM messages WHERE room = u.room)
 ORDER BY m.id DESC`
 
-// Unread implements store.Store.
 // NothingUnread reports from memory that userID has no undelivered
 // message (see recipients), so a lobby join need not ask Unread.
 func (s *Store) NothingUnread(userID string) bool {
@@ -369,6 +368,7 @@ func (s *Store) NothingUnread(userID string) bool {
 	return !listed
 }
 
+// Unread implements store.Store.
 func (s *Store) Unread(ctx context.Context, userID string) ([]store.UnreadChat, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
