@@ -229,20 +229,32 @@ func (c *Client) messageStored(ch channel, ref string, msg store.Message, err er
 // messageParams reads and checks a new_message payload, answering the
 // client when it is refused.
 func (c *Client) messageParams(ch channel, f *phx.Frame) (body, clientID string, ok bool) {
+	body, clientID, ok = quickMessageParams(f.Payload)
+	if !ok {
+		if body, clientID, ok = jsonMessageParams(f.Payload); !ok {
+			c.replyError(ch.joinRef, f.Ref, f.Topic, "body must be a string")
+			return "", "", false
+		}
+	}
+	if reason := c.hub.validateBody(body); reason != "" {
+		c.replyError(ch.joinRef, f.Ref, f.Topic, reason)
+		return "", "", false
+	}
+	if len(clientID) > 128 {
+		c.replyError(ch.joinRef, f.Ref, f.Topic, "client_id longer than 128 bytes")
+		return "", "", false
+	}
+	return body, clientID, true
+}
+
+// jsonMessageParams reads any new_message payload encoding/json accepts;
+// ok is false when it is not an object with a string body.
+func jsonMessageParams(payload []byte) (body, clientID string, ok bool) {
 	var p struct {
 		Body     *string `json:"body"`
 		ClientID string  `json:"client_id"`
 	}
-	if err := json.Unmarshal(f.Payload, &p); err != nil || p.Body == nil {
-		c.replyError(ch.joinRef, f.Ref, f.Topic, "body must be a string")
-		return "", "", false
-	}
-	if reason := c.hub.validateBody(*p.Body); reason != "" {
-		c.replyError(ch.joinRef, f.Ref, f.Topic, reason)
-		return "", "", false
-	}
-	if len(p.ClientID) > 128 {
-		c.replyError(ch.joinRef, f.Ref, f.Topic, "client_id longer than 128 bytes")
+	if err := json.Unmarshal(payload, &p); err != nil || p.Body == nil {
 		return "", "", false
 	}
 	return *p.Body, p.ClientID, true

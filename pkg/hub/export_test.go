@@ -39,3 +39,10 @@ func (h *Hub) Subscribers(topic string) int {
 
 // AsBusHandler is the hub as its bus sees it.
 func (h *Hub) AsBusHandler() BusHandler { return (*busHandler)(h) }
+
+// QuickMessageParams and JSONMessageParams expose the two new_message
+// payload readers to the fuzz test.
+var (
+	QuickMessageParams = quickMessageParams
+	JSONMessageParams  = jsonMessageParams
+)
