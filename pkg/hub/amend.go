@@ -109,7 +109,7 @@ func (h *Hub) amendStore(a store.Amend, del bool) (m store.Message, event string
 		return m, "", nil, err
 	}
 	if !del {
-		payload, err = json.Marshal(m)
+		payload, err = encodeMessage(&m)
 		return m, "message_updated", payload, err
 	}
 	payload = append([]byte(`{"id":`), strconv.FormatInt(m.ID, 10)...)

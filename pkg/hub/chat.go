@@ -217,7 +217,7 @@ func (c *Client) messageStored(ch channel, ref string, msg store.Message, err er
 		c.replyError(ch.joinRef, ref, ch.name, storeReason(err))
 		return
 	}
-	b, err := json.Marshal(msg)
+	b, err := encodeMessage(&msg)
 	if err != nil {
 		c.replyError(ch.joinRef, ref, ch.name, "store error")
 		return
@@ -295,7 +295,7 @@ func (h *Hub) save(user string, t topic.Topic, body, clientID string) ([]byte, e
 	if err != nil {
 		return nil, err
 	}
-	return json.Marshal(msg)
+	return encodeMessage(&msg)
 }
 
 // deliver broadcasts a stored message to its chat and, when the recipient

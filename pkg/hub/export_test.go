@@ -46,3 +46,6 @@ var (
 	QuickMessageParams = quickMessageParams
 	JSONMessageParams  = jsonMessageParams
 )
+
+// EncodeMessage exposes the message encoder to its tests.
+var EncodeMessage = encodeMessage

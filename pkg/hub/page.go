@@ -31,7 +31,7 @@ func encodePage(msgs []store.Message, more, keepNewest bool, limit int) ([]byte,
 		if keepNewest {
 			i = len(msgs) - 1 - k
 		}
-		b, err := json.Marshal(msgs[i])
+		b, err := encodeMessage(&msgs[i])
 		if err != nil {
 			return nil, err
 		}
