@@ -30,7 +30,7 @@ var migrations embed.FS
 
 // Options tunes a Store. The zero value is the production default.
 type Options struct {
-	// Batch configures group commit (default 2 flushers, 512 per batch).
+	// Batch configures group commit (default 1 flusher, 512 per batch).
 	Batch store.BatchConfig
 	// MaxConns caps the pool (default: the URL's pool_max_conns, else
 	// 16); it must leave room beyond the flushers for reads and MarkRead.
@@ -118,6 +118,15 @@ func Open(ctx context.Context, url string, o Options) (*Store, error) {
 		return nil, classify(ctx, err)
 	}
 	s := &Store{pool: pool}
+	if o.Batch.Flushers <= 0 {
+		// The insert lock (see flush) serialises batches anyway: a second
+		// flusher only waits for it holding a connection, and takes
+		// messages from the batch the first would have carried next. With
+		// one, at 5,000 msgs/s, e2e p99 was 9.0-9.5 ms against 10.5-11.0
+		// with two, for the same CPU and the same saturated throughput
+		// (bench chat, same session).
+		o.Batch.Flushers = 1
+	}
 	s.batch = store.NewBatcher(o.Batch, s.flush)
 	return s, nil
 }
