@@ -20,22 +20,26 @@ type timelinePt struct {
 }
 
 type nodeFig struct {
-	Node              int              `json:"node"`
-	Conns             int              `json:"conns"`
-	Before            sample           `json:"before"`
-	After             sample           `json:"after_ramp"`
-	End               sample           `json:"end"`
-	RSSPerConnKiB     float64          `json:"rss_per_conn_kib"`
-	RSSPerConnEndKiB  float64          `json:"rss_per_conn_end_kib"`
-	HeapPerConnKiB    float64          `json:"heap_inuse_per_conn_kib"`
-	GoroutinesPerConn float64          `json:"goroutines_per_conn"`
-	CPUusPerConn      float64          `json:"cpu_us_per_connect_join"`
-	SysUsPerConn      float64          `json:"cpu_sys_us_per_connect_join"`
-	Smaps             map[string]int64 `json:"smaps_rollup_kib,omitempty"`
-	Pprof             string           `json:"pprof,omitempty"`
-	HeapFromGCTrace   bool             `json:"heap_from_gctrace,omitempty"`
-	liveHeap0         float64
-	goroutines0       float64
+	Node              int     `json:"node"`
+	Conns             int     `json:"conns"`
+	Before            sample  `json:"before"`
+	After             sample  `json:"after_ramp"`
+	End               sample  `json:"end"`
+	RSSPerConnKiB     float64 `json:"rss_per_conn_kib"`
+	RSSPerConnEndKiB  float64 `json:"rss_per_conn_end_kib"`
+	HeapPerConnKiB    float64 `json:"heap_inuse_per_conn_kib"`
+	GoroutinesPerConn float64 `json:"goroutines_per_conn"`
+	CPUusPerConn      float64 `json:"cpu_us_per_connect_join"`
+	SysUsPerConn      float64 `json:"cpu_sys_us_per_connect_join"`
+	// CPU per heartbeat answered during the hold, the node's share of the
+	// heartbeats being its share of the sockets: what an idle socket costs.
+	HoldCPUusPerHB  float64          `json:"hold_cpu_us_per_heartbeat"`
+	HoldSysUsPerHB  float64          `json:"hold_cpu_sys_us_per_heartbeat"`
+	Smaps           map[string]int64 `json:"smaps_rollup_kib,omitempty"`
+	Pprof           string           `json:"pprof,omitempty"`
+	HeapFromGCTrace bool             `json:"heap_from_gctrace,omitempty"`
+	liveHeap0       float64
+	goroutines0     float64
 }
 
 type connectFig struct {
@@ -63,7 +67,12 @@ type connectFig struct {
 	GenRSSPerConnKiB   float64 `json:"generator_rss_per_socket_kib"`
 	RedisRSSPerConnKiB float64 `json:"redis_rss_per_socket_kib"`
 	HasPid             bool    `json:"server_pid_known"`
-	connH, hbH         *hist
+	// The CPU budget of an idle socket: heartbeats answered during the
+	// hold, and the generator's and the whole box's CPU per heartbeat.
+	HoldHB         uint64  `json:"hold_heartbeats"`
+	HoldGenUsPerHB float64 `json:"hold_generator_cpu_us_per_heartbeat"`
+	HoldBoxUsPerHB float64 `json:"hold_box_cpu_us_per_heartbeat"`
+	connH, hbH     *hist
 }
 
 type chatFig struct {
@@ -259,14 +268,32 @@ func runConnect(o *opts, ns []*node, n int, label, transport string) (*connectFi
 			}
 		}
 	}
+	hb0, gen0, box0 := f.aggregate().HBOK, f.cpuTicks(), boxTicks()
+	hold0 := make([]sample, len(ns))
+	for i, nd := range ns {
+		hold0[i] = takeSample(nd, t0)
+	}
 	f.hold(o.hold, timeline)
+	fig.HoldHB = f.aggregate().HBOK - hb0
+	hbs := float64(max(fig.HoldHB, 1))
+	fig.HoldGenUsPerHB = float64(f.cpuTicks()-gen0) * 1e4 / hbs
+	fig.HoldBoxUsPerHB = float64(boxTicks()-box0) * 1e4 / hbs
 	for i, nd := range ns {
 		nf := &fig.Nodes[i]
 		nf.End = takeSample(nd, t0)
 		nf.RSSPerConnEndKiB = float64(nf.End.RSSKiB-nf.Before.RSSKiB) / float64(max(nf.Conns, 1))
+		share := hbs * float64(nf.Conns) / float64(max(n, 1))
+		nf.HoldCPUusPerHB = float64(nf.End.CPUTicks-hold0[i].CPUTicks) * 1e4 / share
+		nf.HoldSysUsPerHB = float64(nf.End.SysTicks-hold0[i].SysTicks) * 1e4 / share
 		if nd.pid() <= 0 {
-			nf.RSSPerConnEndKiB = nan()
+			nf.RSSPerConnEndKiB, nf.HoldCPUusPerHB, nf.HoldSysUsPerHB = nan(), nan(), nan()
 		}
+		if fig.HoldHB == 0 {
+			nf.HoldCPUusPerHB, nf.HoldSysUsPerHB = nan(), nan()
+		}
+	}
+	if fig.HoldHB == 0 {
+		fig.HoldGenUsPerHB, fig.HoldBoxUsPerHB = nan(), nan()
 	}
 	aliveErr := checkAlive(ns)
 	a = f.finish()
@@ -402,6 +429,13 @@ func connectRows(figs []*connectFig) [][]string {
 	add("of which kernel time, stime (µs)", func(f *connectFig) string {
 		return f1(sum(f, func(n nodeFig) float64 { return n.SysUsPerConn }))
 	})
+	add("heartbeats answered during the hold", func(f *connectFig) string { return fmt.Sprint(f.HoldHB) })
+	add("server CPU per heartbeat during the hold (µs; of which kernel)", func(f *connectFig) string {
+		return f1(meanNodes(f, func(n nodeFig) float64 { return n.HoldCPUusPerHB })) + " (" +
+			f1(meanNodes(f, func(n nodeFig) float64 { return n.HoldSysUsPerHB })) + ")"
+	})
+	add("generator CPU per heartbeat during the hold (µs)", func(f *connectFig) string { return f1(f.HoldGenUsPerHB) })
+	add("whole box's CPU per heartbeat during the hold (µs; everything running)", func(f *connectFig) string { return f1(f.HoldBoxUsPerHB) })
 	add("kernel TCP buffer memory per connection pair (KiB, sockstat mem)", func(f *connectFig) string { return f2(f.SockMemPerConnKB) })
 	add("kernel slab per connection pair (KiB, meminfo Slab; box-wide)", func(f *connectFig) string { return f2(f.SlabPerConnKB) })
 	return rows
@@ -768,6 +802,8 @@ func floorRows(f, fl *connectFig) [][]string {
 	add("server CPU per connect+join (µs)", meanNodes(f, cpu), meanNodes(fl, cpu), f1)
 	sys := func(n nodeFig) float64 { return n.SysUsPerConn }
 	add("of which kernel time, stime (µs)", meanNodes(f, sys), meanNodes(fl, sys), f1)
+	hb := func(n nodeFig) float64 { return n.HoldCPUusPerHB }
+	add("server CPU per heartbeat during the hold (µs)", meanNodes(f, hb), meanNodes(fl, hb), f1)
 	add("connect+join latency p50 (ms)", f.Conn.P50, fl.Conn.P50, f2)
 	add("connect+join latency p99 (ms)", f.Conn.P99, fl.Conn.P99, f2)
 	return rows
