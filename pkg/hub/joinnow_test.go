@@ -67,17 +67,42 @@ func TestLobbyJoinAnsweredOnTheEventLoop(t *testing.T) {
 	if ok, _ := e.hub.Presence().Present(context.Background(), "user:3", "3"); !ok {
 		t.Fatal("user 3 not tracked in their lobby after the join")
 	}
-	close(st.release)
-	settle(t, e.hub)
-
-	// A close untracks it on the stage, as for a join answered there.
+	// The close leaves the lobby's presence at once too, the stage still
+	// busy: nothing of this client's is queued, so its track is done.
 	b.c.Closed()
-	settle(t, e.hub)
 	if ok, _ := e.hub.Presence().Present(context.Background(), "user:3", "3"); ok {
-		t.Fatal("user 3 still tracked after the connection closed")
+		t.Fatal("user 3 still tracked after the connection closed, with the stage busy")
 	}
 	if n := e.hub.Subscribers("user:3"); n != 0 {
 		t.Fatalf("user:3 has %d local subscribers after the close", n)
+	}
+	close(st.release)
+	settle(t, e.hub)
+}
+
+// TestLobbyLeftAfterItsStageJoin: a lobby joined on the stage and closed
+// while the client still has a request there is left after that request,
+// not before its track.
+func TestLobbyLeftAfterItsStageJoin(t *testing.T) {
+	st, e := newStuck(t)
+	if _, _, err := st.Save(context.Background(), store.NewMessage{Room: "chat:3:4", UserID: "4", OpponentID: "3", Body: "hi"}); err != nil {
+		t.Fatal(err)
+	}
+	b := e.connect("3")
+	b.c.HandleText(phx.AppendMessage(nil, "7", "7", "user:3", "phx_join", []byte(`{}`)))
+	settle(t, e.hub)
+	b.replyTo("7", "ok")
+	// A chat join holds the stage with the client's own request queued.
+	b.c.HandleText(phx.AppendMessage(nil, "8", "8", "chat:3:4", "phx_join", []byte(`{}`)))
+	<-st.entered
+	b.c.Closed()
+	close(st.release)
+	settle(t, e.hub)
+	if ok, _ := e.hub.Presence().Present(context.Background(), "user:3", "3"); ok {
+		t.Fatal("user 3 still tracked in their lobby after the connection closed")
+	}
+	if ok, _ := e.hub.Presence().Present(context.Background(), "chat:3:4", "3"); ok {
+		t.Fatal("user 3 still tracked in the chat after the connection closed")
 	}
 }
 
@@ -124,5 +149,42 @@ func TestLobbyJoinClosedBeforeStage(t *testing.T) {
 	}
 	if fs := events(b.rec.take(), "phx_reply"); len(fs) != 0 {
 		t.Fatalf("a closed connection was answered: %+v", fs)
+	}
+}
+
+// heldPresence is in-process presence whose Track waits for release, so a
+// test can close a connection while its join is between the reply and the
+// track.
+type heldPresence struct {
+	*hub.MemoryPresence
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (p *heldPresence) Track(ctx context.Context, topic, key string, meta hub.Meta) error {
+	p.entered <- struct{}{}
+	<-p.release
+	return p.MemoryPresence.Track(ctx, topic, key, meta)
+}
+
+// TestCloseDuringStageJoinTrack: a close that comes while a lobby join on
+// the stage has answered but not tracked yet leaves no presence behind:
+// the leave waits for the track instead of running first.
+func TestCloseDuringStageJoinTrack(t *testing.T) {
+	st := memstore.New()
+	t.Cleanup(func() { st.Close() })
+	if _, _, err := st.Save(context.Background(), store.NewMessage{Room: "chat:3:4", UserID: "4", OpponentID: "3", Body: "hi"}); err != nil {
+		t.Fatal(err)
+	}
+	pres := &heldPresence{MemoryPresence: hub.NewMemoryPresence(), entered: make(chan struct{}, 1), release: make(chan struct{})}
+	e := newEnvWith(t, hub.Config{Store: st, Presence: pres, PushRate: 1e6, PushBurst: 1e6})
+	b := e.connect("3")
+	b.c.HandleText(phx.AppendMessage(nil, "7", "7", "user:3", "phx_join", []byte(`{}`)))
+	<-pres.entered // answered (unread: on the stage), now tracking
+	b.c.Closed()
+	close(pres.release)
+	settle(t, e.hub)
+	if ok, _ := pres.Present(context.Background(), "user:3", "3"); ok {
+		t.Fatal("user 3 still tracked in their lobby after the connection closed during the join's track")
 	}
 }

@@ -132,6 +132,11 @@ func (p *MemoryPresence) TrackNow(topic, key string, meta Meta) {
 	_ = p.Track(context.Background(), topic, key, meta)
 }
 
+// UntrackNow is Untrack: the table is in memory.
+func (p *MemoryPresence) UntrackNow(topic, key, ref string) {
+	_ = p.Untrack(context.Background(), topic, key, ref)
+}
+
 func (p *MemoryPresence) Untrack(_ context.Context, topic, key, ref string) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()

@@ -126,10 +126,12 @@ type localPresence interface {
 }
 
 // presenceNow is an optional ability of a Presence kept in this process:
-// TrackNow is Track without waiting, so the event loop may call it (see
-// Client.joinNowLocked). It runs with Client.mu held.
+// TrackNow and UntrackNow are Track and Untrack without waiting, so the
+// event loop may call them (see Client.joinNowLocked and dropLocked). They
+// run with Client.mu held.
 type presenceNow interface {
 	TrackNow(topic, key string, meta Meta)
+	UntrackNow(topic, key, ref string)
 }
 
 // unreadNow is an optional ability of a store.Store: NothingUnread reports

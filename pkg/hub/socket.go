@@ -344,11 +344,18 @@ func (c *Client) leaveLocked(f *phx.Frame) {
 }
 
 // dropLocked removes channel i: no more messages at once, presence left on
-// the stage.
+// the stage. A lobby's presence in process is left at once when nothing of
+// the client's is queued or running, since then its track is done: that
+// spares every close of a single node's socket a trip through the stage.
+// A chat's leave is broadcast, which stays off the event loop.
 func (c *Client) dropLocked(i int) channel {
 	ch := c.channels[i]
 	c.channels = append(c.channels[:i], c.channels[i+1:]...)
 	c.hub.unsubscribe(ch.name, c)
+	if p := c.hub.nowPresence; p != nil && ch.topic.Kind == topic.Lobby && !c.sched {
+		p.UntrackNow(ch.name, c.user, ch.metaRef)
+		return ch
+	}
 	c.enqueueLocked(func(c *Client) { c.untrack(ch) }, true)
 	return ch
 }
