@@ -152,13 +152,7 @@ func (c *Client) joinNowLocked(f *phx.Frame) bool {
 		return false
 	}
 	live := h.subscribe(f.Topic, c)
-	select {
-	case <-live:
-	default:
-		c.stageRestLocked(f, t, live)
-		return true
-	}
-	if !h.nowUnread.NothingUnread(c.user) {
+	if !isClosed(live) || !h.nowUnread.NothingUnread(c.user) {
 		c.stageRestLocked(f, t, live)
 		return true
 	}
@@ -189,13 +183,20 @@ func (c *Client) stageRestLocked(f *phx.Frame, t topic.Topic, live <-chan struct
 	}, true)
 }
 
+func isClosed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
 // awaitLive waits for the bus to confirm the subscription, at most as long
 // as a store call may take.
 func (c *Client) awaitLive(live <-chan struct{}) bool {
-	select {
-	case <-live:
+	if isClosed(live) {
 		return true
-	default:
 	}
 	t := time.NewTimer(c.hub.cfg.StoreTimeout)
 	defer t.Stop()

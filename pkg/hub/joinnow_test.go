@@ -39,6 +39,19 @@ func newStuck(t *testing.T) (*stuckStore, *env) {
 	return st, e
 }
 
+// unreadFor3 stores a message from user 4 to user 3, unread.
+func unreadFor3(t *testing.T, st store.Store) {
+	t.Helper()
+	if _, _, err := st.Save(context.Background(), store.NewMessage{Room: "chat:3:4", UserID: "4", OpponentID: "3", Body: "hi"}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// joinLobby3 sends user 3's lobby join, ref 7, as phoenix.js does.
+func joinLobby3(b *client) {
+	b.c.HandleText(phx.AppendMessage(nil, "7", "7", "user:3", "phx_join", []byte(`{}`)))
+}
+
 // occupy sends a chat join that holds the stage's only worker.
 func occupy(t *testing.T, st *stuckStore, e *env) {
 	t.Helper()
@@ -56,7 +69,7 @@ func TestLobbyJoinAnsweredOnTheEventLoop(t *testing.T) {
 	occupy(t, st, e)
 
 	b := e.connect("3")
-	b.c.HandleText(phx.AppendMessage(nil, "7", "7", "user:3", "phx_join", []byte(`{}`)))
+	joinLobby3(b)
 	fs := b.rec.take()
 	if len(fs) != 1 || fs[0].Event != "phx_reply" || string(fs[0].Payload) != `{"status":"ok","response":{"unread":[]}}` {
 		t.Fatalf("lobby join with the stage busy: got %d frames %+v, want its ok reply at once", len(fs), fs)
@@ -85,11 +98,9 @@ func TestLobbyJoinAnsweredOnTheEventLoop(t *testing.T) {
 // not before its track.
 func TestLobbyLeftAfterItsStageJoin(t *testing.T) {
 	st, e := newStuck(t)
-	if _, _, err := st.Save(context.Background(), store.NewMessage{Room: "chat:3:4", UserID: "4", OpponentID: "3", Body: "hi"}); err != nil {
-		t.Fatal(err)
-	}
+	unreadFor3(t, st)
 	b := e.connect("3")
-	b.c.HandleText(phx.AppendMessage(nil, "7", "7", "user:3", "phx_join", []byte(`{}`)))
+	joinLobby3(b)
 	settle(t, e.hub)
 	b.replyTo("7", "ok")
 	// A chat join holds the stage with the client's own request queued.
@@ -106,17 +117,23 @@ func TestLobbyLeftAfterItsStageJoin(t *testing.T) {
 	}
 }
 
+// unreadLobbyJoinBehindBusyStage sends the lobby join of user 3, who has
+// an unread chat, while another connection holds the stage's only worker.
+func unreadLobbyJoinBehindBusyStage(t *testing.T) (*stuckStore, *env, *client) {
+	t.Helper()
+	st, e := newStuck(t)
+	unreadFor3(t, st)
+	occupy(t, st, e)
+	b := e.connect("3")
+	joinLobby3(b)
+	return st, e, b
+}
+
 // TestLobbyJoinWithUnreadGoesToStage: a user with unread chats is
 // subscribed on the event loop but answered from the store on the stage,
 // with the unread chats, in order behind the busy worker.
 func TestLobbyJoinWithUnreadGoesToStage(t *testing.T) {
-	st, e := newStuck(t)
-	if _, _, err := st.Save(context.Background(), store.NewMessage{Room: "chat:3:4", UserID: "4", OpponentID: "3", Body: "hi"}); err != nil {
-		t.Fatal(err)
-	}
-	occupy(t, st, e)
-	b := e.connect("3")
-	b.c.HandleText(phx.AppendMessage(nil, "7", "7", "user:3", "phx_join", []byte(`{}`)))
+	st, e, b := unreadLobbyJoinBehindBusyStage(t)
 	if fs := b.rec.take(); len(fs) != 0 {
 		t.Fatalf("a lobby join with unread chats was answered before the store was read: %+v", fs)
 	}
@@ -134,13 +151,7 @@ func TestLobbyJoinWithUnreadGoesToStage(t *testing.T) {
 // TestLobbyJoinClosedBeforeStage: a connection that closes while the rest
 // of its lobby join waits for the stage leaves no subscription behind.
 func TestLobbyJoinClosedBeforeStage(t *testing.T) {
-	st, e := newStuck(t)
-	if _, _, err := st.Save(context.Background(), store.NewMessage{Room: "chat:3:4", UserID: "4", OpponentID: "3", Body: "hi"}); err != nil {
-		t.Fatal(err)
-	}
-	occupy(t, st, e)
-	b := e.connect("3")
-	b.c.HandleText(phx.AppendMessage(nil, "7", "7", "user:3", "phx_join", []byte(`{}`)))
+	st, e, b := unreadLobbyJoinBehindBusyStage(t)
 	b.c.Closed()
 	close(st.release)
 	settle(t, e.hub)
@@ -173,13 +184,11 @@ func (p *heldPresence) Track(ctx context.Context, topic, key string, meta hub.Me
 func TestCloseDuringStageJoinTrack(t *testing.T) {
 	st := memstore.New()
 	t.Cleanup(func() { st.Close() })
-	if _, _, err := st.Save(context.Background(), store.NewMessage{Room: "chat:3:4", UserID: "4", OpponentID: "3", Body: "hi"}); err != nil {
-		t.Fatal(err)
-	}
+	unreadFor3(t, st)
 	pres := &heldPresence{MemoryPresence: hub.NewMemoryPresence(), entered: make(chan struct{}, 1), release: make(chan struct{})}
 	e := newEnvWith(t, hub.Config{Store: st, Presence: pres, PushRate: 1e6, PushBurst: 1e6})
 	b := e.connect("3")
-	b.c.HandleText(phx.AppendMessage(nil, "7", "7", "user:3", "phx_join", []byte(`{}`)))
+	joinLobby3(b)
 	<-pres.entered // answered (unread: on the stage), now tracking
 	b.c.Closed()
 	close(pres.release)
