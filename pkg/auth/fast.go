@@ -10,7 +10,8 @@ import (
 	"io"
 	"strings"
 	"sync"
-	"unicode/utf8"
+
+	"github.com/elchat/elchat/internal/flatjson"
 )
 
 // The fast path accepts the tokens host apps actually send (a canonical
@@ -125,44 +126,7 @@ func isCanonicalHeader(h string) bool {
 // case-insensitively as encoding/json would match it, malformed JSON), and
 // the library path decides. The RawMessages point into data.
 func flatClaims(data []byte, tc *tokenClaims) bool {
-	i := skipSpace(data, 0)
-	if i >= len(data) || data[i] != '{' {
-		return false
-	}
-	i = skipSpace(data, i+1)
-	if i < len(data) && data[i] == '}' {
-		return skipSpace(data, i+1) == len(data)
-	}
-	for {
-		ks, ke, ok := plainString(data, i)
-		if !ok {
-			return false
-		}
-		i = skipSpace(data, ke)
-		if i >= len(data) || data[i] != ':' {
-			return false
-		}
-		vs := skipSpace(data, i+1)
-		ve, ok := scalar(data, vs)
-		if !ok {
-			return false
-		}
-		if !tc.set(data[ks+1:ke-1], data[vs:ve]) {
-			return false
-		}
-		i = skipSpace(data, ve)
-		if i >= len(data) {
-			return false
-		}
-		switch data[i] {
-		case ',':
-			i = skipSpace(data, i+1)
-		case '}':
-			return skipSpace(data, i+1) == len(data)
-		default:
-			return false
-		}
-	}
+	return flatjson.Members(data, flatjson.Scalar, tc.set)
 }
 
 // set stores a claim's raw value; false for a key encoding/json would
@@ -181,89 +145,4 @@ func (tc *tokenClaims) set(key, raw []byte) bool {
 		}
 	}
 	return true
-}
-
-func skipSpace(b []byte, i int) int {
-	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
-		i++
-	}
-	return i
-}
-
-// plainString returns the span of the JSON string at i, quotes included,
-// if it has no escapes, no control characters and is valid UTF-8.
-func plainString(b []byte, i int) (start, end int, ok bool) {
-	if i >= len(b) || b[i] != '"' {
-		return 0, 0, false
-	}
-	for j := i + 1; j < len(b); j++ {
-		switch c := b[j]; {
-		case c == '"':
-			return i, j + 1, utf8.Valid(b[i+1 : j])
-		case c == '\\' || c < 0x20:
-			return 0, 0, false
-		}
-	}
-	return 0, 0, false
-}
-
-// scalar returns the end of the string, number or literal at i.
-func scalar(b []byte, i int) (end int, ok bool) {
-	if i >= len(b) {
-		return 0, false
-	}
-	switch c := b[i]; {
-	case c == '"':
-		_, end, ok := plainString(b, i)
-		return end, ok
-	case c == '-' || (c >= '0' && c <= '9'):
-		return number(b, i)
-	}
-	for _, lit := range [...]string{"true", "false", "null"} {
-		if len(b)-i >= len(lit) && string(b[i:i+len(lit)]) == lit {
-			return i + len(lit), true
-		}
-	}
-	return 0, false
-}
-
-// number returns the end of the JSON number at i (RFC 8259 grammar).
-func number(b []byte, i int) (int, bool) {
-	if i < len(b) && b[i] == '-' {
-		i++
-	}
-	switch {
-	case i < len(b) && b[i] == '0':
-		i++
-	case i < len(b) && b[i] >= '1' && b[i] <= '9':
-		i = digits(b, i)
-	default:
-		return 0, false
-	}
-	if i < len(b) && b[i] == '.' {
-		j := digits(b, i+1)
-		if j == i+1 {
-			return 0, false
-		}
-		i = j
-	}
-	if i < len(b) && (b[i] == 'e' || b[i] == 'E') {
-		i++
-		if i < len(b) && (b[i] == '+' || b[i] == '-') {
-			i++
-		}
-		j := digits(b, i)
-		if j == i {
-			return 0, false
-		}
-		i = j
-	}
-	return i, true
-}
-
-func digits(b []byte, i int) int {
-	for i < len(b) && b[i] >= '0' && b[i] <= '9' {
-		i++
-	}
-	return i
 }

@@ -59,3 +59,12 @@ func FuzzQuickMessageParams(f *testing.F) {
 		}
 	})
 }
+
+// TestQuickMessageParamsAllocs: the quick path allocates the two strings
+// it returns and nothing else.
+func TestQuickMessageParamsAllocs(t *testing.T) {
+	p := []byte(`{"body":"hello","client_id":"c-1"}`)
+	if n := testing.AllocsPerRun(100, func() { hub.QuickMessageParams(p) }); n > 2 {
+		t.Fatalf("%v allocations per payload, want at most 2", n)
+	}
+}
