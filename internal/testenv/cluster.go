@@ -48,8 +48,22 @@ func newRedisCluster() (_ *RedisCluster, err error) {
 		return c, err
 	}
 	for range 6 {
-		s, err := newRedisServer("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-			"--cluster-node-timeout", "2000", "--cluster-require-full-coverage", "no")
+		// The bus port is chosen like the client port rather than left
+		// at Redis's port+10000, which can land in the ephemeral range
+		// and be taken by any outgoing connection.
+		var s *RedisServer
+		for range bindAttempts {
+			var bus int
+			if bus, err = freePort(); err != nil {
+				return c, err
+			}
+			s, err = newRedisServer("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+				"--cluster-port", strconv.Itoa(bus),
+				"--cluster-node-timeout", "2000", "--cluster-require-full-coverage", "no")
+			if !isBindError(err) {
+				break
+			}
+		}
 		if err != nil {
 			return c, err
 		}

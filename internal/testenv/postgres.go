@@ -122,7 +122,16 @@ func newPGServer() (*PGServer, error) {
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("initdb: %v\n%s", err, out)
 	}
-	if err := s.Start(); err != nil {
+	for range bindAttempts {
+		if err = s.Start(); !isBindError(err) {
+			break
+		}
+		os.Remove(s.log) // so that a retry's error quotes its own log
+		if s.port, err = freePort(); err != nil {
+			break
+		}
+	}
+	if err != nil {
 		s.destroy()
 		return nil, err
 	}

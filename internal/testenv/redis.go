@@ -59,13 +59,17 @@ func newRedisServer(extra ...string) (*RedisServer, error) {
 	if err != nil {
 		return nil, err
 	}
-	port, err := freePort()
-	if err != nil {
-		os.RemoveAll(dir)
-		return nil, err
+	s := &RedisServer{bin: bin, dir: dir, extra: extra, process: process{name: "redis", log: dir + "/redis.log"}}
+	for range bindAttempts {
+		if s.port, err = freePort(); err != nil {
+			break
+		}
+		os.Remove(s.log) // so that a retry's error quotes its own log
+		if err = s.Start(); !isBindError(err) {
+			break
+		}
 	}
-	s := &RedisServer{bin: bin, dir: dir, port: port, extra: extra, process: process{name: "redis", log: dir + "/redis.log"}}
-	if err := s.Start(); err != nil {
+	if err != nil {
 		s.destroy()
 		return nil, err
 	}

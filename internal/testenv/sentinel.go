@@ -159,13 +159,27 @@ func newSentinel(name string, primaryPort int) (*SentinelServer, error) {
 	if err != nil {
 		return nil, err
 	}
-	port, err := freePort()
+	s := &SentinelServer{bin: bin, dir: dir, conf: filepath.Join(dir, "sentinel.conf"),
+		process: process{name: "sentinel", log: filepath.Join(dir, "sentinel.log")}}
+	for range bindAttempts {
+		if s.port, err = freePort(); err != nil {
+			break
+		}
+		os.Remove(s.log) // so that a retry's error quotes its own log
+		if err = s.launch(name, primaryPort); !isBindError(err) {
+			break
+		}
+	}
 	if err != nil {
 		os.RemoveAll(dir)
 		return nil, err
 	}
-	s := &SentinelServer{bin: bin, dir: dir, conf: filepath.Join(dir, "sentinel.conf"), port: port,
-		process: process{name: "sentinel", log: filepath.Join(dir, "sentinel.log")}}
+	return s, nil
+}
+
+// launch writes the configuration for s.port and starts the Sentinel.
+func (s *SentinelServer) launch(name string, primaryPort int) error {
+	port, dir := s.port, s.dir
 	conf := fmt.Sprintf(`port %d
 bind 127.0.0.1
 daemonize no
@@ -177,19 +191,14 @@ sentinel failover-timeout %s 10000
 sentinel parallel-syncs %s 1
 `, port, dir, s.log, name, primaryPort, name, name, name)
 	if err := os.WriteFile(s.conf, []byte(conf), 0o644); err != nil {
-		os.RemoveAll(dir)
-		return nil, err
+		return err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	cmd := exec.Command(bin, s.conf, "--sentinel")
-	if err := s.launchLocked(cmd, syscall.SIGKILL, 30*time.Second, 20*time.Millisecond, func() error {
+	cmd := exec.Command(s.bin, s.conf, "--sentinel")
+	return s.launchLocked(cmd, syscall.SIGKILL, 30*time.Second, 20*time.Millisecond, func() error {
 		return redisDo(s.Addr(), "PING")
-	}); err != nil {
-		os.RemoveAll(dir)
-		return nil, err
-	}
-	return s, nil
+	})
 }
 
 // Kill kills the Sentinel and waits for it.

@@ -36,6 +36,7 @@ package testenv
 import (
 	"errors"
 	"fmt"
+	mathrand "math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -182,7 +183,27 @@ func findBinary(name string, patterns ...string) (string, error) {
 	return found, nil
 }
 
+// freePort returns a loopback port that nothing listens on now, chosen
+// below the kernel's ephemeral range: a port from that range (what
+// "127.0.0.1:0" hands out) can be taken by any outgoing connection of the
+// busy test binaries around us before the server we start binds it, and a
+// Redis Cluster node's bus port can collide the same way. Another process
+// can still win the race, so callers that start servers retry on a bind
+// failure (see isBindError).
 func freePort() (int, error) {
+	lo, hi := 10000, ephemeralLow()
+	for range 200 {
+		if hi-lo < 1000 {
+			break
+		}
+		port := lo + mathrand.IntN(hi-lo)
+		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
+		if err != nil {
+			continue
+		}
+		l.Close()
+		return port, nil
+	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, err
@@ -190,6 +211,32 @@ func freePort() (int, error) {
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
+
+// ephemeralLow is the first port of the kernel's ephemeral range.
+func ephemeralLow() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 32768
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 32768
+	}
+	n, err := strconv.Atoi(f[0])
+	if err != nil {
+		return 32768
+	}
+	return n
+}
+
+// isBindError reports whether a server failed to start because another
+// process took its port first.
+func isBindError(err error) bool {
+	return err != nil && strings.Contains(err.Error(), "Address already in use")
+}
+
+// bindAttempts is how many times a server start is tried on fresh ports.
+const bindAttempts = 5
 
 func tail(path string, n int) string {
 	b, err := os.ReadFile(path)

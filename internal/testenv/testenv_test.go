@@ -7,6 +7,9 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"os"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -182,4 +185,43 @@ func TestRedisClusterStarts(t *testing.T) {
 		t.Fatalf("%d primaries, want 3", n)
 	}
 	t.Logf("cluster ready after %v", time.Since(start).Round(time.Millisecond))
+
+	// Every node's client and bus port lie below the ephemeral range,
+	// where no outgoing connection of a busy test run can take them
+	// between the choice and the bind.
+	low := ephemeralLow(t)
+	for _, s := range c.Servers {
+		nodes, err := s.Do("CLUSTER", "NODES")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(fmt.Sprint(nodes), "\n") {
+			f := strings.Fields(line)
+			if len(f) < 3 || !strings.Contains(f[2], "myself") {
+				continue
+			}
+			// f[1] is ip:port@cport[,hostname]
+			addr, _, _ := strings.Cut(f[1], ",")
+			hostport, cport, _ := strings.Cut(addr, "@")
+			_, port, _ := net.SplitHostPort(hostport)
+			for _, p := range []string{port, cport} {
+				if n, err := strconv.Atoi(p); err != nil || n >= low {
+					t.Errorf("%s: port %s of %q is not below the ephemeral range (%d)", s.Addr(), p, f[1], low)
+				}
+			}
+		}
+	}
+}
+
+func ephemeralLow(t *testing.T) int {
+	t.Helper()
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		t.Skip(err)
+	}
+	n, err := strconv.Atoi(strings.Fields(string(b))[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }

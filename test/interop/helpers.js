@@ -37,16 +37,39 @@ function withTimeout(promise, ms, what) {
   return Promise.race([promise, t]).finally(() => clearTimeout(timer));
 }
 
-function freePort() {
+// freePort returns a loopback port nothing listens on now, chosen below the
+// kernel's ephemeral range: a port from that range (what listen(0) hands
+// out) can be taken by any outgoing connection of the tests around us before
+// the server we start binds it.
+function ephemeralLow() {
+  try {
+    const n = Number(fs.readFileSync("/proc/sys/net/ipv4/ip_local_port_range", "utf8").trim().split(/\s+/)[0]);
+    return Number.isInteger(n) ? n : 32768;
+  } catch {
+    return 32768;
+  }
+}
+
+function listenOn(port) {
   return new Promise((resolve, reject) => {
     const srv = net.createServer();
     srv.unref();
     srv.on("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
+    srv.listen(port, "127.0.0.1", () => {
+      const got = srv.address().port;
+      srv.close(() => resolve(got));
     });
   });
+}
+
+async function freePort() {
+  const lo = 10000, hi = ephemeralLow();
+  for (let i = 0; i < 200 && hi - lo >= 1000; i++) {
+    try {
+      return await listenOn(lo + Math.floor(Math.random() * (hi - lo)));
+    } catch {}
+  }
+  return listenOn(0);
 }
 
 function httpGet(url, { timeout = 1000, headers = {} } = {}) {

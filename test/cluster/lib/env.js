@@ -217,8 +217,12 @@ class RedisCluster {
         const r = new Redis();
         r.dir = tmpDir("elchat-cluster-rc-");
         r.port = await freePort();
+        // The bus port is chosen like the client port rather than left at
+        // port+10000, which can land where an outgoing connection sits.
+        const bus = await freePort();
         r.proc = spawnOwned(REDIS_SERVER, ["--port", String(r.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", r.dir,
-          "--daemonize", "no", "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"]);
+          "--daemonize", "no", "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-port", String(bus),
+          "--cluster-node-timeout", "2000"]);
         c.servers.push(r);
       }
       for (const r of c.servers) await waitUntil(async () => (await r.cmd(["PING"])).trim() === "PONG", `redis-server on ${r.port}`, 10000);
