@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"sync"
 	"syscall"
 	"unsafe"
@@ -41,11 +42,23 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, readBufSize); return
 // half-close wakes it over and over; EPOLLHUP and EPOLLERR, which epoll
 // always reports, still reach it, and that is how a kill (shutdown both
 // ways) tears down a paused connection.
+//
+// The poller does not block in epoll_wait. The epoll fd is itself
+// registered with Go's network poller (os.NewFile on a non-blocking fd),
+// and the poller goroutine parks there like any goroutine waiting on a
+// socket, draining the instance with zero-timeout epoll_waits when the
+// runtime reports it readable. A blocking epoll_wait would hold a thread
+// in a syscall: with one P the runtime hands the P to another thread to
+// keep polling the network, and each wake-up then costs thread hand-offs
+// (futex wake-ups and a scheduler pass on both sides), which on a node of
+// mostly idle sockets is most of what a heartbeat costs.
 type epollEngine struct {
 	base
-	epfd int      // immutable
-	evfd int      // immutable; an eventfd that wakes the poller to stop
-	work chan job // poller → workers; closed by the poller when it stops
+	epfd int             // immutable; owned by epf, which closes it
+	epf  *os.File        // immutable; epfd in Go's network poller
+	eprc syscall.RawConn // immutable; epf's, for the poller's waits
+	evfd int             // immutable; an eventfd that wakes the poller to stop
+	work chan job        // poller → workers; closed by the poller when it stops
 	wg   sync.WaitGroup
 }
 
@@ -60,18 +73,30 @@ func newEpoll(opts Options) (Engine, error) {
 	if err != nil {
 		return nil, fmt.Errorf("transport: epoll_create1: %w", err)
 	}
+	// Non-blocking, so that os.NewFile hands the fd to the runtime's
+	// poller; epoll_wait itself only heeds its timeout.
+	if err := unix.SetNonblock(epfd, true); err != nil {
+		unix.Close(epfd)
+		return nil, fmt.Errorf("transport: epoll fd: %w", err)
+	}
+	epf := os.NewFile(uintptr(epfd), "epoll")
+	eprc, err := epf.SyscallConn()
+	if err != nil {
+		epf.Close()
+		return nil, fmt.Errorf("transport: epoll fd: %w", err)
+	}
 	evfd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
 	if err != nil {
-		unix.Close(epfd)
+		epf.Close()
 		return nil, fmt.Errorf("transport: eventfd: %w", err)
 	}
 	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: -1}
 	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, evfd, &ev); err != nil {
-		unix.Close(epfd)
+		epf.Close()
 		unix.Close(evfd)
 		return nil, fmt.Errorf("transport: epoll_ctl eventfd: %w", err)
 	}
-	e := &epollEngine{epfd: epfd, evfd: evfd, work: make(chan job, max(opts.Workers*4, 64))}
+	e := &epollEngine{epfd: epfd, epf: epf, eprc: eprc, evfd: evfd, work: make(chan job, max(opts.Workers*4, 64))}
 	e.base.init(opts, e)
 	e.wg.Add(1 + opts.Workers)
 	go e.poll()
@@ -157,48 +182,70 @@ func (e *epollEngine) rearmLocked(c *Conn) {
 
 // poll waits for events and hands each to a worker, except a lone event,
 // which it handles itself: most wake-ups of a node full of idle sockets
-// are one heartbeat, and handing it over cost a goroutine wake-up, often
-// a thread's (with one P, the poller's blocking epoll_wait holds it until
-// the runtime hands it to another thread). A handler never blocks (the
-// Session contract), so the poller is back in epoll_wait after one
-// bounded turn; events arriving meanwhile wait in the kernel for it.
+// are one heartbeat, and handing it over cost a goroutine wake-up. A
+// handler never blocks (the Session contract), so the poller is back
+// waiting after one bounded turn; events arriving meanwhile wait in the
+// kernel for it.
+//
+// The wait is the runtime's: eprc.Read calls wait, and when it reports
+// nothing left, parks the goroutine until the epoll fd is readable again.
+// That readiness is edge-triggered, and every event the kernel queues on
+// the instance after the zero-timeout epoll_wait found it empty makes a
+// new edge, so nothing is lost between the last drain and the park.
 func (e *epollEngine) poll() {
 	defer e.wg.Done()
 	defer close(e.work)
 	self := &worker{e: e}
 	self.readFn = self.read
 	evs := make([]unix.EpollEvent, 256)
-	for {
-		n, err := unix.EpollWait(e.epfd, evs, -1)
-		if err != nil {
+	wait := func(fd uintptr) bool {
+		for {
+			n, err := unix.EpollWait(int(fd), evs, 0)
 			if err == unix.EINTR {
 				continue
 			}
-			e.log.Error("transport: epoll_wait", "err", err)
-			return
-		}
-		for i := range n {
-			if evs[i].Fd < 0 {
-				return // the eventfd: Shutdown
+			if err != nil {
+				e.log.Error("transport: epoll_wait", "err", err)
+				return true
 			}
-			c := e.reg.get(evs[i].Fd)
-			if c == nil || c.gen != uint32(evs[i].Pad) {
-				continue // the slot was reused since the event was queued
+			if e.dispatch(self, evs[:n]) {
+				return true // the eventfd: Shutdown
 			}
-			c.mu.Lock()
-			if c.flags.Load()&(fInWorker|fClosed) != 0 {
-				c.mu.Unlock()
-				continue
+			if n < len(evs) {
+				return false // drained: park until the next edge
 			}
-			c.setLocked(fInWorker)
-			c.mu.Unlock()
-			if n == 1 {
-				self.handle(c, evs[i].Events)
-				continue
-			}
-			e.work <- job{c, evs[i].Events}
 		}
 	}
+	if err := e.eprc.Read(wait); err != nil {
+		e.log.Error("transport: epoll poller", "err", err)
+	}
+}
+
+// dispatch hands the connections of evs to workers, or handles a lone
+// one on self. It reports whether Shutdown's eventfd fired.
+func (e *epollEngine) dispatch(self *worker, evs []unix.EpollEvent) (stop bool) {
+	for i := range evs {
+		if evs[i].Fd < 0 {
+			return true
+		}
+		c := e.reg.get(evs[i].Fd)
+		if c == nil || c.gen != uint32(evs[i].Pad) {
+			continue // the slot was reused since the event was queued
+		}
+		c.mu.Lock()
+		if c.flags.Load()&(fInWorker|fClosed) != 0 {
+			c.mu.Unlock()
+			continue
+		}
+		c.setLocked(fInWorker)
+		c.mu.Unlock()
+		if len(evs) == 1 {
+			self.handle(c, evs[i].Events)
+			continue
+		}
+		e.work <- job{c, evs[i].Events}
+	}
+	return false
 }
 
 // worker holds the per-goroutine state for non-blocking reads, so reading
@@ -456,7 +503,7 @@ func (e *epollEngine) Shutdown(ctx context.Context) error {
 	for _, c := range e.reg.snapshot(nil) {
 		c.teardown()
 	}
-	unix.Close(e.epfd)
+	e.epf.Close()
 	unix.Close(e.evfd)
 	return err
 }
