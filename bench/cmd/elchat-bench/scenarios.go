@@ -30,6 +30,11 @@ type nodeFig struct {
 	HeapPerConnKiB    float64 `json:"heap_inuse_per_conn_kib"`
 	GoroutinesPerConn float64 `json:"goroutines_per_conn"`
 	CPUusPerConn      float64 `json:"cpu_us_per_connect_join"`
+	// CPUusPerConnNet is CPUusPerConn less what the heartbeats answered
+	// during the ramp cost at the hold's rate: over a long ramp the
+	// sockets already up make much of a node's CPU, and that is an idle
+	// socket's price, not a connect's.
+	CPUusPerConnNet float64 `json:"cpu_us_per_connect_join_net_of_heartbeats"`
 	SysUsPerConn      float64 `json:"cpu_sys_us_per_connect_join"`
 	// CPU per heartbeat answered during the hold, the node's share of the
 	// heartbeats being its share of the sockets: what an idle socket costs.
@@ -269,6 +274,7 @@ func runConnect(o *opts, ns []*node, n int, label, transport string) (*connectFi
 		}
 	}
 	hb0, gen0, box0 := f.aggregate().HBOK, f.cpuTicks(), boxTicks()
+	rampHB := float64(hb0) // the fleet is new: every heartbeat so far came in the ramp (and settle)
 	hold0 := make([]sample, len(ns))
 	for i, nd := range ns {
 		hold0[i] = takeSample(nd, t0)
@@ -290,6 +296,11 @@ func runConnect(o *opts, ns []*node, n int, label, transport string) (*connectFi
 		}
 		if fig.HoldHB == 0 {
 			nf.HoldCPUusPerHB, nf.HoldSysUsPerHB = nan(), nan()
+		}
+		nf.CPUusPerConnNet = naVal
+		if c := float64(max(nf.Conns, 1)); nf.CPUusPerConn != naVal && nf.HoldCPUusPerHB != naVal {
+			hbs := rampHB * float64(nf.Conns) / float64(max(n, 1))
+			nf.CPUusPerConnNet = (nf.CPUusPerConn*c - hbs*nf.HoldCPUusPerHB) / c
 		}
 	}
 	if fig.HoldHB == 0 {
@@ -428,6 +439,9 @@ func connectRows(figs []*connectFig) [][]string {
 	})
 	add("of which kernel time, stime (µs)", func(f *connectFig) string {
 		return f1(sum(f, func(n nodeFig) float64 { return n.SysUsPerConn }))
+	})
+	add("the same, less the ramp's heartbeats at the hold's CPU per heartbeat (µs)", func(f *connectFig) string {
+		return f1(meanNodes(f, func(n nodeFig) float64 { return n.CPUusPerConnNet }))
 	})
 	add("heartbeats answered during the hold", func(f *connectFig) string { return fmt.Sprint(f.HoldHB) })
 	add("server CPU per heartbeat during the hold (µs; of which kernel)", func(f *connectFig) string {
