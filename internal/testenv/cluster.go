@@ -52,18 +52,12 @@ func newRedisCluster() (_ *RedisCluster, err error) {
 		// at Redis's port+10000, which can land in the ephemeral range
 		// and be taken by any outgoing connection.
 		var s *RedisServer
-		for range bindAttempts {
-			var bus int
-			if bus, err = freePort(); err != nil {
-				return c, err
-			}
+		err := onFreePort("", func(bus int) (err error) {
 			s, err = newRedisServer("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
 				"--cluster-port", strconv.Itoa(bus),
 				"--cluster-node-timeout", "2000", "--cluster-require-full-coverage", "no")
-			if !isBindError(err) {
-				break
-			}
-		}
+			return err
+		})
 		if err != nil {
 			return c, err
 		}

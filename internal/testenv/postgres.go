@@ -86,12 +86,7 @@ func newPGServer() (*PGServer, error) {
 	if err != nil {
 		return nil, err
 	}
-	port, err := freePort()
-	if err != nil {
-		os.RemoveAll(dir)
-		return nil, err
-	}
-	s := &PGServer{dir: dir, data: filepath.Join(dir, "data"), sock: dir, port: port, postgres: postgres,
+	s := &PGServer{dir: dir, data: filepath.Join(dir, "data"), sock: dir, postgres: postgres,
 		process: process{name: "postgres", log: filepath.Join(dir, "postgres.log")}}
 
 	// PostgreSQL refuses to run as root; as root we hand the directory to
@@ -122,16 +117,7 @@ func newPGServer() (*PGServer, error) {
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("initdb: %v\n%s", err, out)
 	}
-	for range bindAttempts {
-		if err = s.Start(); !isBindError(err) {
-			break
-		}
-		os.Remove(s.log) // so that a retry's error quotes its own log
-		if s.port, err = freePort(); err != nil {
-			break
-		}
-	}
-	if err != nil {
+	if err := onFreePort(s.log, func(port int) error { s.port = port; return s.Start() }); err != nil {
 		s.destroy()
 		return nil, err
 	}

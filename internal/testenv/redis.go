@@ -60,16 +60,7 @@ func newRedisServer(extra ...string) (*RedisServer, error) {
 		return nil, err
 	}
 	s := &RedisServer{bin: bin, dir: dir, extra: extra, process: process{name: "redis", log: dir + "/redis.log"}}
-	for range bindAttempts {
-		if s.port, err = freePort(); err != nil {
-			break
-		}
-		os.Remove(s.log) // so that a retry's error quotes its own log
-		if err = s.Start(); !isBindError(err) {
-			break
-		}
-	}
-	if err != nil {
+	if err := onFreePort(s.log, func(port int) error { s.port = port; return s.Start() }); err != nil {
 		s.destroy()
 		return nil, err
 	}

@@ -161,16 +161,7 @@ func newSentinel(name string, primaryPort int) (*SentinelServer, error) {
 	}
 	s := &SentinelServer{bin: bin, dir: dir, conf: filepath.Join(dir, "sentinel.conf"),
 		process: process{name: "sentinel", log: filepath.Join(dir, "sentinel.log")}}
-	for range bindAttempts {
-		if s.port, err = freePort(); err != nil {
-			break
-		}
-		os.Remove(s.log) // so that a retry's error quotes its own log
-		if err = s.launch(name, primaryPort); !isBindError(err) {
-			break
-		}
-	}
-	if err != nil {
+	if err := onFreePort(s.log, func(port int) error { s.port = port; return s.launch(name, primaryPort) }); err != nil {
 		os.RemoveAll(dir)
 		return nil, err
 	}

@@ -229,14 +229,27 @@ func ephemeralLow() int {
 	return n
 }
 
-// isBindError reports whether a server failed to start because another
-// process took its port first.
-func isBindError(err error) bool {
-	return err != nil && strings.Contains(err.Error(), "Address already in use")
+// onFreePort calls start with a free port until it succeeds or fails
+// for another reason than a port taken by someone else (between freePort
+// and the server's bind), at most five times. log, when not empty, is the
+// server's log file, removed before each try so that an error quotes
+// only its own try.
+func onFreePort(log string, start func(port int) error) error {
+	var err error
+	for range 5 {
+		var port int
+		if port, err = freePort(); err != nil {
+			return err
+		}
+		if log != "" {
+			os.Remove(log)
+		}
+		if err = start(port); err == nil || !strings.Contains(err.Error(), "Address already in use") {
+			return err
+		}
+	}
+	return err
 }
-
-// bindAttempts is how many times a server start is tried on fresh ports.
-const bindAttempts = 5
 
 func tail(path string, n int) string {
 	b, err := os.ReadFile(path)
