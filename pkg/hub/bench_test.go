@@ -1,6 +1,7 @@
 package hub
 
 import (
+	"bytes"
 	"fmt"
 	"testing"
 
@@ -113,6 +114,49 @@ func BenchmarkConnectLobbyJoin(b *testing.B) {
 		<-conn // the join's reply
 		c.Closed()
 	}
+	if err := h.Drain(b.Context()); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// replies signals each phx_reply frame sent to it and drops the rest
+// (broadcasts, presence): a socket whose replies a benchmark waits for.
+type replies chan struct{}
+
+func (r replies) Send(f []byte) error {
+	if bytes.Contains(f, []byte(`"phx_reply"`)) {
+		r <- struct{}{}
+	}
+	return nil
+}
+func (replies) Close(int, string) {}
+func (replies) PauseReads()       {}
+func (replies) ResumeReads()      {}
+
+// BenchmarkChatMessage is one new_message through the hub from the
+// sender's frame to its acknowledgement, with the store in memory: the
+// payload read, the save, the broadcast to both members of the chat and
+// the reply. Its allocations are what a stored message costs the GC.
+func BenchmarkChatMessage(b *testing.B) {
+	st := memstore.New()
+	defer st.Close()
+	h := New(Config{Store: st, PushRate: 1e6, PushBurst: 1e9})
+	defer h.Close()
+	sc, rc := make(replies, 1), make(replies, 1)
+	s, r := h.Connect(sc, "1", "one"), h.Connect(rc, "2", "two")
+	s.HandleText(phx.AppendMessage(nil, "1", "1", "chat:1:2", phx.EventJoin, []byte(`{}`)))
+	<-sc
+	r.HandleText(phx.AppendMessage(nil, "1", "1", "chat:1:2", phx.EventJoin, []byte(`{}`)))
+	<-rc
+	frame := phx.AppendMessage(nil, "1", "2", "chat:1:2", "new_message", []byte(`{"body":"hello there, how are you doing today?"}`))
+	b.ReportAllocs()
+	for b.Loop() {
+		s.HandleText(frame)
+		<-sc
+	}
+	b.StopTimer()
+	s.Closed()
+	r.Closed()
 	if err := h.Drain(b.Context()); err != nil {
 		b.Fatal(err)
 	}
