@@ -4,7 +4,12 @@ package transport
 
 import (
 	"net"
+	"os"
+	"path/filepath"
 	"runtime"
+	"slices"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -151,5 +156,55 @@ func TestEpollPausedPeerReset(t *testing.T) {
 	case got := <-r.got:
 		t.Fatalf("delivered while paused: %q", got)
 	default:
+	}
+}
+
+// An idle engine keeps no thread blocked in epoll_wait on its own epoll
+// instance: the poller parks in Go's network poller, so a quiet node's
+// wake-ups cost no thread hand-offs. /proc/self/task/*/syscall shows each
+// thread's current syscall and its first argument, the epoll fd.
+func TestEpollPollerHoldsNoThread(t *testing.T) {
+	waits := map[string][]int{"amd64": {232, 281, 441}, "arm64": {22, 441}}[runtime.GOARCH]
+	if waits == nil {
+		t.Skip("epoll_wait syscall numbers not known for", runtime.GOARCH)
+	}
+	eng, err := New("epoll", Options{Workers: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Shutdown(t.Context())
+	epfd := uint64(eng.(*epollEngine).epfd)
+	servers, clients := pairs(t, 10)
+	defer func() { // before Shutdown, so that it need not wait out the close grace
+		for _, c := range clients {
+			c.Close()
+		}
+	}()
+	for _, sc := range servers {
+		if _, err := eng.Add(sc, func(*Conn) Session { return nopSession{} }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 20 { // the poller settles within a few milliseconds
+		time.Sleep(10 * time.Millisecond)
+		tasks, err := filepath.Glob("/proc/self/task/*/syscall")
+		if err != nil || len(tasks) == 0 {
+			t.Skip("no /proc/self/task/*/syscall:", err)
+		}
+		for _, p := range tasks {
+			b, err := os.ReadFile(p)
+			if err != nil {
+				continue // the thread is gone
+			}
+			f := strings.Fields(string(b))
+			if len(f) < 2 {
+				continue // "running"
+			}
+			nr, _ := strconv.Atoi(f[0])
+			arg, _ := strconv.ParseUint(strings.TrimPrefix(f[1], "0x"), 16, 64)
+			if slices.Contains(waits, nr) && arg == epfd {
+				t.Fatalf("thread %s is blocked in syscall %d on the engine's epoll fd %d", p, nr, epfd)
+			}
+		}
 	}
 }
