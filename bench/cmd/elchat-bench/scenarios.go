@@ -35,7 +35,7 @@ type nodeFig struct {
 	// sockets already up make much of a node's CPU, and that is an idle
 	// socket's price, not a connect's.
 	CPUusPerConnNet float64 `json:"cpu_us_per_connect_join_net_of_heartbeats"`
-	SysUsPerConn      float64 `json:"cpu_sys_us_per_connect_join"`
+	SysUsPerConn    float64 `json:"cpu_sys_us_per_connect_join"`
 	// CPU per heartbeat answered during the hold, the node's share of the
 	// heartbeats being its share of the sockets: what an idle socket costs.
 	HoldCPUusPerHB  float64          `json:"hold_cpu_us_per_heartbeat"`
