@@ -186,18 +186,16 @@ func (c *Client) newMessageLocked(f *phx.Frame) {
 		}
 	}
 	ref := f.Ref
-	ctx, cancel := h.ctx()
+	ctx := h.messageCtx()
 	wasSched := c.sched
 	c.suspendLocked()
 	queued := h.cfg.Store.(store.AsyncSaver).SaveAsync(ctx, m, func(msg store.Message, _ bool, err error) {
-		cancel()
 		c.resume(func(c *Client) { c.messageStored(ch, ref, msg, err) })
 	})
 	if queued {
 		return
 	}
 	// The commit queue is full: wait for it on the stage instead.
-	cancel()
 	c.sched, c.suspended = wasSched, false
 	c.hub.stage.unparkIdle()
 	c.stageMessageLocked(f)
@@ -279,8 +277,7 @@ func (h *Hub) validateBody(body string) string {
 // step (see deliver), so an acknowledgement always precedes the broadcast
 // on the sender's connection.
 func (h *Hub) save(user string, t topic.Topic, body, clientID string) ([]byte, error) {
-	ctx, cancel := h.ctx()
-	defer cancel()
+	ctx := h.messageCtx()
 	m := store.NewMessage{
 		Room: t.String(), UserID: user, OpponentID: t.Other(user), Body: body, ClientID: clientID,
 	}

@@ -209,6 +209,8 @@ type Hub struct {
 	marks          watermarks // store LastID and LastSeq samples, see resync.go
 
 	logs hubLogs // immutable after New
+
+	msgDeadline atomic.Pointer[sharedDeadline] // see messageCtx
 }
 
 // logEvery bounds how often one kind of repeated failure is logged: an
@@ -431,6 +433,36 @@ func (h *Hub) newRef() string {
 
 func (h *Hub) ctx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), h.cfg.StoreTimeout)
+}
+
+// sharedDeadline is a store deadline that the messages of a short window
+// share, made once per window instead of once per message.
+type sharedDeadline struct {
+	ctx    context.Context
+	cancel context.CancelFunc // kept, not called: ctx ends by itself at its deadline
+	renew  int64              // unix nanoseconds after which a new one is made
+}
+
+// deadlineWindows is how many windows one StoreTimeout spans: a message
+// gets between 98 % and 100 % of StoreTimeout.
+const deadlineWindows = 50
+
+// messageCtx is the deadline for one message's save. A context with its
+// own timer per message was the largest allocation of the message path
+// after the message itself (the context, its timer, its done channel, and
+// a timer-heap insert and delete); the store calls of a window of
+// StoreTimeout/50 now share one, which ends by itself, so at most 50 live
+// at a time. Two callers racing past a window's end may each make one;
+// the extra one just expires.
+func (h *Hub) messageCtx() context.Context {
+	now := time.Now()
+	if d := h.msgDeadline.Load(); d != nil && now.UnixNano() < d.renew {
+		return d.ctx
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), now.Add(h.cfg.StoreTimeout))
+	h.msgDeadline.Store(&sharedDeadline{ctx: ctx, cancel: cancel,
+		renew: now.Add(h.cfg.StoreTimeout / deadlineWindows).UnixNano()})
+	return ctx
 }
 
 // Metrics receives the hub's counters. Implementations must be cheap and
