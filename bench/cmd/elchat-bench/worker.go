@@ -268,21 +268,30 @@ func (w *worker) loop() {
 }
 
 // waitMillis is how long the loop may sleep in epoll_wait: until the next
-// connect of the ramp is due, 2 ms while sending chat messages, else
-// 20 ms. A worker of a big run starts a connect every 100 ms or so; waking
-// it every 2 ms regardless made 67 idle workers cost as much CPU as the
-// nodes they measure.
+// connect of the ramp is due (at most 20 ms), 2 ms while sending chat
+// messages, else until the next scan (heartbeats and timeouts, every
+// 100 ms). A worker of a big run starts a connect every 100 ms or so;
+// waking it every 2 ms regardless made 67 idle workers cost as much CPU
+// as the nodes they measure, and waking a holding worker every 20 ms for
+// a scan due every 100 ms was most of the generator's CPU per heartbeat.
 func (w *worker) waitMillis() int {
+	now := w.now()
 	switch {
 	case w.phase == "send":
 		return 2
 	case w.phase == "ramp" && w.started < len(w.conns) && w.inflight < w.cfg.MaxInflight && w.cfg.Rate > 0:
 		due := int64(float64(w.started) / w.cfg.Rate * 1e9)
-		ms := (due - w.now() + 999_999) / 1_000_000
+		ms := (due - now + 999_999) / 1_000_000
 		return int(min(max(ms, 0), 20))
+	case w.phase == "ramp":
+		return 20
 	}
-	return 20
+	ms := (w.lastScan + int64(scanEvery) - now + 999_999) / 1_000_000
+	return int(min(max(ms, 0), int64(scanEvery/time.Millisecond)))
 }
+
+// scanEvery is how often the loop scans a slice of its sockets.
+const scanEvery = 100 * time.Millisecond
 
 func (w *worker) reason(r string) { w.reasons[r]++ }
 
@@ -725,7 +734,7 @@ func (w *worker) tick() {
 		w.phase = "hold"
 		w.emit("sent", false)
 	}
-	if now-w.lastScan >= int64(100*time.Millisecond) {
+	if now-w.lastScan >= int64(scanEvery) {
 		w.lastScan = now
 		w.scan(now)
 	}
