@@ -81,14 +81,6 @@ func BenchmarkPresenceState(b *testing.B) {
 	}
 }
 
-// replied is a Conn that signals every frame sent to it.
-type replied chan struct{}
-
-func (r replied) Send([]byte) error { r <- struct{}{}; return nil }
-func (replied) Close(int, string)   {}
-func (replied) PauseReads()         {}
-func (replied) ResumeReads()        {}
-
 // BenchmarkConnectLobbyJoin is a connection's hub work from Connect
 // through its answered lobby join to Closed, with a store that knows from
 // memory that nobody has anything unread: the hub's share of a connect,
@@ -103,7 +95,7 @@ func BenchmarkConnectLobbyJoin(b *testing.B) {
 	for u := range users {
 		frames[u] = phx.AppendMessage(nil, "3", "3", topic.LobbyName(fmt.Sprint(u)), phx.EventJoin, []byte(`{}`))
 	}
-	conn := make(replied, 1)
+	conn := make(replies, 1)
 	b.ReportAllocs()
 	i := 0
 	for b.Loop() {
