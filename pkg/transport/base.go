@@ -29,7 +29,15 @@ type base struct {
 	gen   atomic.Uint32
 	st    counters
 	reg   registry
-	shut  atomic.Bool // set by Shutdown; Add refuses afterwards
+
+	// addMu orders Add against Shutdown. An Add holds it shared from its
+	// look at shut until its connection is fully set up (registered,
+	// given its session, armed); Shutdown takes it exclusively to set
+	// shut. So every connection Shutdown drains or tears down has its
+	// session, and none is set up behind the drain's back. Lock order:
+	// addMu, then Conn.mu, then registry.mu.
+	addMu sync.RWMutex
+	shut  bool // guarded by addMu; set by Shutdown, Add refuses afterwards
 
 	reaperStop chan struct{} // immutable; closed to stop the reaper
 	reaperDone chan struct{} // immutable; closed when the reaper returned
@@ -61,6 +69,32 @@ func (b *base) Stats() Stats {
 		IdleCloses:          b.st.idle.Load(),
 		ProtocolErrorCloses: b.st.proto.Load(),
 	}
+}
+
+// beginAdd admits an Add unless Shutdown began; a true return must be
+// paired with endAdd once the connection is set up or refused. newSession
+// runs in between, so it must not call Shutdown.
+func (b *base) beginAdd() bool {
+	b.addMu.RLock()
+	if b.shut {
+		b.addMu.RUnlock()
+		return false
+	}
+	return true
+}
+
+func (b *base) endAdd() { b.addMu.RUnlock() }
+
+// closeAdds refuses every Add from now on, after waiting for those under
+// way. It reports false when Shutdown already ran.
+func (b *base) closeAdds() bool {
+	b.addMu.Lock()
+	defer b.addMu.Unlock()
+	if b.shut {
+		return false
+	}
+	b.shut = true
+	return true
 }
 
 // register makes c known to the reaper and to Len.

@@ -117,9 +117,10 @@ func newEpoll(opts Options) (Engine, error) {
 }
 
 func (e *epollEngine) Add(nc net.Conn, newSession func(*Conn) Session) (*Conn, error) {
-	if e.shut.Load() {
+	if !e.beginAdd() {
 		return nil, ErrEngineClosed
 	}
+	defer e.endAdd()
 	sc, ok := nc.(syscall.Conn)
 	if !ok {
 		return nil, errors.New("transport: epoll engine needs a syscall.Conn")
@@ -517,7 +518,7 @@ func (e *epollEngine) detach(c *Conn) {
 }
 
 func (e *epollEngine) Shutdown(ctx context.Context) error {
-	if !e.shut.CompareAndSwap(false, true) {
+	if !e.closeAdds() {
 		return ErrEngineClosed
 	}
 	err := e.drain(ctx)

@@ -27,9 +27,10 @@ func newPortable(opts Options) *portableEngine {
 }
 
 func (e *portableEngine) Add(nc net.Conn, newSession func(*Conn) Session) (*Conn, error) {
-	if e.shut.Load() {
+	if !e.beginAdd() {
 		return nil, ErrEngineClosed
 	}
+	defer e.endAdd()
 	c := &Conn{nc: nc, pw: make(chan struct{}, 1)}
 	e.register(c)
 	c.sess = newSession(c)
@@ -190,7 +191,7 @@ func poke(ch chan struct{}) {
 }
 
 func (e *portableEngine) Shutdown(ctx context.Context) error {
-	if !e.shut.CompareAndSwap(false, true) {
+	if !e.closeAdds() {
 		return ErrEngineClosed
 	}
 	err := e.drain(ctx)

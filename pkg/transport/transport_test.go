@@ -807,3 +807,58 @@ func TestPauseAndSendFromNewSession(t *testing.T) {
 		r.expect(t, "Text:in")
 	})
 }
+
+// TestShutdownDuringAdd races Shutdown against an Add whose newSession is
+// still running. Shutdown must wait for that Add, then close its
+// connection like any other: nothing may be torn down before it has a
+// session, and nothing may outlive the engine.
+func TestShutdownDuringAdd(t *testing.T) {
+	forEngines(t, func(t *testing.T, kind string) {
+		eng, err := New(kind, Options{Workers: 2})
+		if err != nil {
+			t.Fatal(err)
+		}
+		a, b := tcpPair(t)
+		defer b.Close()
+		inside, release := make(chan struct{}), make(chan struct{})
+		r := &rec{t: t, got: make(chan string, 1), done: make(chan struct{})}
+		added := make(chan error, 1)
+		go func() {
+			_, err := eng.Add(a, func(c *Conn) Session {
+				close(inside)
+				<-release
+				r.c = c
+				return r
+			})
+			added <- err
+		}()
+		<-inside
+		shut := make(chan error, 1)
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+			defer cancel()
+			shut <- eng.Shutdown(ctx) // the peer never answers: the deadline kills it
+		}()
+		select {
+		case <-shut:
+			t.Fatal("Shutdown returned while an Add was still setting up its connection")
+		case <-time.After(1500 * time.Millisecond): // past drain's deadline and its second of grace
+		}
+		close(release)
+		if err := <-added; err != nil {
+			t.Fatalf("Add that began before Shutdown: %v", err)
+		}
+		select {
+		case <-shut:
+		case <-time.After(5 * time.Second):
+			t.Fatal("Shutdown did not return after the Add")
+		}
+		r.waitClosed(t, time.Second)
+		if eng.Len() != 0 {
+			t.Fatalf("Len %d after Shutdown", eng.Len())
+		}
+		if _, err := eng.Add(a, func(c *Conn) Session { return r }); !errors.Is(err, ErrEngineClosed) {
+			t.Fatalf("Add after Shutdown: %v, want ErrEngineClosed", err)
+		}
+	})
+}
