@@ -168,15 +168,26 @@ func (c *tokenClaims) GetAudience() (jwt.ClaimStrings, error)       { return nil
 // numericDate reads a JWT NumericDate: a JSON number of seconds, as
 // jwt.MapClaims does; absent or null is nil.
 func numericDate(raw json.RawMessage) (*jwt.NumericDate, error) {
+	t, present, err := dateOf(raw)
+	if err != nil || !present {
+		return nil, err
+	}
+	return &jwt.NumericDate{Time: t}, nil
+}
+
+// dateOf is numericDate as a value, for the paths that run on every
+// connect: present is false when raw is absent or null.
+func dateOf(raw json.RawMessage) (t time.Time, present bool, err error) {
 	if len(raw) == 0 || string(raw) == "null" {
-		return nil, nil
+		return time.Time{}, false, nil
 	}
 	f, err := strconv.ParseFloat(string(raw), 64)
 	if err != nil {
-		return nil, jwt.ErrInvalidType
+		return time.Time{}, false, jwt.ErrInvalidType
 	}
 	sec, frac := math.Modf(f) // seconds up to year 9999 overflow a time.Duration of nanoseconds
-	return jwt.NewNumericDate(time.Unix(int64(sec), int64(frac*1e9))), nil
+	// What jwt.NewNumericDate keeps of it.
+	return time.Unix(int64(sec), int64(frac*1e9)).Truncate(jwt.TimePrecision), true, nil
 }
 
 // str reads an optional JSON string claim: ok is false for another type.
@@ -222,13 +233,13 @@ func (c *tokenClaims) claims() (Claims, error) {
 	} else {
 		name = truncate(name, MaxNameLen)
 	}
-	exp, err := c.GetExpirationTime()
-	if err != nil || exp == nil {
+	exp, present, err := dateOf(c.Exp)
+	if err != nil || !present {
 		// Unreachable after the parser's own exp check; kept so that a
 		// library change cannot yield a token without an expiry.
 		return Claims{}, fmt.Errorf("%w: exp is required", ErrClaims)
 	}
-	return Claims{UserID: sub, Name: name, ExpiresAt: exp.Time}, nil
+	return Claims{UserID: sub, Name: name, ExpiresAt: exp}, nil
 }
 
 // classify maps the library's errors onto ours. jwt reports a disallowed

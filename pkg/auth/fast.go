@@ -7,7 +7,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"hash"
-	"io"
 	"strings"
 	"sync"
 
@@ -41,13 +40,32 @@ func b64url(s string) string { return base64.RawURLEncoding.EncodeToString([]byt
 // brings one back to the keyed start without rehashing the key.
 type macPool struct{ p sync.Pool }
 
-func newMacPool(secret []byte) *macPool {
-	return &macPool{p: sync.Pool{New: func() any { return hmac.New(sha256.New, secret) }}}
+// macState is a pooled HMAC with the buffer that holds a token's signing
+// input while it is hashed and decoded: a buffer on the stack would escape
+// through the hash.Hash interface, and so would converting the string.
+type macState struct {
+	h   hash.Hash
+	in  []byte // cap fastSigned
+	sum [sha256.Size]byte
+	// claims holds the decoded payload, which the claims' raw values
+	// point into until fast returns.
+	claims [fastPayload]byte
 }
 
-// fastPayload bounds the claims decoded on the stack; bigger ones take
+func newMacPool(secret []byte) *macPool {
+	return &macPool{p: sync.Pool{New: func() any {
+		return &macState{h: hmac.New(sha256.New, secret), in: make([]byte, 0, fastSigned)}
+	}}}
+}
+
+// fastPayload bounds the claims decoded on the stack, and fastSigned the
+// signing input (header, dot, payload) copied there; bigger tokens take
 // the library path.
-const fastPayload = 512
+const (
+	fastPayload = 512
+	fastSigned  = 1024
+	sigLen      = 43 // an HMAC-SHA256 in unpadded base64url
+)
 
 // fast returns the claims of token and true when the fast path accepts
 // it; false sends it to the library path.
@@ -61,46 +79,57 @@ func (v *Verifier) fast(token string) (Claims, bool) {
 		return Claims{}, false
 	}
 
-	// The signature: RawURLEncoding as the library decodes it (lenient
-	// about the unused bits of the last character, as it is).
-	var sigBuf, mac [sha256.Size]byte
-	if base64.RawURLEncoding.DecodedLen(len(sig)) != sha256.Size {
-		return Claims{}, false
-	}
-	if n, err := base64.RawURLEncoding.Decode(sigBuf[:], []byte(sig)); err != nil || n != sha256.Size {
-		return Claims{}, false
-	}
-	h := v.macs.p.Get().(hash.Hash)
-	h.Reset()
-	io.WriteString(h, token[:len(header)+1+len(payload)]) //nolint:errcheck // hashes never fail
-	h.Sum(mac[:0])
-	v.macs.p.Put(h)
-	if !hmac.Equal(sigBuf[:], mac[:]) {
+	// The signing input is copied into the pooled state's buffer and the
+	// signature onto the stack before they are hashed or decoded:
+	// converting the strings to byte slices would put three copies per
+	// connect on the heap.
+	signed := token[:len(header)+1+len(payload)]
+	if len(signed) > fastSigned {
 		return Claims{}, false
 	}
 
-	var buf [fastPayload]byte
-	if base64.RawURLEncoding.DecodedLen(len(payload)) > len(buf) {
+	// The signature: RawURLEncoding as the library decodes it (lenient
+	// about the unused bits of the last character, as it is).
+	var sigIn [sigLen]byte
+	var sigBuf [sha256.Size]byte
+	if len(sig) != sigLen {
 		return Claims{}, false
 	}
-	n, err := base64.RawURLEncoding.Decode(buf[:], []byte(payload))
+	copy(sigIn[:], sig)
+	if n, err := base64.RawURLEncoding.Decode(sigBuf[:], sigIn[:]); err != nil || n != sha256.Size {
+		return Claims{}, false
+	}
+	ms := v.macs.p.Get().(*macState)
+	defer v.macs.p.Put(ms)
+	ms.in = append(ms.in[:0], signed...)
+	ms.h.Reset()
+	ms.h.Write(ms.in)
+	if !hmac.Equal(sigBuf[:], ms.h.Sum(ms.sum[:0])) {
+		return Claims{}, false
+	}
+
+	if base64.RawURLEncoding.DecodedLen(len(payload)) > len(ms.claims) {
+		return Claims{}, false
+	}
+	// The payload's bytes are in the signing input: decode them from there.
+	n, err := base64.RawURLEncoding.Decode(ms.claims[:], ms.in[len(header)+1:])
 	if err != nil {
 		return Claims{}, false
 	}
 	var tc tokenClaims
-	if !flatClaims(buf[:n], &tc) {
+	if !flatClaims(ms.claims[:n], &tc) {
 		return Claims{}, false
 	}
 
 	// The library's validator: exp required, now before exp+leeway; nbf,
 	// when present, not after now+leeway. iat is not checked.
 	now := v.now()
-	exp, err := numericDate(tc.Exp)
-	if err != nil || exp == nil || !now.Before(exp.Add(v.leeway)) {
+	exp, present, err := dateOf(tc.Exp)
+	if err != nil || !present || !now.Before(exp.Add(v.leeway)) {
 		return Claims{}, false
 	}
-	nbf, err := numericDate(tc.Nbf)
-	if err != nil || (nbf != nil && now.Before(nbf.Add(-v.leeway))) {
+	nbf, present, err := dateOf(tc.Nbf)
+	if err != nil || (present && now.Before(nbf.Add(-v.leeway))) {
 		return Claims{}, false
 	}
 	c, err := tc.claims()
