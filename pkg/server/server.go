@@ -245,31 +245,59 @@ func peekHead(br *bufio.Reader) (path string, headLen int, err error) {
 	}
 }
 
-func (s *Server) upgrade(nc net.Conn, br *bufio.Reader, headLen int) {
-	var hs handshake
-	var claims auth.Claims
-	var release func()
-	u := ws.Upgrader{
-		OnRequest:      hs.onRequest,
-		OnHeader:       hs.onHeader,
-		OnHost:         hs.onHost,
-		ProtocolCustom: hs.protocols,
-		OnBeforeUpgrade: func() (ws.HandshakeHeader, error) {
-			reason, status := s.authorize(&hs, remoteIP(nc), &claims, &release)
-			if reason != "" {
-				s.cfg.Metrics.HandshakeRejected(reason)
-				s.cfg.Logger.Debug("handshake rejected", "reason", reason, "remote", nc.RemoteAddr().String())
-				return nil, ws.RejectConnectionError(ws.RejectionStatus(status), ws.RejectionReason(reason))
-			}
-			return nil, nil
-		},
-	}
-	// The upgrader buffers what it reads: give it the head and nothing
-	// more, so bytes sent behind it stay in br where we can see them.
-	_, err := u.Upgrade(struct {
+// upgrading is the state of one upgrade, pooled with its ws.Upgrader,
+// whose callbacks are bound to it once: built per upgrade, the upgrader's
+// method values, the handshake they fill and the reader wrappers were a
+// dozen allocations per connect.
+type upgrading struct {
+	s       *Server
+	nc      net.Conn
+	hs      handshake
+	claims  auth.Claims
+	release func()
+	u       ws.Upgrader
+	head    io.LimitedReader
+	rw      struct {
 		io.Reader
 		io.Writer
-	}{io.LimitReader(br, int64(headLen)), nc})
+	}
+}
+
+var upgradingPool = sync.Pool{New: func() any {
+	up := &upgrading{}
+	up.u = ws.Upgrader{
+		OnRequest:       up.hs.onRequest,
+		OnHeader:        up.hs.onHeader,
+		OnHost:          up.hs.onHost,
+		ProtocolCustom:  up.hs.protocols,
+		OnBeforeUpgrade: up.beforeUpgrade,
+	}
+	return up
+}}
+
+func (up *upgrading) beforeUpgrade() (ws.HandshakeHeader, error) {
+	s, nc := up.s, up.nc
+	reason, status := s.authorize(&up.hs, remoteIP(nc), &up.claims, &up.release)
+	if reason != "" {
+		s.cfg.Metrics.HandshakeRejected(reason)
+		s.cfg.Logger.Debug("handshake rejected", "reason", reason, "remote", nc.RemoteAddr().String())
+		return nil, ws.RejectConnectionError(ws.RejectionStatus(status), ws.RejectionReason(reason))
+	}
+	return nil, nil
+}
+
+func (s *Server) upgrade(nc net.Conn, br *bufio.Reader, headLen int) {
+	up := upgradingPool.Get().(*upgrading)
+	up.s, up.nc = s, nc
+	// The upgrader buffers what it reads: give it the head and nothing
+	// more, so bytes sent behind it stay in br where we can see them.
+	up.head = io.LimitedReader{R: br, N: int64(headLen)}
+	up.rw.Reader, up.rw.Writer = &up.head, nc
+	_, err := up.u.Upgrade(&up.rw)
+	claims, release := up.claims, up.release
+	*up = upgrading{u: up.u} // drop every reference before pooling
+	upgradingPool.Put(up)
+
 	// Frames sent before the 101 arrived break the protocol; and a reader
 	// that still holds bytes cannot go back to the pool with them.
 	early := br.Buffered() > 0
