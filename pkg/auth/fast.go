@@ -58,9 +58,9 @@ func newMacPool(secret []byte) *macPool {
 	}}}
 }
 
-// fastPayload bounds the claims decoded on the stack, and fastSigned the
-// signing input (header, dot, payload) copied there; bigger tokens take
-// the library path.
+// fastPayload bounds the decoded claims and fastSigned the signing input
+// (header, dot, payload), both held in the pooled macState; bigger tokens
+// take the library path.
 const (
 	fastPayload = 512
 	fastSigned  = 1024

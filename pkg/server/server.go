@@ -277,14 +277,14 @@ var upgradingPool = sync.Pool{New: func() any {
 
 func (up *upgrading) beforeUpgrade() (ws.HandshakeHeader, error) {
 	s, nc := up.s, up.nc
-	ip := "" // only the limits need it, and formatting it allocates
-	if s.cfg.Limits != nil {
+	ip := "" // only a per-address limit reads it, and formatting it allocates
+	if l := s.cfg.Limits; l != nil && l.PerIP > 0 {
 		ip = remoteIP(nc)
 	}
 	reason, status := s.authorize(&up.hs, ip, &up.claims, &up.release)
 	if reason != "" {
 		s.cfg.Metrics.HandshakeRejected(reason)
-		s.cfg.Logger.Debug("handshake rejected", "reason", reason, "remote", nc.RemoteAddr().String())
+		s.cfg.Logger.Debug("handshake rejected", "reason", reason, "remote", nc.RemoteAddr()) // formatted only when logged
 		return nil, ws.RejectConnectionError(ws.RejectionStatus(status), ws.RejectionReason(reason))
 	}
 	return nil, nil
@@ -388,8 +388,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // authorize applies the handshake rules; it returns a rejection reason and
-// HTTP status, or "" to accept. ip is the client's address, which only the
-// limits read (callers may leave it empty when there are none).
+// HTTP status, or "" to accept. ip is the client's address, which only a
+// per-address limit reads (callers may leave it empty when PerIP is 0).
 func (s *Server) authorize(hs *handshake, ip string, claims *auth.Claims, release *func()) (string, int) {
 	if s.draining.Load() {
 		return "draining", http.StatusServiceUnavailable

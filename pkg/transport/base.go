@@ -35,7 +35,8 @@ type base struct {
 	// given its session, armed); Shutdown takes it exclusively to set
 	// shut. So every connection Shutdown drains or tears down has its
 	// session, and none is set up behind the drain's back. Lock order:
-	// addMu, then Conn.mu, then registry.mu.
+	// addMu, then Conn.mu or registry.mu (never both; see the package
+	// doc).
 	addMu sync.RWMutex
 	shut  bool // guarded by addMu; set by Shutdown, Add refuses afterwards
 
@@ -215,7 +216,9 @@ func (b *base) drain(ctx context.Context) error {
 			return ctx.Err()
 		case <-poll.C:
 			if i%100 == 0 {
-				b.closeAll() // catches connections added while Shutdown began
+				// Again every second: a Close that found a connection
+				// mid-turn is retried (no Add can run any more).
+				b.closeAll()
 			}
 		}
 	}

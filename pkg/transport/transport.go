@@ -48,15 +48,19 @@
 //
 // # Lock order
 //
-// The transport has two kinds of locks: the registry lock of an engine
-// and each Conn's mutex (Conn.mu). It never holds both at once, and it
-// holds Conn.mu only for short, non-blocking work (queueing, a
-// non-blocking writev, epoll_ctl, shutdown(2)); it calls no Session method
-// and takes no lock outside this package (but the runtime's and, on an
-// epoll_ctl failure, the logger's) while holding either. Callers
-// may therefore call any Conn method while holding their own locks: the
-// order is "caller's locks → Conn.mu", and Session methods are entered
-// with no transport lock held.
+// The transport has three kinds of locks: an engine's Add gate (addMu),
+// its registry lock, and each Conn's mutex (Conn.mu). Add holds the gate
+// shared while it sets a connection up, Shutdown exclusively while it
+// marks the engine shut; under the gate Add takes Conn.mu or the registry
+// lock, never both at once. The transport holds Conn.mu only for short,
+// non-blocking work (queueing, a non-blocking writev, epoll_ctl,
+// shutdown(2)); it calls no Session method and takes no lock outside this
+// package (but the runtime's and, on an epoll_ctl failure, the logger's)
+// while holding either. Callers may therefore call any Conn method while
+// holding their own locks: the order is "caller's locks → Conn.mu", and
+// Session methods are entered with no transport lock held. The one
+// exception is Add's newSession, which runs under the shared gate: it must
+// be quick and must not call Add or Shutdown.
 package transport
 
 import (
@@ -137,16 +141,19 @@ type Stats struct {
 // Engine serves upgraded WebSocket connections.
 type Engine interface {
 	// Add starts serving nc. newSession is called once, before the first
-	// frame is read, to create the Session that receives nc's messages.
-	// After Add returns without error the engine owns nc; on error the
-	// caller still owns it.
+	// frame is read, to create the Session that receives nc's messages;
+	// Shutdown waits for it, so it must be quick and must not call Add or
+	// Shutdown. After Add returns without error the engine owns nc; on
+	// error the caller still owns it.
 	Add(nc net.Conn, newSession func(*Conn) Session) (*Conn, error)
 	// Len reports how many connections are served now.
 	Len() int
 	// Stats returns a snapshot of the engine's counters.
 	Stats() Stats
 	// Shutdown closes every connection with 1001, waits for them to go
-	// (killing the stragglers when ctx is done) and stops the engine.
+	// (killing the stragglers when ctx is done) and stops the engine. It
+	// first waits for the Adds under way, which ctx does not bound: so
+	// that every connection it drains has its session.
 	Shutdown(ctx context.Context) error
 }
 

@@ -821,6 +821,9 @@ func TestShutdownDuringAdd(t *testing.T) {
 		a, b := tcpPair(t)
 		defer b.Close()
 		inside, release := make(chan struct{}), make(chan struct{})
+		var releaseOnce sync.Once
+		let := func() { releaseOnce.Do(func() { close(release) }) }
+		t.Cleanup(let) // a failed check below must not leave Add blocked
 		r := &rec{t: t, got: make(chan string, 1), done: make(chan struct{})}
 		added := make(chan error, 1)
 		go func() {
@@ -844,7 +847,7 @@ func TestShutdownDuringAdd(t *testing.T) {
 			t.Fatal("Shutdown returned while an Add was still setting up its connection")
 		case <-time.After(1500 * time.Millisecond): // past drain's deadline and its second of grace
 		}
-		close(release)
+		let()
 		if err := <-added; err != nil {
 			t.Fatalf("Add that began before Shutdown: %v", err)
 		}
