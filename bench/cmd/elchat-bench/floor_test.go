@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"io"
 	"net"
 	"strings"
 	"testing"
@@ -105,5 +106,38 @@ func TestWorkerRequestAndJoin(t *testing.T) {
 	}
 	if got := string(w.joinFrame(5)); got != `["L","L","room:5","phx_join",{"u":"5"}]` {
 		t.Fatalf("templated join: %s", got)
+	}
+}
+
+// A worker connects, joins and heartbeats against the floor through its
+// own loop: the epoll instance parked in the runtime's poller, the raw
+// reads and writes, and the deadline that wakes it for its scans.
+func TestWorkerHoldsSocketsAgainstTheFloor(t *testing.T) {
+	addr := startTestFloor(t)
+	const n = 200
+	w, err := newWorker(workerConfig{
+		Scenario: "connect", Addrs: []string{addr}, Secret: "x", FirstUser: 1, Count: n,
+		Rate: 2000, MaxInflight: 100, HB: 300 * time.Millisecond, HBTimeout: 2 * time.Second,
+		ConnTimeout: 5 * time.Second, Deadline: time.Now().Add(30 * time.Second),
+	}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { w.run(); close(done) }()
+	// Ramp (0.1 s), a heartbeat period, and a second of scans: every socket
+	// is visited once a second, so each sends at least one heartbeat.
+	time.Sleep(2500 * time.Millisecond)
+	w.cmds <- "quit"
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("worker did not quit")
+	}
+	if w.up != n || w.nfail != 0 || w.drop != 0 {
+		t.Fatalf("up %d, failed %d, dropped %d of %d; reasons %v", w.up, w.nfail, w.drop, n, w.reasons)
+	}
+	if w.hbOK < n || w.hbFail != 0 || w.hbSent-w.hbOK > n {
+		t.Fatalf("heartbeats sent %d, answered %d, unanswered %d", w.hbSent, w.hbOK, w.hbFail)
 	}
 }

@@ -15,7 +15,9 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/url"
 	"os"
@@ -24,6 +26,7 @@ import (
 	"strings"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/elchat/elchat/pkg/auth"
 )
@@ -120,6 +123,8 @@ type worker struct {
 	cfg   workerConfig
 	base  time.Time
 	epfd  int
+	epf   *os.File        // epfd in Go's network poller, where the loop parks
+	eprc  syscall.RawConn // epf's
 	conns []conn
 	pairs []pairState
 	toks  []string // TokensFile lines of this worker's users
@@ -154,6 +159,24 @@ func runWorker() error {
 	if err := json.Unmarshal([]byte(os.Getenv("ELCHAT_BENCH_WORKER")), &cfg); err != nil {
 		return fmt.Errorf("worker config: %w", err)
 	}
+	w, err := newWorker(cfg, os.Stdout)
+	if err != nil {
+		return err
+	}
+	go func() {
+		sc := bufio.NewScanner(os.Stdin)
+		for sc.Scan() {
+			w.cmds <- strings.TrimSpace(sc.Text())
+		}
+		w.cmds <- "quit" // coordinator gone
+	}()
+	w.run()
+	return nil
+}
+
+// newWorker sets up a worker whose reports go to out; run drives it until
+// "quit" arrives on its cmds or its deadline passes.
+func newWorker(cfg workerConfig, out io.Writer) (*worker, error) {
 	// Guards: a zero timeout would fail every socket still in its handshake.
 	if cfg.ConnTimeout <= 0 {
 		cfg.ConnTimeout = 20 * time.Second
@@ -162,7 +185,7 @@ func runWorker() error {
 		cfg.HBTimeout = cfg.HB
 	}
 	w := &worker{cfg: cfg, base: time.Now(), buf: make([]byte, 256<<10), reasons: map[string]int{},
-		out: bufio.NewWriterSize(os.Stdout, 64<<10), cmds: make(chan string, 8), mask: uint32(cfg.ID*7919 + 1)}
+		out: bufio.NewWriterSize(out, 64<<10), cmds: make(chan string, 8), mask: uint32(cfg.ID*7919 + 1)}
 	n := cfg.Count
 	if cfg.Scenario == "chat" {
 		n = 2 * cfg.Count
@@ -184,12 +207,12 @@ func runWorker() error {
 	if cfg.TokenMode == "file" {
 		b, err := os.ReadFile(cfg.TokensFile)
 		if err != nil {
-			return fmt.Errorf("tokens file: %w", err)
+			return nil, fmt.Errorf("tokens file: %w", err)
 		}
 		lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
 		lo := int(cfg.FirstUser) - 1
 		if lo < 0 || lo+n > len(lines) {
-			return fmt.Errorf("tokens file %s has %d lines, users %d..%d need line %d", cfg.TokensFile, len(lines), cfg.FirstUser, cfg.FirstUser+int64(n)-1, lo+n)
+			return nil, fmt.Errorf("tokens file %s has %d lines, users %d..%d need line %d", cfg.TokensFile, len(lines), cfg.FirstUser, cfg.FirstUser+int64(n)-1, lo+n)
 		}
 		for _, l := range lines[lo : lo+n] {
 			w.toks = append(w.toks, strings.TrimSpace(l))
@@ -211,16 +234,28 @@ func runWorker() error {
 	var err error
 	w.epfd, err = syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	go func() {
-		sc := bufio.NewScanner(os.Stdin)
-		for sc.Scan() {
-			w.cmds <- strings.TrimSpace(sc.Text())
-		}
-		w.cmds <- "quit" // coordinator gone
-	}()
+	// The loop parks in the runtime's poller rather than in a blocking
+	// epoll_wait, as the server's engine does (pkg/transport): a thread
+	// blocked in a syscall keeps sysmon polling every 10 ms, and 67
+	// workers of a big run waking it that often cost as much as a good
+	// part of the heartbeats they measure.
+	if err := syscall.SetNonblock(w.epfd, true); err != nil {
+		return nil, err
+	}
+	w.epf = os.NewFile(uintptr(w.epfd), "epoll")
+	if err := w.epf.SetReadDeadline(time.Time{}); err != nil {
+		return nil, fmt.Errorf("epoll fd not pollable by the runtime: %w", err)
+	}
+	if w.eprc, err = w.epf.SyscallConn(); err != nil {
+		return nil, err
+	}
 	w.phase = "ramp"
+	return w, nil
+}
+
+func (w *worker) run() {
 	w.loop()
 	w.emit("final", true)
 	w.out.Flush()
@@ -229,7 +264,7 @@ func runWorker() error {
 			syscall.Close(int(w.conns[i].fd))
 		}
 	}
-	return nil
+	w.epf.Close()
 }
 
 func (w *worker) loop() {
@@ -239,8 +274,8 @@ func (w *worker) loop() {
 			w.reasons["worker deadline"]++
 			return
 		}
-		n, err := syscall.EpollWait(w.epfd, events, w.waitMillis())
-		if err != nil && err != syscall.EINTR {
+		n, err := w.wait(events)
+		if err != nil {
 			w.reasons["epoll: "+err.Error()]++
 			return
 		}
@@ -264,6 +299,76 @@ func (w *worker) loop() {
 			}
 		default:
 		}
+	}
+}
+
+// wait returns the events ready now or, when there are none, parks until
+// some are or waitMillis has passed (0 events then).
+func (w *worker) wait(events []syscall.EpollEvent) (int, error) {
+	n, err := epollNow(w.epfd, events)
+	if n != 0 || err != nil {
+		return n, err
+	}
+	ms := w.waitMillis()
+	if ms <= 0 {
+		return 0, nil
+	}
+	_ = w.epf.SetReadDeadline(time.Now().Add(time.Duration(ms) * time.Millisecond))
+	rerr := w.eprc.Read(func(fd uintptr) bool {
+		n, err = epollNow(int(fd), events)
+		return n != 0 || err != nil // false: park until the fd is readable
+	})
+	if rerr != nil && !errors.Is(rerr, os.ErrDeadlineExceeded) {
+		return 0, rerr
+	}
+	return n, err
+}
+
+// epollNow takes the events ready now (epoll_pwait, zero timeout). It and
+// the sockets' reads and writes are raw syscalls: none of them blocks, and
+// the runtime's bookkeeping would wake a sleeping sysmon on each.
+func epollNow(epfd int, events []syscall.EpollEvent) (int, error) {
+	for {
+		r, _, errno := syscall.RawSyscall6(syscall.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
+		if errno == syscall.EINTR {
+			continue
+		}
+		if errno != 0 {
+			return 0, errno
+		}
+		return int(r), nil
+	}
+}
+
+func rawRead(fd int, b []byte) (int, error) {
+	if len(b) == 0 {
+		return 0, nil
+	}
+	for {
+		r, _, errno := syscall.RawSyscall(syscall.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+		if errno == syscall.EINTR {
+			continue
+		}
+		if errno != 0 {
+			return 0, errno
+		}
+		return int(r), nil
+	}
+}
+
+func rawWrite(fd int, b []byte) (int, error) {
+	if len(b) == 0 {
+		return 0, nil
+	}
+	for {
+		r, _, errno := syscall.RawSyscall(syscall.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+		if errno == syscall.EINTR {
+			continue
+		}
+		if errno != 0 {
+			return 0, errno
+		}
+		return int(r), nil
 	}
 }
 
@@ -385,7 +490,7 @@ func (w *worker) event(i int, ev uint32) {
 		}
 	}
 	if ev&(syscall.EPOLLIN|syscall.EPOLLRDHUP|syscall.EPOLLHUP|syscall.EPOLLERR) != 0 {
-		n, err := syscall.Read(int(c.fd), w.buf)
+		n, err := rawRead(int(c.fd), w.buf)
 		if err == syscall.EAGAIN {
 			return
 		}
@@ -680,7 +785,7 @@ func (w *worker) rawWrite(i int, c *conn, b []byte) {
 		c.wbuf = append(c.wbuf, b...)
 		return
 	}
-	n, err := syscall.Write(int(c.fd), b)
+	n, err := rawWrite(int(c.fd), b)
 	if err == syscall.EAGAIN {
 		n, err = 0, nil
 	}
@@ -697,7 +802,7 @@ func (w *worker) rawWrite(i int, c *conn, b []byte) {
 }
 
 func (w *worker) flush(i int, c *conn) {
-	n, err := syscall.Write(int(c.fd), c.wbuf)
+	n, err := rawWrite(int(c.fd), c.wbuf)
 	if err == syscall.EAGAIN {
 		return
 	}
