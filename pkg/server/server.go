@@ -247,8 +247,8 @@ func peekHead(br *bufio.Reader) (path string, headLen int, err error) {
 
 // upgrading is the state of one upgrade, pooled with its ws.Upgrader,
 // whose callbacks are bound to it once: built per upgrade, the upgrader's
-// method values, the handshake they fill and the reader wrappers were a
-// dozen allocations per connect.
+// method values, the handshake they fill and the reader wrappers were
+// about ten allocations per connect.
 type upgrading struct {
 	s       *Server
 	nc      net.Conn
