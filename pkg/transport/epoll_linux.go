@@ -11,9 +11,10 @@ import (
 	"sync"
 	"syscall"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/elchat/elchat/internal/rawsys"
 )
 
 const (
@@ -149,7 +150,7 @@ func (e *epollEngine) Add(nc net.Conn, newSession func(*Conn) Session) (*Conn, e
 	}
 	c.clearLocked(fInWorker)
 	ev := unix.EpollEvent{Events: e.eventsLocked(c), Fd: c.slot, Pad: int32(c.gen)}
-	err = epollCtl(e.epfd, unix.EPOLL_CTL_ADD, fd, &ev)
+	err = rawsys.EpollCtl(e.epfd, unix.EPOLL_CTL_ADD, fd, &ev)
 	if err == nil {
 		c.endTurnLocked()
 	}
@@ -183,7 +184,7 @@ func (e *epollEngine) eventsLocked(c *Conn) uint32 {
 // rearmLocked re-enables c's oneshot registration.
 func (e *epollEngine) rearmLocked(c *Conn) {
 	ev := unix.EpollEvent{Events: e.eventsLocked(c), Fd: c.slot, Pad: int32(c.gen)}
-	if err := epollCtl(e.epfd, unix.EPOLL_CTL_MOD, int(c.fd), &ev); err != nil {
+	if err := rawsys.EpollCtl(e.epfd, unix.EPOLL_CTL_MOD, int(c.fd), &ev); err != nil {
 		e.log.Warn("transport: epoll_ctl mod", "err", err)
 		c.killLocked()
 	}
@@ -220,10 +221,7 @@ func (e *epollEngine) poll() {
 	evs := make([]unix.EpollEvent, 256)
 	wait := func(fd uintptr) bool {
 		for {
-			n, err := epollPoll(int(fd), evs)
-			if err == unix.EINTR {
-				continue
-			}
+			n, err := rawsys.EpollReady(int(fd), evs)
 			if err != nil {
 				e.log.Error("transport: epoll_wait", "err", err)
 				return true
@@ -269,7 +267,8 @@ func (e *epollEngine) dispatch(self *worker, evs []unix.EpollEvent) (stop bool) 
 }
 
 // worker holds the per-goroutine state for non-blocking reads, so reading
-// allocates nothing.
+// allocates nothing. A turn's syscalls are raw (internal/rawsys): they
+// never block, and the runtime's bookkeeping woke a sleeping sysmon.
 type worker struct {
 	e      *epollEngine
 	readFn func(fd uintptr) bool
@@ -279,20 +278,11 @@ type worker struct {
 }
 
 func (w *worker) read(fd uintptr) bool {
-	for {
-		p := unsafe.Pointer(&zeroByte) // read(2) wants a valid pointer even for no bytes
-		if len(w.dst) > 0 {
-			p = unsafe.Pointer(&w.dst[0])
-		}
-		r, _, errno := unix.RawSyscall(unix.SYS_READ, fd, uintptr(p), uintptr(len(w.dst)))
-		w.n, w.err = int(r), nil
-		if errno != 0 {
-			w.n, w.err = -1, errno
-		}
-		if w.err != unix.EINTR {
-			return true // never let the runtime park us: we are not waiting
-		}
+	w.n, w.err = rawsys.Read(int(fd), w.dst)
+	if w.err != nil {
+		w.n = -1
 	}
+	return true // never let the runtime park us: we are not waiting
 }
 
 func (w *worker) run() {
@@ -411,16 +401,8 @@ var writerPool = sync.Pool{New: func() any {
 }}
 
 func (w *writer) write(fd uintptr) bool {
-	for {
-		r, _, errno := unix.RawSyscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&w.iov[0])), uintptr(len(w.iov)))
-		w.n, w.err = int(r), nil
-		if errno != 0 {
-			w.n, w.err = 0, errno
-		}
-		if w.err != unix.EINTR {
-			return true // never park: EAGAIN means EPOLLOUT takes over
-		}
-	}
+	w.n, w.err = rawsys.Writev(int(fd), w.iov)
+	return true // never park: EAGAIN means EPOLLOUT takes over
 }
 
 // writeNowLocked writes e, the next frame of c's empty queue, header and
@@ -514,7 +496,7 @@ func (e *epollEngine) shutWriteLocked(c *Conn) {
 }
 
 func (e *epollEngine) detach(c *Conn) {
-	_ = epollCtl(e.epfd, unix.EPOLL_CTL_DEL, int(c.fd), nil)
+	_ = rawsys.EpollCtl(e.epfd, unix.EPOLL_CTL_DEL, int(c.fd), nil)
 }
 
 func (e *epollEngine) Shutdown(ctx context.Context) error {
@@ -534,34 +516,4 @@ func (e *epollEngine) Shutdown(ctx context.Context) error {
 	e.epf.Close()
 	unix.Close(e.evfd)
 	return err
-}
-
-// The syscalls of a connection's turn (read, writev, epoll_ctl, and the
-// poller's zero-timeout epoll_wait) go through RawSyscall: they are made
-// on non-blocking fds or with no timeout and return within microseconds,
-// so the runtime's syscall bookkeeping buys nothing. That bookkeeping
-// costs more than its own few dozen nanoseconds: on a quiet node sysmon
-// sleeps, and the first syscall after every wake-up woke it with a futex
-// (entersyscall), 4.6 % of a connect's CPU in the profile of
-// bench/results/20261201-213938-connect.
-
-var zeroByte byte
-
-// epollCtl is unix.EpollCtl without the syscall bookkeeping.
-func epollCtl(epfd, op, fd int, ev *unix.EpollEvent) error {
-	_, _, errno := unix.RawSyscall6(unix.SYS_EPOLL_CTL, uintptr(epfd), uintptr(op), uintptr(fd), uintptr(unsafe.Pointer(ev)), 0, 0)
-	if errno != 0 {
-		return errno
-	}
-	return nil
-}
-
-// epollPoll takes the events ready now, without waiting (epoll_pwait with
-// a zero timeout and no signal mask, which every Linux architecture has).
-func epollPoll(epfd int, evs []unix.EpollEvent) (int, error) {
-	r, _, errno := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&evs[0])), uintptr(len(evs)), 0, 0, 0)
-	if errno != 0 {
-		return 0, errno
-	}
-	return int(r), nil
 }

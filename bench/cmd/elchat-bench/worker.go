@@ -26,8 +26,10 @@ import (
 	"strings"
 	"syscall"
 	"time"
-	"unsafe"
 
+	"golang.org/x/sys/unix"
+
+	"github.com/elchat/elchat/internal/rawsys"
 	"github.com/elchat/elchat/pkg/auth"
 )
 
@@ -268,7 +270,7 @@ func (w *worker) run() {
 }
 
 func (w *worker) loop() {
-	events := make([]syscall.EpollEvent, 1024)
+	events := make([]unix.EpollEvent, 1024)
 	for {
 		if time.Now().After(w.cfg.Deadline) {
 			w.reasons["worker deadline"]++
@@ -304,8 +306,11 @@ func (w *worker) loop() {
 
 // wait returns the events ready now or, when there are none, parks until
 // some are or waitMillis has passed (0 events then).
-func (w *worker) wait(events []syscall.EpollEvent) (int, error) {
-	n, err := epollNow(w.epfd, events)
+// The events, and the sockets' reads and writes, come from raw syscalls
+// (internal/rawsys): none blocks, and the runtime's bookkeeping would wake
+// a sleeping sysmon on each.
+func (w *worker) wait(events []unix.EpollEvent) (int, error) {
+	n, err := rawsys.EpollReady(w.epfd, events)
 	if n != 0 || err != nil {
 		return n, err
 	}
@@ -315,49 +320,13 @@ func (w *worker) wait(events []syscall.EpollEvent) (int, error) {
 	}
 	_ = w.epf.SetReadDeadline(time.Now().Add(time.Duration(ms) * time.Millisecond))
 	rerr := w.eprc.Read(func(fd uintptr) bool {
-		n, err = epollNow(int(fd), events)
+		n, err = rawsys.EpollReady(int(fd), events)
 		return n != 0 || err != nil // false: park until the fd is readable
 	})
 	if rerr != nil && !errors.Is(rerr, os.ErrDeadlineExceeded) {
 		return 0, rerr
 	}
 	return n, err
-}
-
-// epollNow takes the events ready now (epoll_pwait, zero timeout). It and
-// the sockets' reads and writes are raw syscalls: none of them blocks, and
-// the runtime's bookkeeping would wake a sleeping sysmon on each.
-func epollNow(epfd int, events []syscall.EpollEvent) (int, error) {
-	for {
-		r, _, errno := syscall.RawSyscall6(syscall.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
-		if errno == syscall.EINTR {
-			continue
-		}
-		if errno != 0 {
-			return 0, errno
-		}
-		return int(r), nil
-	}
-}
-
-func rawRead(fd int, b []byte) (int, error)  { return rawIO(syscall.SYS_READ, fd, b) }
-func rawWrite(fd int, b []byte) (int, error) { return rawIO(syscall.SYS_WRITE, fd, b) }
-
-// rawIO is read(2) or write(2), trap saying which, on a non-blocking fd.
-func rawIO(trap uintptr, fd int, b []byte) (int, error) {
-	if len(b) == 0 {
-		return 0, nil
-	}
-	for {
-		r, _, errno := syscall.RawSyscall(trap, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
-		if errno == syscall.EINTR {
-			continue
-		}
-		if errno != 0 {
-			return 0, errno
-		}
-		return int(r), nil
-	}
 }
 
 // waitMillis is how long the loop may sleep in epoll_wait: until the next
@@ -478,7 +447,7 @@ func (w *worker) event(i int, ev uint32) {
 		}
 	}
 	if ev&(syscall.EPOLLIN|syscall.EPOLLRDHUP|syscall.EPOLLHUP|syscall.EPOLLERR) != 0 {
-		n, err := rawRead(int(c.fd), w.buf)
+		n, err := rawsys.Read(int(c.fd), w.buf)
 		if err == syscall.EAGAIN {
 			return
 		}
@@ -773,7 +742,7 @@ func (w *worker) rawWrite(i int, c *conn, b []byte) {
 		c.wbuf = append(c.wbuf, b...)
 		return
 	}
-	n, err := rawWrite(int(c.fd), b)
+	n, err := rawsys.Write(int(c.fd), b)
 	if err == syscall.EAGAIN {
 		n, err = 0, nil
 	}
@@ -790,7 +759,7 @@ func (w *worker) rawWrite(i int, c *conn, b []byte) {
 }
 
 func (w *worker) flush(i int, c *conn) {
-	n, err := rawWrite(int(c.fd), c.wbuf)
+	n, err := rawsys.Write(int(c.fd), c.wbuf)
 	if err == syscall.EAGAIN {
 		return
 	}
